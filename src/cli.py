@@ -1,0 +1,45 @@
+"""`key=value` command lines for the small verbs (generate, export, app, plot).
+
+Training composes its config with Hydra; the small verbs take a typed dataclass and
+OmegaConf's dotlist parser, so a typo or a wrong type is a one-line error, not a crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from src.errors import UserError
+
+T = TypeVar("T")
+
+
+def usage(schema: type) -> str:
+    lines = [f"usage: python -m {sys.modules['__main__'].__spec__.name} key=value ...", ""]
+    for field in dataclasses.fields(schema):
+        default = field.default if field.default is not dataclasses.MISSING else "(required)"
+        lines.append(f"  {field.name}={default}")
+    return "\n".join(lines)
+
+
+def parse_cli(schema: type[T], argv: list[str] | None = None) -> T:
+    """Parse `key=value` arguments into `schema`; `--help` prints the keys and defaults."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(usage(schema))
+        sys.exit(0)
+    bad = [arg for arg in argv if "=" not in arg]
+    if bad:
+        raise UserError(f"arguments must look like key=value, got {bad[0]!r} (see --help)")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
+        for field in dataclasses.fields(schema):
+            if OmegaConf.is_missing(merged, field.name):
+                raise UserError(f"{field.name}=... is required (see --help)")
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise UserError(str(err).splitlines()[0] + " (see --help)") from None

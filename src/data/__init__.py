@@ -1,0 +1,1 @@
+"""Tokenizer loading, data sources, packing and the DataModules."""

@@ -1,0 +1,29 @@
+"""The SmolLM2 tokenizer, vendored in `src/assets/`, or any Hugging Face tokenizer by path or id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from src.errors import UserError
+
+DEFAULT_TOKENIZER = str(Path(__file__).resolve().parents[1] / "assets" / "smollm2-tokenizer")
+
+
+def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
+    """A fast tokenizer; `None` means the vendored SmolLM2 (cosmo2) tokenizer."""
+    name_or_path = name_or_path or DEFAULT_TOKENIZER
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load tokenizer {name_or_path!r} ({first_line}); "
+            "give a local folder or a reachable hub id"
+        ) from None
+    if not tokenizer.is_fast:
+        raise UserError(f"tokenizer {name_or_path!r} is not a fast tokenizer; batched tokenization needs one")
+    if tokenizer.eos_token_id is None:
+        raise UserError(f"tokenizer {name_or_path!r} has no EOS token to separate documents")
+    return tokenizer

@@ -1,0 +1,35 @@
+"""The one error type for bad input a user can fix.
+
+Entry points catch it, print its message on one line and exit non-zero, so users see
+what is wrong and how to fix it instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class UserError(ValueError):
+    """Bad input: a file, a config value or a checkpoint the user can fix."""
+
+
+EXIT_USER_ERROR = 2
+
+
+def exit_on_user_error(main: F) -> F:
+    """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper  # type: ignore[return-value]

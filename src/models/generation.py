@@ -1,0 +1,87 @@
+"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, EOS stop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from src.errors import UserError
+from src.models.smollm2 import SmolLM2
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of logits (B, V); temperature 0 means greedy. Returns (B,)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token once the tokens ranked above it already cover top_p; the first always stays.
+        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: SmolLM2,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    seed: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token ids (B,) one step at a time, prefilling the prompt (B, T) once.
+
+    Rows that have produced `eos_id` keep yielding it; iteration ends when every row has
+    stopped or after `max_new_tokens` steps.
+    """
+    B, T = input_ids.shape
+    if T == 0:
+        raise UserError("the prompt is empty: give at least one token")
+    total = T + max_new_tokens
+    if total > model.config.max_position_embeddings:
+        raise UserError(
+            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+            f"context of {model.config.max_position_embeddings} tokens"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    cache = model.new_kv_cache(B, total)
+    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    logits = model(input_ids, cache=cache, start=0)[:, -1]  # (B, V)
+    position = T
+    for _ in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        yield token
+        if eos_id is not None and bool(finished.all()):
+            return
+        logits = model(token[:, None], cache=cache, start=position)[:, -1]
+        position += 1
+
+
+def generate(model: SmolLM2, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+    """Prompt (B, T) -> prompt plus new tokens (B, T + n), n <= max_new_tokens."""
+    new = list(generate_tokens(model, input_ids, max_new_tokens, **kwargs))
+    if not new:
+        return input_ids
+    return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)

@@ -1,0 +1,230 @@
+"""The SmolLM2 decoder in plain PyTorch: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Read top to bottom: norm, rotary embedding, attention (with an optional KV cache),
+MLP, block, model. Shapes: B batch, T tokens in this call, S cached + new tokens,
+C hidden size, H query heads, K key/value heads, D head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from src.errors import UserError
+from src.models.config import SmolLM2Config
+from src.models.kv_cache import KVCache, LayerKVCache
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 as Llama does, then cast back."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for every position, cached once as non-persistent buffers."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
+        super().__init__()
+        self.head_dim, self.max_positions, self.theta = head_dim, max_positions, theta
+        cos, sin = self._tables()
+        self.register_buffer("cos", cos, persistent=False)  # (max_positions, D)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / (
+            self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        )
+        positions = torch.arange(self.max_positions, dtype=torch.float32)
+        freqs = torch.outer(positions, inv_freq)  # (max_positions, D/2)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (max_positions, D)
+        return angles.cos(), angles.sin()
+
+    def reset_tables(self) -> None:
+        """Recompute the tables, e.g. after the model was built on the meta device."""
+        cos, sin = self._tables()
+        self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
+
+    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if start + length > self.max_positions:
+            raise UserError(
+                f"sequence of {start + length} tokens exceeds the model's "
+                f"max_position_embeddings={self.max_positions}"
+            )
+        return self.cos[start : start + length], self.sin[start : start + length]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + D/2) of x (B, heads, T, D) by position-dependent angles."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D), broadcast over B and heads
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention: K key/value heads shared by H/K query heads each."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
+        self.head_dim = config.head_dim
+        c, kv = config.hidden_size, config.num_kv_heads * config.head_dim
+        self.q_proj = nn.Linear(c, c, bias=False)
+        self.k_proj = nn.Linear(c, kv, bias=False)
+        self.v_proj = nn.Linear(c, kv, bias=False)
+        self.o_proj = nn.Linear(c, c, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        mask, is_causal = None, True
+        if cache is not None:
+            k, v = cache.update(k, v, start)  # (B, K, S, D) with S = start + T
+            if start > 0:
+                # New queries sit at positions start..start+T-1 and see every key up to their own.
+                is_causal = False
+                if T > 1:
+                    key_pos = torch.arange(start + T, device=x.device)
+                    query_pos = torch.arange(start, start + T, device=x.device)
+                    mask = key_pos[None, :] <= query_pos[:, None]  # (T, S)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.num_heads != self.num_kv_heads
+        )  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        c, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(c, i, bias=False)
+        self.up_proj = nn.Linear(c, i, bias=False)
+        self.down_proj = nn.Linear(i, c, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LayerKVCache | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, start)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class SmolLM2(nn.Module):
+    """Token embedding, a stack of blocks, final norm, LM head (tied to the embedding)."""
+
+    def __init__(self, config: SmolLM2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.activation_checkpointing = False
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight  # one tensor, counted once
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """SmolLM2's init: N(0, std) for inputs, std/sqrt(2L) for residual outputs, norms at 1."""
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.Linear) and not (name == "lm_head" and self.config.tie_embeddings):
+                is_output = name.endswith(("o_proj", "down_proj"))
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_output else std)
+        self.rope.reset_tables()
+
+    def num_parameters(self) -> int:
+        """Unique parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """The trunk: (B, T) token ids -> (B, T, C) normed hidden states, before the LM head."""
+        T = input_ids.shape[1]
+        cos, sin = self.rope(start, T)  # (T, D)
+        x = self.embed(input_ids)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            layer_cache = cache.layers[i] if cache is not None else None
+            if self.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, layer_cache, start)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, V) logits. With a cache, `start` is the first token's position."""
+        return self.lm_head(self.hidden_states(input_ids, cache, start))
+
+    def new_kv_cache(self, batch_size: int, max_tokens: int) -> KVCache:
+        """An empty cache for `max_tokens` positions, on the model's device and dtype."""
+        if max_tokens > self.config.max_position_embeddings:
+            raise UserError(
+                f"{max_tokens} tokens exceed the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        weight = self.embed.weight
+        return KVCache.empty(
+            num_layers=self.config.num_layers,
+            batch_size=batch_size,
+            num_kv_heads=self.config.num_kv_heads,
+            max_tokens=max_tokens,
+            head_dim=self.config.head_dim,
+            device=weight.device,
+            dtype=weight.dtype,
+        )

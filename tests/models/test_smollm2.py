@@ -1,0 +1,96 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from src.errors import UserError
+from src.models import PRESETS, SmolLM2, SmolLM2Config
+from tests.conftest import REPO_ROOT
+
+
+def build_on_meta(preset: str) -> SmolLM2:
+    with torch.device("meta"):
+        return SmolLM2(SmolLM2Config.from_preset(preset))
+
+
+def test_smollm2_135m_has_exactly_the_released_parameter_count():
+    assert build_on_meta("smollm2_135m").num_parameters() == 134_515_008
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"), [("smollm2_360m", 361_821_120), ("smollm2_1.7b", 1_711_376_384)]
+)
+def test_larger_presets_match_released_parameter_counts(preset, expected):
+    assert build_on_meta(preset).num_parameters() == expected
+
+
+def test_lm_head_is_the_embedding_tensor():
+    model = SmolLM2(SmolLM2Config.from_preset("tiny"))
+    assert model.lm_head.weight is model.embed.weight
+    names = [name for name, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names and "embed.weight" in names
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_model_yaml_mirrors_the_preset(preset):
+    yaml = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{preset}.yaml"))
+    assert yaml.pop("_target_") == "src.models.SmolLM2Config"
+    assert set(yaml) == {f.name for f in dataclasses.fields(SmolLM2Config)}
+    assert SmolLM2Config(**yaml) == SmolLM2Config.from_preset(preset)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(hidden_size=100, num_heads=3), "not divisible by model.num_heads"),
+        (dict(num_heads=4, num_kv_heads=3), "not divisible by model.num_kv_heads"),
+        (dict(num_layers=0), "num_layers must be positive"),
+        (dict(hidden_size=12, num_heads=4, num_kv_heads=2), "must be even"),
+    ],
+)
+def test_impossible_configs_are_rejected_in_one_line(overrides, message):
+    values = {**PRESETS["tiny"], **overrides}
+    with pytest.raises(UserError, match=message) as info:
+        SmolLM2Config(**values)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_and_keys_name_the_choices():
+    with pytest.raises(UserError, match="choose one of"):
+        SmolLM2Config.from_preset("gpt5")
+    with pytest.raises(UserError, match="unknown model config keys"):
+        SmolLM2Config.from_dict({"hidden": 3})
+
+
+def test_init_follows_smollm2():
+    config = SmolLM2Config(
+        **{**PRESETS["tiny"], "hidden_size": 256, "intermediate_size": 512, "num_layers": 4}
+    )
+    model = SmolLM2(config)
+    std = 1 / math.sqrt(256)
+    assert config.init_std == pytest.approx(std)
+    assert model.embed.weight.std().item() == pytest.approx(std, rel=0.02)
+    assert model.blocks[0].attn.q_proj.weight.std().item() == pytest.approx(std, rel=0.05)
+    out_std = std / math.sqrt(2 * 4)
+    assert model.blocks[1].attn.o_proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert model.blocks[1].mlp.down_proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert torch.equal(model.blocks[0].attn_norm.weight, torch.ones(256))
+
+
+def test_rope_tables_are_not_saved():
+    model = SmolLM2(SmolLM2Config.from_preset("tiny"))
+    assert not any("rope" in key for key in model.state_dict())
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = SmolLM2(SmolLM2Config.from_preset("tiny"))
+    x = torch.randint(0, 49152, (2, 16))
+    model(x).sum().backward()
+    plain = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.activation_checkpointing = True
+    model(x).sum().backward()
+    for a, p in zip(plain, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad)
