@@ -21,6 +21,17 @@ class UserError(ValueError):
 EXIT_USER_ERROR = 2
 
 
+def find_user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`, also when a library (Hydra's instantiate) wrapped it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def exit_on_user_error(main: F) -> F:
     """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2."""
 
@@ -28,8 +39,11 @@ def exit_on_user_error(main: F) -> F:
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            cause = find_user_error(err)
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

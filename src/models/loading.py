@@ -26,7 +26,7 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found")
     try:
         # Our own checkpoints hold plain Python objects next to tensors (loop and data state).
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
         raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({err})") from None
     if (

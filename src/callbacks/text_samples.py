@@ -1,0 +1,93 @@
+"""Text samples from fixed prompts every N steps, so a run shows what it has learned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from src.data.tokenizer import load_tokenizer
+from src.models.generation import generate_tokens
+
+
+class TextSamples(L.Callback):
+    """Greedy-or-sampled continuations in eval mode, with a fixed seed and the KV cache.
+
+    Each sample is appended to `<run>/samples.jsonl` as {step, prompt, completion} and
+    handed to every logger that has a `log_text_samples` method.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str],
+        every_n_steps: int = 500,
+        max_new_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        seed: int = 1234,
+        tokenizer: str | None = None,
+        out_file: str = "samples.jsonl",
+    ) -> None:
+        self.prompts, self.every_n_steps = list(prompts), every_n_steps
+        self.max_new_tokens, self.temperature, self.top_k, self.seed = (
+            max_new_tokens,
+            temperature,
+            top_k,
+            seed,
+        )
+        self.tokenizer_name, self.out_file = tokenizer, Path(out_file)
+        self._tokenizer = None
+        self._last_step = -1
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.sample(trainer, pl_module)
+        self._last_step = trainer.global_step  # a continuation's first step was sampled before
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.sample(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sample(trainer, pl_module)
+
+    @rank_zero_only
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self._last_step or not self.prompts:
+            return
+        self._last_step = step
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        tokenizer, model = self._tokenizer, pl_module.model
+        was_training = model.training
+        model.eval()
+        rows = []
+        try:
+            for prompt in self.prompts:
+                ids = torch.tensor([tokenizer.encode(prompt)], device=pl_module.device)
+                new = generate_tokens(
+                    model,
+                    ids,
+                    self.max_new_tokens,
+                    temperature=self.temperature,
+                    top_k=self.top_k,
+                    eos_id=tokenizer.eos_token_id,
+                    seed=self.seed,
+                )
+                completion = tokenizer.decode([int(t) for t in new], skip_special_tokens=True)
+                rows.append({"step": step, "prompt": prompt, "completion": completion})
+        finally:
+            model.train(was_training)
+        self.out_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.out_file.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        for row in rows:
+            rank_zero_info(f"[step {step}] {row['prompt']}{row['completion']}")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_text_samples"):
+                logger.log_text_samples(rows, step)

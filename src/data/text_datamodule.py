@@ -1,0 +1,102 @@
+"""The DataModule for one local text file: tokenize once, hold out the tail, serve windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from src.data.packing import num_windows
+from src.data.text_file import download, load_tokens
+from src.data.tokenizer import load_tokenizer
+from src.data.windows import OrderedWindows, ShuffledWindowBatches
+from src.errors import UserError
+
+
+class TextFileDataModule(L.LightningDataModule):
+    """Tiny Shakespeare (downloaded once to `path`) or any UTF-8 file given as `path`.
+
+    The training position is not stored separately: it is `global_step * accumulation`
+    batches, so a checkpoint written at any optimizer step resumes on the next batch.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        seq_len: int,
+        batch_size: int,
+        url: str | None = None,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if seq_len <= 0 or batch_size <= 0:
+            raise UserError(f"data.seq_len ({seq_len}) and data.batch_size ({batch_size}) must be positive")
+        if not 0 < val_fraction < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.path, self.url = Path(path), url
+        self.seq_len, self.batch_size = seq_len, batch_size
+        self.val_fraction, self.num_workers, self.seed = val_fraction, num_workers, seed
+        self.tokenizer_name = tokenizer
+        self.cache_dir = Path(cache_dir) if cache_dir else self.path.parent / "cache"
+        self.train_tokens: np.ndarray | None = None
+        self.val_tokens: np.ndarray | None = None
+
+    def prepare_data(self) -> None:
+        """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
+        if not self.path.exists() and self.url:
+            print(f"downloading {self.url} -> {self.path}")
+            download(self.url, self.path)
+        load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_tokens is not None:
+            return
+        tokens = load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
+        split = int(len(tokens) * (1 - self.val_fraction))
+        self.train_tokens, self.val_tokens = tokens[:split], tokens[split:]
+        for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
+            if num_windows(len(part), self.seq_len) == 0:
+                raise UserError(
+                    f"{self.path}: the {name} part has {len(part)} tokens, fewer than one window of "
+                    f"seq_len + 1 = {self.seq_len + 1}; use a longer text or a smaller data.seq_len"
+                )
+
+    def batches_consumed(self) -> int:
+        """Per-rank training batches already used by the optimizer steps taken so far."""
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        dataset = ShuffledWindowBatches(
+            self.train_tokens,
+            self.seq_len,
+            self.batch_size,
+            seed=self.seed,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
+            start_batch=self.batches_consumed(),
+        )
+        return self._loader(dataset, batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(OrderedWindows(self.val_tokens, self.seq_len), batch_size=self.batch_size)
+
+    def _loader(self, dataset, batch_size: int | None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=bool(self.trainer and self.trainer.strategy.root_device.type == "cuda"),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return num_windows(len(self.train_tokens), self.seq_len) * self.seq_len

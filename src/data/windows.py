@@ -1,0 +1,86 @@
+"""Batches of `seq_len + 1` windows cut from one token array.
+
+Training batches come from an endless sequence of epochs; each epoch visits every
+window once, in a permutation that depends only on the seed and the epoch number.
+Batch `b` of rank `r` is a pure function of (seed, b, r), so resuming needs nothing
+but the number of batches already consumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from src.data.packing import num_windows
+
+
+def window(tokens: np.ndarray, index: int, seq_len: int) -> torch.Tensor:
+    start = index * seq_len
+    return torch.from_numpy(tokens[start : start + seq_len + 1].astype(np.int64))
+
+
+class ShuffledWindowBatches(IterableDataset):
+    """Endless (batch_size, seq_len + 1) batches for one rank, starting at batch `start_batch`.
+
+    Dataloader workers take batches round-robin (worker w yields start + w, start + w + W, ...),
+    which is the order the DataLoader hands them out, so the sequence is the same for any
+    number of workers.
+    """
+
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        seq_len: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.num_windows = num_windows(len(tokens), seq_len)
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        if self._order is None or self._order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(self.num_windows, generator=generator))
+        return self._order[1]
+
+    def window_index(self, position: int) -> int:
+        """The window at `position` of the endless, epoch-by-epoch shuffled sequence."""
+        epoch, offset = divmod(position, self.num_windows)
+        return int(self.epoch_order(epoch)[offset])
+
+    def batch(self, batch_index: int) -> torch.Tensor:
+        first = (batch_index * self.world_size + self.rank) * self.batch_size
+        rows = [
+            window(self.tokens, self.window_index(first + i), self.seq_len) for i in range(self.batch_size)
+        ]
+        return torch.stack(rows)  # (batch_size, seq_len + 1)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        batch_index = self.start_batch + worker_id
+        while True:
+            yield self.batch(batch_index)
+            batch_index += num_workers
+
+
+class OrderedWindows(Dataset):
+    """Every window of a token array once, in order: the validation set."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        self.tokens, self.seq_len = tokens, seq_len
+        self.length = num_windows(len(tokens), seq_len)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return window(self.tokens, index, self.seq_len)

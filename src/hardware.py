@@ -1,0 +1,51 @@
+"""What the machine can do: bf16 support, the default precision, TF32, peak FLOP/s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from src.errors import UserError
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s) of common training GPUs, by name fragment.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "4090": 165.0}
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` -> bf16-mixed where bf16 runs natively, else 16-mixed on GPUs, 32-true on CPUs."""
+    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision != "auto":
+        if not use_cuda and precision == "16-mixed":
+            raise UserError(
+                f"precision={precision} needs a GPU (Lightning would silently use bf16 on CPU); "
+                "use bf16-mixed or 32-true"
+            )
+        if use_cuda and "bf16" in precision and not torch.cuda.is_bf16_supported():
+            raise UserError(f"this GPU cannot run precision={precision}; use 16-mixed or 32-true")
+        return precision
+    if use_cuda:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def enable_tf32() -> None:
+    """TF32 matmuls on Ampere and newer (fp32 runs keep fp32 storage, as PyTorch recommends)."""
+    if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8:
+        torch.set_float32_matmul_precision("high")
+
+
+def peak_flops(device: torch.device, precision: str | int) -> float | None:
+    """Peak TFLOP/s for the device in the run's precision, if known (GPUs in bf16/fp16 only)."""
+    if device.type != "cuda" or "32" in str(precision):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for fragment, peak in GPU_PEAK_TFLOPS.items() if fragment in name), None)

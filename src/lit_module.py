@@ -1,0 +1,139 @@
+"""The LightningModule: next-token loss, AdamW groups, the LR schedule, metrics, checkpoint extras."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from src.errors import UserError
+from src.lr_schedule import LRSchedule
+from src.models.config import SmolLM2Config
+from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER
+from src.models.loss import lm_cross_entropy
+from src.models.smollm2 import SmolLM2
+
+CKPT_WANDB_RUN_ID = "wandb_run_id"
+CKPT_LR_SCHEDULE = "lr_schedule"
+CKPT_OVERRIDES = "cli_overrides"
+
+
+class SmolLM2LitModule(L.LightningModule):
+    """Trains a SmolLM2 decoder on (B, T + 1) token windows.
+
+    The LR is set before every optimizer step from `schedule(global_step)`, so the
+    schedule needs no state of its own and a resumed run continues it exactly.
+    """
+
+    def __init__(
+        self,
+        model_config: SmolLM2Config,
+        optimizer: functools.partial,
+        schedule: LRSchedule,
+        tokenizer: str | None = None,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+        wandb_run_id: str | None = None,
+        cli_overrides: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = model_config
+        self.model = SmolLM2(model_config)
+        self.model.activation_checkpointing = activation_checkpointing
+        self.optimizer_factory, self.schedule = optimizer, schedule
+        self.peak_lr = float(optimizer.keywords["lr"])
+        if self.peak_lr <= 0:
+            raise UserError(f"optim.lr must be positive, got {self.peak_lr}")
+        self.tokenizer_name, self.wandb_run_id = tokenizer, wandb_run_id
+        self.cli_overrides = list(cli_overrides or [])
+        self.compile_model = compile
+        self._step_loss: torch.Tensor | None = None
+        self._grad_norm: torch.Tensor | None = None
+        self._last_step = -1
+        self._val_sum: torch.Tensor | None = None
+        self._val_count = 0
+
+    def configure_model(self) -> None:
+        # In place, so the checkpoint keys stay those of the plain model.
+        if self.compile_model:
+            self.model.compile()
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        hidden = self.model.hidden_states(inputs)  # (B, T, C)
+        return lm_cross_entropy(hidden, self.model.lm_head.weight, targets)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        detached = loss.detach()
+        self._step_loss = detached if self._step_loss is None else self._step_loss + detached
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log once per optimizer step (not per micro-batch); values stay on the device."""
+        step = self.trainer.global_step
+        if step > self._last_step:
+            accumulation = self.trainer.accumulate_grad_batches
+            self.log("train/loss", self._step_loss / accumulation, prog_bar=True)
+            self.log("lr", self.peak_lr * self.schedule(step - 1))
+            if self._grad_norm is not None:
+                self.log("grad_norm", self._grad_norm)
+            self._step_loss, self._last_step = None, step
+
+    def on_train_start(self) -> None:
+        self._last_step = self.trainer.global_step
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm=None,
+    ) -> None:
+        """Clip by global norm and keep the norm for logging (one reduction, no host sync)."""
+        if isinstance(self.trainer.strategy, FSDPStrategy):
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
+        self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        lr = self.peak_lr * self.schedule(self.trainer.global_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        loss = self.loss(batch).detach() * batch.shape[0]
+        self._val_sum = loss if self._val_sum is None else self._val_sum + loss
+        self._val_count += batch.shape[0]
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_sum is None:
+            return
+        mean = self.trainer.strategy.reduce(self._val_sum / self._val_count, reduce_op="mean")
+        self.log("val/loss", mean, prog_bar=True)
+        self.log("val/ppl", mean.exp())
+        self._val_sum, self._val_count = None, 0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW with weight decay on 2-D weights only (not norms); fused kernels on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        extra = {}
+        if self.optimizer_factory.keywords.get("fused") is None and self.device.type == "cuda":
+            extra["fused"] = True
+        return self.optimizer_factory(groups, **extra)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CKPT_MODEL_CONFIG] = self.config.to_dict()
+        checkpoint[CKPT_TOKENIZER] = self.tokenizer_name
+        checkpoint[CKPT_WANDB_RUN_ID] = self.wandb_run_id
+        checkpoint[CKPT_LR_SCHEDULE] = dataclasses.asdict(self.schedule)
+        checkpoint[CKPT_OVERRIDES] = self.cli_overrides

