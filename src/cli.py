@@ -2,6 +2,8 @@
 
 Training composes its config with Hydra; the small verbs take a typed dataclass and
 OmegaConf's dotlist parser, so a typo or a wrong type is a one-line error, not a crash.
+A field annotated plain `str` (a prompt, a path) takes its value verbatim: the parser's
+YAML typing would turn prompt=true into "True", prompt=007 into "7" and fail on "a: b".
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ def parse_cli(schema: type[T], argv: list[str] | None = None) -> T:
     bad = [arg for arg in argv if "=" not in arg]
     if bad:
         raise UserError(f"arguments must look like key=value, got {bad[0]!r} (see --help)")
+    text_fields = {field.name for field in dataclasses.fields(schema) if field.type in ("str", str)}
+    verbatim = dict(arg.split("=", 1) for arg in argv if arg.split("=", 1)[0] in text_fields)
+    typed = [arg for arg in argv if arg.split("=", 1)[0] not in text_fields]
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(argv))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(typed))
+        for name in verbatim:
+            merged[name] = ""  # placeholder, so `${` in the real value is never interpolated
         for field in dataclasses.fields(schema):
             if OmegaConf.is_missing(merged, field.name):
                 raise UserError(f"{field.name}=... is required (see --help)")
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        return dataclasses.replace(OmegaConf.to_object(merged), **verbatim)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise UserError(str(err).splitlines()[0] + " (see --help)") from None

@@ -1,67 +1,81 @@
-"""Generate text from a Hugging Face folder or a training checkpoint.
+"""Stream text from a Hugging Face folder or a training checkpoint to the terminal.
 
-python -m src.generate hf_path=<dir> prompt="Once upon a time" max_new_tokens=50 temperature=0
+python -m src.generate ckpt_path=<.ckpt> prompt="Once upon a time" max_new_tokens=50 temperature=0
+python -m src.generate hf_path=<dir> prompt_file=prompts.txt num_samples=3 device=cuda dtype=bfloat16
+
+Stdout carries only generated text: each completion ends with a newline, and several
+completions (a prompt file, num_samples > 1) are separated by a line `---`. A prompt
+file holds one prompt per line; blank lines are skipped. Sample i uses seed + i, so the
+first sample of any run equals a one-sample run with the same seed. Tokens/s and other
+diagnostics go to stderr.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from src.cli import parse_cli
-from src.data.tokenizer import load_tokenizer
 from src.errors import UserError, exit_on_user_error
-from src.models import generate_tokens, load_pretrained
-from src.models.loading import CKPT_TOKENIZER, model_from_lightning_checkpoint, read_lightning_checkpoint
+from src.inference import ModelSource, Sampling, TextGenerator
+
+SEPARATOR = "---\n"
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Sampling, ModelSource):
     prompt: str = ""
-    hf_path: str | None = None
-    ckpt_path: str | None = None
-    tokenizer: str | None = None
-    max_new_tokens: int = 100
-    temperature: float = 0.8
-    top_k: int | None = 50
-    top_p: float | None = None
-    seed: int = 1337
+    prompt_file: str | None = None
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples < 1:
+            raise UserError(f"num_samples={self.num_samples}: ask for at least 1 sample")
+
+
+def read_prompts(cfg: GenerateConfig) -> list[str]:
+    """The one `prompt=` or the lines of `prompt_file=`; checked before the model is loaded."""
+    if cfg.prompt and cfg.prompt_file:
+        raise UserError("give prompt=... or prompt_file=..., not both")
+    if cfg.prompt_file is None:
+        if not cfg.prompt.strip():
+            raise UserError('the prompt is empty: pass prompt="..." or prompt_file=<file, one prompt a line>')
+        return [cfg.prompt]
+    path = Path(cfg.prompt_file)
+    if not path.is_file():
+        raise UserError(f"{path}: prompt file not found")
+    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"{path}: no prompts (write one prompt per line)")
+    return prompts
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(GenerateConfig, argv)
-    if (cfg.hf_path is None) == (cfg.ckpt_path is None):
-        raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
-    if not cfg.prompt:
-        raise UserError('the prompt is empty: pass prompt="..."')
-    if cfg.ckpt_path is not None:
-        checkpoint = read_lightning_checkpoint(Path(cfg.ckpt_path))
-        model = model_from_lightning_checkpoint(checkpoint)[0].eval()
-        tokenizer = load_tokenizer(cfg.tokenizer or checkpoint.get(CKPT_TOKENIZER))
-    else:
-        model = load_pretrained(cfg.hf_path)
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.hf_path)
-    input_ids = torch.tensor([tokenizer.encode(cfg.prompt)])
-    new_tokens = [
-        int(t)
-        for t in generate_tokens(
-            model,
-            input_ids,
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-            eos_id=tokenizer.eos_token_id,
-            seed=cfg.seed,
-        )
-    ]
-    if new_tokens and new_tokens[-1] == tokenizer.eos_token_id:
-        new_tokens.pop()
-    sys.stdout.write(tokenizer.decode(new_tokens) + "\n")
+    prompts = read_prompts(cfg)
+    generator = TextGenerator.load(cfg)
+    # Encode every prompt first so a bad one fails before any text is printed.
+    encoded = [generator.encode(prompt, cfg.max_new_tokens) for prompt in prompts]
+    print(f"loaded {generator.description}", file=sys.stderr)
+    num_tokens, seconds = 0, 0.0
+    for index, input_ids in enumerate(encoded):
+        for sample in range(cfg.num_samples):
+            if index or sample:
+                sys.stdout.write(SEPARATOR)
+            seed = None if cfg.seed is None else cfg.seed + sample
+            completion = generator.complete(input_ids, dataclasses.replace(cfg, seed=seed))
+            for piece in completion:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            num_tokens, seconds = num_tokens + completion.num_tokens, seconds + completion.seconds
+    rate = num_tokens / seconds if seconds > 0 else 0.0
+    print(f"{num_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """Export to a Hugging Face folder, load it back, and reject broken folders in one line."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,20 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.errors import UserError
 from src.models import SmolLM2, SmolLM2Config, load_pretrained
-from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER, STATE_DICT_PREFIX
-from tests.conftest import REPO_ROOT
-
-
-def write_checkpoint(model: SmolLM2, path) -> None:
-    """What our LightningModule puts in a .ckpt, minus the loop state export does not need."""
-    state = {STATE_DICT_PREFIX + k: v for k, v in model.state_dict().items()}
-    torch.save({CKPT_MODEL_CONFIG: model.config.to_dict(), CKPT_TOKENIZER: None, "state_dict": state}, path)
-
-
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+from tests.helpers import run_cli, write_checkpoint
 
 
 @pytest.fixture(scope="module")

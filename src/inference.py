@@ -1,0 +1,193 @@
+"""What `src.generate` and `src.app` share: load a model and its tokenizer once, then stream text.
+
+Both verbs read the same model keys (`ModelSource`) and sampling knobs (`Sampling`) and
+decode through the same `Completion`, so one prompt gives the same text in the terminal
+and in the browser.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from src.data.tokenizer import load_tokenizer
+from src.errors import UserError
+from src.models import SmolLM2, generate_tokens, load_pretrained
+from src.models.loading import CKPT_TOKENIZER, model_from_lightning_checkpoint, read_lightning_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class ModelSource:
+    """Where the weights come from (exactly one of the two paths) and where they run."""
+
+    hf_path: str | None = None
+    ckpt_path: str | None = None
+    tokenizer: str | None = None  # default: the checkpoint's tokenizer, or the HF folder's own
+    device: str = "auto"  # auto (CUDA when visible), cpu, cuda, cuda:N
+    dtype: str = "float32"  # float32 or bfloat16
+
+
+@dataclass
+class Sampling:
+    """Decoding knobs; temperature 0 is greedy, top_k/top_p null switch the filter off."""
+
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int | None = 1337
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens={self.max_new_tokens}: generate at least 1 token")
+        if self.temperature < 0:
+            raise UserError(f"temperature={self.temperature}: use 0 for greedy or a positive value")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k={self.top_k}: use a positive integer, or null for no top-k filter")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise UserError(f"top_p={self.top_p}: use a value in (0, 1], or null for no nucleus filter")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when visible; asking for CUDA without one is an error, not a fallback."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device={name}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name}: no CUDA device is visible; use device=cpu or device=auto")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"dtype={name}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+class IncrementalDecoder:
+    """Turns token ids into printable text one id at a time.
+
+    A token can end inside a multi-byte character (emoji, CJK): decoding the ids so far
+    then ends in U+FFFD, so that text waits until a later token completes the character.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+        self.printed = 0
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text that is now final (possibly empty)."""
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids)
+        if self.text.endswith("\ufffd"):
+            return ""
+        return self.flush()
+
+    def flush(self) -> str:
+        """Everything not yet returned, including an incomplete character at the very end."""
+        piece, self.printed = self.text[self.printed :], len(self.text)
+        return piece
+
+
+class Completion:
+    """One continuation: iterate for text pieces as tokens arrive; read the totals afterwards."""
+
+    def __init__(self, generator: TextGenerator, input_ids: torch.Tensor, sampling: Sampling) -> None:
+        self.generator = generator
+        self.input_ids = input_ids
+        self.sampling = sampling
+        self.decoder = IncrementalDecoder(generator.tokenizer)
+        self.num_tokens = 0
+        self.seconds = 0.0
+
+    @property
+    def text(self) -> str:
+        """The text so far, without characters still waiting for their last byte."""
+        return self.decoder.text[: self.decoder.printed]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def __iter__(self) -> Iterator[str]:
+        eos_id = self.generator.tokenizer.eos_token_id
+        start = time.perf_counter()
+        tokens = generate_tokens(
+            self.generator.model,
+            self.input_ids,
+            self.sampling.max_new_tokens,
+            temperature=self.sampling.temperature,
+            top_k=self.sampling.top_k,
+            top_p=self.sampling.top_p,
+            eos_id=eos_id,
+            seed=self.sampling.seed,
+        )
+        for token in tokens:
+            token_id = int(token[0])  # reading the id waits for the device, so the clock is honest
+            self.num_tokens += 1
+            self.seconds = time.perf_counter() - start
+            if token_id == eos_id:
+                break
+            piece = self.decoder.push(token_id)
+            if piece:
+                yield piece
+        if rest := self.decoder.flush():
+            yield rest
+
+
+class TextGenerator:
+    """A model and its tokenizer, loaded once, on one device and dtype."""
+
+    def __init__(self, model: SmolLM2, tokenizer: PreTrainedTokenizerBase, description: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.description = description
+
+    @classmethod
+    def load(cls, source: ModelSource) -> TextGenerator:
+        """From `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it."""
+        if (source.hf_path is None) == (source.ckpt_path is None):
+            raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
+        device, dtype = resolve_device(source.device), resolve_dtype(source.dtype)
+        if source.ckpt_path is not None:
+            path = Path(source.ckpt_path)
+            checkpoint = read_lightning_checkpoint(path)
+            model = model_from_lightning_checkpoint(checkpoint)[0].to(device=device, dtype=dtype).eval()
+            tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(CKPT_TOKENIZER))
+        else:
+            path = Path(source.hf_path)
+            model = load_pretrained(path, dtype=dtype, device=device)
+            tokenizer = load_tokenizer(source.tokenizer or source.hf_path)
+        params = model.num_parameters() / 1e6
+        return cls(model, tokenizer, f"{path.name} ({params:.1f}M parameters, {device.type}, {source.dtype})")
+
+    @property
+    def context(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def encode(self, prompt: str, max_new_tokens: int) -> torch.Tensor:
+        """Prompt -> ids (1, T) on the model's device, rejecting what cannot be generated up front."""
+        if not prompt.strip():
+            raise UserError("the prompt is empty: type some text to continue")
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) + max_new_tokens > self.context:
+            raise UserError(
+                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"context of {self.context} tokens: shorten the prompt or lower max_new_tokens"
+            )
+        return torch.tensor([ids], device=self.model.embed.weight.device)
+
+    def complete(self, input_ids: torch.Tensor, sampling: Sampling) -> Completion:
+        return Completion(self, input_ids, sampling)

@@ -1,0 +1,26 @@
+"""Helpers several test modules share: a tiny checkpoint on disk and a CLI runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from src.models import SmolLM2
+from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER, STATE_DICT_PREFIX
+from tests.conftest import REPO_ROOT
+
+
+def write_checkpoint(model: SmolLM2, path: Path) -> None:
+    """What our LightningModule puts in a .ckpt, minus the loop state that inference does not need."""
+    state = {STATE_DICT_PREFIX + k: v for k, v in model.state_dict().items()}
+    torch.save({CKPT_MODEL_CONFIG: model.config.to_dict(), CKPT_TOKENIZER: None, "state_dict": state}, path)
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root, as a user would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )

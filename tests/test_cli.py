@@ -1,0 +1,35 @@
+"""`key=value` parsing: typed fields are checked, plain `str` fields are kept verbatim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from omegaconf import MISSING
+
+from src.cli import parse_cli
+from src.errors import UserError
+
+
+@dataclass
+class Schema:
+    path: str = MISSING
+    prompt: str = ""
+    steps: int = 1
+    top_p: float | None = None
+
+
+@pytest.mark.parametrize("value", ["true", "007", "1e5", "a: b", "[x, y]", "${oc.env:HOME}", "x=y", ""])
+def test_str_fields_keep_the_text_as_typed(value):
+    assert parse_cli(Schema, ["path=p", f"prompt={value}"]).prompt == value
+
+
+def test_typed_fields_are_converted_and_checked():
+    cfg = parse_cli(Schema, ["path=p", "steps=3", "top_p=null"])
+    assert (cfg.steps, cfg.top_p) == (3, None)
+    with pytest.raises(UserError, match="could not be converted to Integer"):
+        parse_cli(Schema, ["path=p", "steps=three"])
+    with pytest.raises(UserError, match="path=... is required"):
+        parse_cli(Schema, ["prompt=hi"])
+    with pytest.raises(UserError, match="Key 'prompts' not in 'Schema'"):
+        parse_cli(Schema, ["path=p", "prompts=hi"])

@@ -1,0 +1,140 @@
+"""`python -m src.generate`: the same tokens as `generate`, streamed, with one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.generate import main
+from src.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
+from src.models import SmolLM2, SmolLM2Config, generate
+from tests.helpers import run_cli, write_checkpoint
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[SmolLM2, str]:
+    torch.manual_seed(0)
+    model = SmolLM2(SmolLM2Config.from_preset("tiny")).eval()
+    path = tmp_path_factory.mktemp("generate") / "tiny.ckpt"
+    write_checkpoint(model, path)
+    return model, str(path)
+
+
+def expected_text(model: SmolLM2, tokenizer, prompt: str, max_new_tokens: int, **kwargs) -> str:
+    """What `generate` produces for the prompt, decoded, without the EOS that ends it."""
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    eos = tokenizer.eos_token_id
+    new = generate(model, ids, max_new_tokens, eos_id=eos, **kwargs)[0, ids.shape[1] :].tolist()
+    return tokenizer.decode([t for t in new if t != eos])
+
+
+def run_main(capsys, *args: str) -> tuple[str, str]:
+    main(list(args))
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_greedy_output_equals_generate_and_stdout_has_only_text(tiny, tokenizer, capsys):
+    model, ckpt = tiny
+    out, err = run_main(capsys, f"ckpt_path={ckpt}", f"prompt={PROMPT}", "temperature=0", "max_new_tokens=12")
+    assert out == expected_text(model, tokenizer, PROMPT, 12) + "\n"
+    assert "tokens/s" in err and "tokens/s" not in out
+
+
+def test_seeded_sampling_is_reproducible_and_matches_generate(tiny, tokenizer, capsys):
+    model, ckpt = tiny
+    args = (f"ckpt_path={ckpt}", f"prompt={PROMPT}", "temperature=1.0", "top_k=50", "max_new_tokens=16")
+    first, _ = run_main(capsys, *args, "seed=3")
+    again, _ = run_main(capsys, *args, "seed=3")
+    other, _ = run_main(capsys, *args, "seed=4")
+    assert first == again != other
+    sampled = expected_text(model, tokenizer, PROMPT, 16, temperature=1.0, top_k=50, seed=3)
+    assert first == sampled + "\n"
+
+
+def test_prompt_file_and_num_samples(tiny, tmp_path, capsys):
+    _, ckpt = tiny
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The king said\n\nIn 2024, 日本\n", encoding="utf-8")
+    common = (f"ckpt_path={ckpt}", "max_new_tokens=8", "seed=5")
+    out, err = run_main(capsys, *common, f"prompt_file={prompts}", "num_samples=2")
+    completions = out.removesuffix("\n").split("\n---\n")
+    assert len(completions) == 4 and completions[0] != completions[1]
+    for index, prompt in enumerate(["The king said", "In 2024, 日本"]):
+        for sample in range(2):
+            alone, _ = run_main(capsys, *common[:2], f"seed={5 + sample}", f"prompt={prompt}")
+            assert completions[2 * index + sample] + "\n" == alone
+    assert "32 tokens" in err
+
+
+def test_bfloat16_generates(tiny, capsys):
+    _, ckpt = tiny
+    out, err = run_main(capsys, f"ckpt_path={ckpt}", "prompt=Hello", "dtype=bfloat16", "max_new_tokens=4")
+    assert out.strip() and "tokens/s" in err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bfloat16_greedy_streams(tiny, capsys):
+    _, ckpt = tiny
+    args = (f"ckpt_path={ckpt}", f"prompt={PROMPT}", "temperature=0", "max_new_tokens=8", "dtype=bfloat16")
+    on_gpu, _ = run_main(capsys, *args, "device=cuda")
+    assert on_gpu.strip()
+
+
+def test_multibyte_characters_stream_whole(tokenizer):
+    text = "naïve café 🙂🚀 日本語のテキスト"
+    ids = tokenizer.encode(text)
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(i) for i in ids]
+    assert any("\ufffd" in tokenizer.decode(ids[: k + 1]) for k in range(len(ids)))  # a split character
+    assert "".join(pieces) + decoder.flush() == text
+    assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_completion_streams_piece_by_piece(tiny):
+    _, ckpt = tiny
+    generator = TextGenerator.load(ModelSource(ckpt_path=ckpt))
+    completion = generator.complete(generator.encode(PROMPT, 10), Sampling(max_new_tokens=10, temperature=0))
+    pieces = list(completion)
+    assert len(pieces) > 1 and "".join(pieces) == completion.text
+    assert completion.num_tokens == 10 and completion.tokens_per_second > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("prompt=",), "the prompt is empty"),
+        (("prompt=   ",), "the prompt is empty"),
+        (("prompt=" + "hello " * 2100,), "exceeds the model's context of 2048 tokens"),
+        (("prompt=Hi", "max_new_tokens=5000"), "exceeds the model's context"),
+        (("prompt=Hi", "hf_path=somewhere"), "give exactly one of hf_path"),
+        (("prompt=Hi", "temperature=-1"), "temperature=-1.0"),
+        (("prompt=Hi", "num_samples=0"), "num_samples=0"),
+        (("prompt_file=missing.txt",), "prompt file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tiny, capsys, args, message):
+    _, ckpt = tiny
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"ckpt_path={ckpt}", *args])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+
+
+def test_missing_source_and_broken_checkpoint_from_the_command_line(tmp_path):
+    neither = run_cli("src.generate", "prompt=Hi")
+    missing = run_cli("src.generate", f"ckpt_path={tmp_path / 'nope.ckpt'}", "prompt=Hi")
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04garbage")
+    truncated = run_cli("src.generate", f"ckpt_path={broken}", "prompt=Hi")
+    for result, message in [
+        (neither, "give exactly one of hf_path"),
+        (missing, "checkpoint not found"),
+        (truncated, "not a readable checkpoint"),
+    ]:
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.count("\n") == 1 and message in result.stderr
