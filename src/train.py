@@ -134,6 +134,8 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
                 "num_parameters": module.model.num_parameters(),
             }
         )
+    if cfg.val_at_start and not cfg.ckpt_path:
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 

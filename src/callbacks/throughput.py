@@ -32,6 +32,13 @@ class ThroughputLogger(L.Callback):
         self.peak = peak * 1e12 if peak else None
         self._t0, self._step0 = time.perf_counter(), trainer.global_step
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._t0 is not None:  # validation time is not training time
+            self._t0 += time.perf_counter() - self._val_t0
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
         if step == self._step0 or step % trainer.log_every_n_steps:

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 def tokenize_documents(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Batched fast tokenization; EOS closes every document."""
-    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
     return [doc + [tokenizer.eos_token_id] for doc in ids]
 
 

@@ -16,10 +16,11 @@ from transformers import PreTrainedTokenizerBase
 from src.data.packing import token_dtype, tokenize_documents
 from src.errors import UserError
 
-# Cut points for batched tokenization: after a newline that is followed by a non-space
-# character. The byte-level pre-tokenizer always splits there, so the chunks tokenize to
-# exactly the ids of the whole text (a test checks it).
-_SAFE_CUT = re.compile(r"(?<=\n)(?=\S)")
+# Cut points for batched tokenization: after a lone newline between two non-space
+# characters. The byte-level pre-tokenizer always splits there (a longer whitespace run
+# would tokenize differently at a chunk's end), so the chunks tokenize to exactly the ids
+# of the whole text (a test checks it).
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 def download(url: str, path: Path) -> None:

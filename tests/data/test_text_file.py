@@ -1,0 +1,103 @@
+"""The text-file source: exact chunked tokenization, caching, windows, order and resume."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from src.data.packing import WindowPacker, num_windows
+from src.data.text_file import load_tokens, split_for_tokenization
+from src.data.windows import OrderedWindows, ShuffledWindowBatches
+from src.errors import UserError
+
+
+def test_chunked_tokenization_equals_whole_text(tokenizer, shakespeare_path):
+    text = shakespeare_path.read_text()[:200_000]
+    chunks = split_for_tokenization(text, chunk_chars=5_000)
+    assert len(chunks) > 10 and "".join(chunks) == text
+    chunked = [t for chunk in chunks for t in tokenizer.encode(chunk)]
+    assert chunked == tokenizer.encode(text)
+
+
+def test_tokens_are_cached_by_content(tokenizer, tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text("To be, or not to be.\n")
+    first = load_tokens(path, tokenizer, tmp_path / "cache")
+    assert list(first) == tokenizer.encode("To be, or not to be.\n") + [tokenizer.eos_token_id]
+    assert first.dtype == np.uint16
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1
+    path.write_text("That is the question.\n")
+    assert list(load_tokens(path, tokenizer, tmp_path / "cache"))[:-1] == tokenizer.encode(
+        "That is the question.\n"
+    )
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "text file not found"), (b"  \n", "the file is empty"), (b"caf\xe9\n", "not UTF-8")],
+)
+def test_bad_text_files_are_one_line_errors(tokenizer, tmp_path, content, message):
+    path = tmp_path / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_tokens(path, tokenizer, tmp_path / "cache")
+
+
+def test_packer_windows_share_one_token_and_carry_the_rest():
+    packer = WindowPacker(seq_len=4)
+    windows = list(packer.feed([[1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]))
+    assert windows == [[1, 2, 3, 4, 5], [5, 6, 7, 8, 9]]
+    assert packer.buffer == [9, 10]
+    assert num_windows(10, 4) == 2
+
+
+TOKENS = np.arange(1000, dtype=np.uint16)
+
+
+def take(dataset, n: int, workers: int = 0) -> list[torch.Tensor]:
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == n:
+            return batches
+    return batches
+
+
+def test_one_epoch_sees_every_training_token_once():
+    seq_len, batch = 10, 3
+    dataset = ShuffledWindowBatches(TOKENS, seq_len, batch, seed=1)
+    per_epoch = num_windows(len(TOKENS), seq_len)  # 99 windows = 33 batches
+    rows = torch.cat(take(dataset, per_epoch // batch))
+    targets = rows[:, 1:].flatten().tolist()
+    assert sorted(targets) == list(range(1, 1 + per_epoch * seq_len))
+
+
+def test_order_depends_only_on_seed_and_epoch():
+    a = ShuffledWindowBatches(TOKENS, 10, 3, seed=1)
+    b = ShuffledWindowBatches(TOKENS, 10, 3, seed=1)
+    c = ShuffledWindowBatches(TOKENS, 10, 3, seed=2)
+    assert torch.equal(a.batch(40), b.batch(40)) and not torch.equal(a.batch(40), c.batch(40))
+    assert not torch.equal(a.epoch_order(0), a.epoch_order(1))
+
+
+def test_workers_and_resume_serve_the_same_batches():
+    straight = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1), 12)
+    with_workers = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1), 12, workers=2)
+    resumed = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1, start_batch=5), 7, workers=2)
+    assert all(torch.equal(x, y) for x, y in zip(straight, with_workers, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(straight[5:], resumed, strict=True))
+
+
+def test_ranks_split_a_global_batch():
+    single = ShuffledWindowBatches(TOKENS, 10, 4, seed=1)
+    ranks = [ShuffledWindowBatches(TOKENS, 10, 2, seed=1, rank=r, world_size=2) for r in range(2)]
+    for b in range(5):
+        assert torch.equal(torch.cat([ranks[0].batch(b), ranks[1].batch(b)]), single.batch(b))
+
+
+def test_validation_windows_are_in_order_and_complete():
+    val = OrderedWindows(TOKENS[900:], seq_len=10)
+    assert len(val) == 9 and val[0].tolist() == list(range(900, 911)) and val[8][-1] == 990

@@ -1,0 +1,70 @@
+"""The README's training commands, run as a user types them (subprocesses, real CLI)."""
+
+import json
+import math
+
+import pytest
+
+from tests.helpers import run_cli
+from tests.training import logged
+
+QUICK = [
+    "trainer.accelerator=cpu",
+    "logger=csv",
+    "data.seq_len=128",
+    "data.batch_size=8",
+    "trainer.max_steps=100",
+    "schedule.warmup_steps=10",
+    "eval_every=50",
+    "trainer.limit_val_batches=8",
+    "callbacks.text_samples.every_n_steps=50",
+    "callbacks.text_samples.max_new_tokens=16",
+]
+
+
+@pytest.mark.slow
+def test_quick_start_on_tiny_shakespeare_learns(tmp_path, shakespeare_path):
+    """The default run (shortened): validation loss falls well below its untrained start."""
+    run = tmp_path / "run"
+    result = run_cli("src.train", f"data.path={shakespeare_path}", f"hydra.run.dir={run}", *QUICK)
+    assert result.returncode == 0, result.stderr[-3000:]
+    val = logged(run, "val/loss")
+    assert sorted(val) == [0, 49, 99]
+    assert val[0] == pytest.approx(math.log(49152), abs=0.6)
+    assert val[99] < val[0] - 3.0, val
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {0, 50, 100}
+    for name in ("checkpoints/last.ckpt", ".hydra/config.yaml", "csv/metrics.csv"):
+        assert (run / name).is_file(), name
+
+
+def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "src.train",
+        "-m",
+        "experiment=smoke",
+        "optim.lr=1e-3,3e-3",
+        "trainer.max_steps=3",
+        "trainer.log_every_n_steps=1",
+        "schedule.warmup_steps=1",
+        "data.seq_len=32",
+        "data.batch_size=2",
+        "val_at_start=false",
+        "callbacks.text_samples.prompts=[]",
+        f"data.path={shakespeare_path}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lrs = {}
+    for job in ("0", "1"):
+        lr = logged(sweep / job, "lr")
+        assert sorted(lr) == [0, 1, 2]
+        lrs[job] = lr[2]
+    assert lrs == pytest.approx({"0": 1e-3, "1": 3e-3})
+
+
+def test_bad_override_is_one_line_and_non_zero(tmp_path):
+    result = run_cli("src.train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
