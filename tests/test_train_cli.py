@@ -68,3 +68,9 @@ def test_bad_override_is_one_line_and_non_zero(tmp_path):
     result = run_cli("src.train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
+
+
+def test_print_the_composed_config():
+    result = run_cli("src.train", "--cfg", "job", "model=smollm2_135m")
+    assert result.returncode == 0, result.stderr
+    assert "hidden_size: 576" in result.stdout and "seq_len: 2048" in result.stdout
