@@ -168,4 +168,4 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
 
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):
     with pytest.raises(UserError, match="optim.lr must be positive"):
-        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=2", "optim.lr=0"))
+        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", "optim.lr=0"))

@@ -11,7 +11,7 @@ from tests.training import logged
 QUICK = [
     "trainer.accelerator=cpu",
     "logger=csv",
-    "data.seq_len=128",
+    "data.seq_len=64",
     "data.batch_size=8",
     "trainer.max_steps=100",
     "schedule.warmup_steps=10",
