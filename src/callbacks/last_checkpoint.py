@@ -26,13 +26,12 @@ class LastCheckpoint(L.Callback):
         self._started = False
 
     def _save(self, trainer: L.Trainer, reason: str | None = None) -> None:
-        if trainer.global_step == self._saved_step:
-            return
-        trainer.save_checkpoint(self.path)
-        self._saved_step = trainer.global_step
+        step = trainer.global_step
+        if step != self._saved_step:
+            trainer.save_checkpoint(self.path)
+            self._saved_step = step
         if reason:
-            step = trainer.global_step
-            rank_zero_info(f"{reason}: saved {self.path} at step {step}; continue with ckpt_path={self.path}")
+            rank_zero_info(f"{reason}: {self.path} holds step {step}; continue with ckpt_path={self.path}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = True
