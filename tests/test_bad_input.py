@@ -50,7 +50,7 @@ def bad_files(tmp):
         (["data.seq_len=abc"], "data.seq_len must be a positive integer, got 'abc'"),
         (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be a positive integer"),
         (["eval_every=0"], "eval_every must be a positive integer, got 0"),
-        (["optim.lr=-1e-3"], "optim.lr must be a positive number, got -0.001"),
+        (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
         (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
         (["precision=16-mixed"], "precision=16-mixed needs a GPU"),
