@@ -59,8 +59,10 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     for key in POSITIVE_INTS:
         check_positive_int(cfg, key)
     lr = cfg.optim.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise UserError(f"optim.lr must be positive, got {lr!r}")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise UserError(f"optim.lr must be a number, got {lr!r}")
+    if lr <= 0:
+        raise UserError(f"optim.lr must be positive, got {float(lr)}")
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     if cfg.data.seq_len > model_config.max_position_embeddings:
