@@ -11,7 +11,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """A kill at any moment leaves either the old file or the new one, never half of one."""
+    """A kill at any moment leaves either the old file or the new one, never half of one.
+
+    A kill mid-write leaves a `.<name>.tmp-<pid>` file behind; the next save into the same
+    folder removes it (only rank 0 writes, so no live writer owns another pid's file).
+    """
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
@@ -19,6 +23,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        for stale in path.parent.glob(".*.tmp-*"):  # left by a killed writer
+            if not stale.name.endswith(f".tmp-{os.getpid()}"):
+                stale.unlink(missing_ok=True)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

@@ -22,6 +22,8 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str, accelerator: str) -> str:
     """`auto` -> bf16-mixed where bf16 runs natively, else 16-mixed on GPUs, 32-true on CPUs."""
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator} but no CUDA GPU is visible; use trainer=cpu")
     use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     if precision != "auto":
         if not use_cuda and precision == "16-mixed":

@@ -10,16 +10,17 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from src.errors import UserError
 from src.lr_schedule import LRSchedule
 from src.models.config import SmolLM2Config
 from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER
 from src.models.loss import lm_cross_entropy
 from src.models.smollm2 import SmolLM2
+from src.nonfinite import guard_step
 
 CKPT_WANDB_RUN_ID = "wandb_run_id"
 CKPT_LR_SCHEDULE = "lr_schedule"
 CKPT_OVERRIDES = "cli_overrides"
+CKPT_SKIPPED_STEPS = "nonfinite_skipped"
 
 
 class SmolLM2LitModule(L.LightningModule):
@@ -27,6 +28,7 @@ class SmolLM2LitModule(L.LightningModule):
 
     The LR is set before every optimizer step from `schedule(global_step)`, so the
     schedule needs no state of its own and a resumed run continues it exactly.
+    `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/nonfinite.py).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class SmolLM2LitModule(L.LightningModule):
         activation_checkpointing: bool = False,
         wandb_run_id: str | None = None,
         cli_overrides: list[str] | None = None,
+        nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         self.config = model_config
@@ -46,8 +49,8 @@ class SmolLM2LitModule(L.LightningModule):
         self.model.activation_checkpointing = activation_checkpointing
         self.optimizer_factory, self.schedule = optimizer, schedule
         self.peak_lr = float(optimizer.keywords["lr"])
-        if self.peak_lr <= 0:
-            raise UserError(f"optim.lr must be positive, got {self.peak_lr}")
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
         self.tokenizer_name, self.wandb_run_id = tokenizer, wandb_run_id
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
@@ -74,14 +77,20 @@ class SmolLM2LitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Log once per optimizer step (not per micro-batch); values stay on the device."""
+        """Log once per optimizer step (not per micro-batch); values stay on the device.
+
+        Under DDP the loss is averaged over ranks (an all-reduce of one scalar, no host sync),
+        so it is the loss of the global batch, as in a single-process run.
+        """
         step = self.trainer.global_step
         if step > self._last_step:
             accumulation = self.trainer.accumulate_grad_batches
-            self.log("train/loss", self._step_loss / accumulation, prog_bar=True)
+            self.log("train/loss", self._step_loss / accumulation, prog_bar=True, sync_dist=True)
             self.log("lr", self.peak_lr * self.schedule(step - 1))
             if self._grad_norm is not None:
                 self.log("grad_norm", self._grad_norm)
+            if self.nonfinite == "skip":
+                self.log("nonfinite_skipped", float(self.skipped_steps))
             self._step_loss, self._last_step = None, step
 
     def on_train_start(self) -> None:
@@ -93,12 +102,19 @@ class SmolLM2LitModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm=None,
     ) -> None:
-        """Clip by global norm and keep the norm for logging (one reduction, no host sync)."""
+        """Clip by global norm, keep the norm for logging, and stop or skip on a non-finite one.
+
+        fp16's GradScaler finds and skips overflowing steps itself, so the guard stands aside there.
+        """
         if isinstance(self.trainer.strategy, FSDPStrategy):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            loss = self._step_loss / self.trainer.accumulate_grad_batches
+            if guard_step(self._grad_norm, optimizer, self.nonfinite, self.trainer.global_step, loss):
+                self.skipped_steps += 1
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         lr = self.peak_lr * self.schedule(self.trainer.global_step)
@@ -137,3 +153,7 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[CKPT_WANDB_RUN_ID] = self.wandb_run_id
         checkpoint[CKPT_LR_SCHEDULE] = dataclasses.asdict(self.schedule)
         checkpoint[CKPT_OVERRIDES] = self.cli_overrides
+        checkpoint[CKPT_SKIPPED_STEPS] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = checkpoint.get(CKPT_SKIPPED_STEPS, 0)

@@ -3,11 +3,16 @@
 Hydra composes `conf/train.yaml`; this file builds the objects and calls `trainer.fit`.
 With `ckpt_path=...` the run's own overrides are read back from the checkpoint and
 replayed under today's, so a continuation is the same run with the same config.
+
+Exit codes: 0 done; 2 bad input or a diverged run (one `error:` line on stderr); 130 after
+Ctrl-C and 143 after SIGTERM, both once `last.ckpt` is saved; anything else is a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +20,14 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.checkpoint_io import AtomicCheckpointIO
-from src.errors import UserError, exit_on_user_error
+from src.config_checks import check_run_config
+from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.hardware import enable_tf32, resolve_precision
 from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, SmolLM2LitModule
 from src.loggers import build_loggers, new_run_id
@@ -27,6 +35,8 @@ from src.lr_schedule import LRSchedule
 from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
 
 log = logging.getLogger(__name__)
+
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # the shell's 128 + signal number
 
 
 def run_dir_of(ckpt_path: str | None, default: str) -> str:
@@ -84,15 +94,10 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
                 f"pass trainer.max_steps > {step} to continue"
             )
 
-    L.seed_everything(cfg.seed, workers=True)
     model_config = hydra.utils.instantiate(cfg.model)
     if checkpoint is not None:
         check_model_matches(checkpoint[CKPT_MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
-    if cfg.data.seq_len > model_config.max_position_embeddings:
-        raise UserError(
-            f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
-            f"{model_config.max_position_embeddings}; lower data.seq_len"
-        )
+    check_run_config(cfg, model_config)
 
     schedule_cfg = OmegaConf.to_container(cfg.schedule, resolve=True)
     if schedule_cfg["total_steps"] is None:
@@ -101,6 +106,11 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     schedule = hydra.utils.instantiate(schedule_cfg)
     assert isinstance(schedule, LRSchedule)
 
+    datamodule = hydra.utils.instantiate(cfg.data)
+    with open_dict(cfg):
+        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+
+    L.seed_everything(cfg.seed, workers=True)
     run_id = (checkpoint or {}).get(CKPT_WANDB_RUN_ID) or new_run_id()
     module = SmolLM2LitModule(
         model_config,
@@ -111,14 +121,12 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         activation_checkpointing=cfg.activation_checkpointing,
         wandb_run_id=run_id,
         cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
+        nonfinite=cfg.nonfinite,
     )
     del checkpoint  # Lightning reads the file again to restore the full training state
 
-    datamodule = hydra.utils.instantiate(cfg.data)
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    with open_dict(cfg):
-        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     enable_tf32()
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -136,14 +144,44 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         )
     if cfg.val_at_start and not cfg.ckpt_path:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
+        if not trainer.interrupted:
+            raise
+        sys.exit(EXIT_SIGTERM if isinstance(stop, SIGTERMException) else EXIT_SIGINT)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def one_line(err: Exception) -> str:
+    """Hydra's multi-line config errors (with their OmegaConf cause) folded into one line."""
+    if isinstance(err, MissingConfigException) and err.options:
+        return f"{str(err).splitlines()[0]}; choose one of {', '.join(sorted(err.options))}"
+    parts = [err, err.__cause__] if err.__cause__ else [err]
+    lines = [line.strip().rstrip(".") for part in parts for line in str(part).splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     train(cfg, list(HydraConfig.get().overrides.task))
+
+
+def main() -> None:
+    """The CLI. Hydra's own errors (unknown preset or key, bad syntax, an unwritable run folder)
+    reach us instead of Hydra's printout, and leave as one `error:` line with exit code 2."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        hydra_main()
+    except (ConfigCompositionException, OverrideParseException) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        print(f"error: {err.filename}: {err.strerror}; pick a writable paths.root_dir", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+"""Bad input fails early with one line that names the problem and the fix, and damages nothing.
+
+Most cases run in-process (the UserError is what the CLI prints); a few run the real CLI to
+hold the contract itself: exit code 2, one `error:` line, no traceback.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from src.errors import UserError, find_user_error
+from tests.helpers import run_cli
+from tests.training import fast_overrides, run_training, write_text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step run whose last.ckpt the checkpoint cases start from."""
+    tmp = tmp_path_factory.mktemp("trained")
+    text = write_text(tmp / "input.txt")
+    run_training(fast_overrides(tmp, text, "trainer.max_steps=2", "schedule.warmup_steps=1"))
+    return tmp, text, tmp / "run" / "checkpoints" / "last.ckpt"
+
+
+def bad_files(tmp):
+    (tmp / "empty.txt").write_text("  \n")
+    (tmp / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 50)
+    (tmp / "short.txt").write_text("Too short.\n")
+    (tmp / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    torch.save({"weights": torch.zeros(2)}, tmp / "foreign.ckpt")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.path={tmp}/nope.txt", "data.url=null"], "nope.txt: text file not found; pass data.path"),
+        (["data.path={tmp}/empty.txt"], "empty.txt: the file is empty"),
+        (["data.path={tmp}/latin1.txt"], r"latin1.txt: not UTF-8 \(byte 3\); convert it with iconv"),
+        (["data.path={tmp}/short.txt"], "fewer than one window of seq_len \\+ 1 = 33; use a longer text"),
+        (["ckpt_path={tmp}/missing.ckpt"], "missing.ckpt: checkpoint not found"),
+        (["ckpt_path={tmp}/junk.ckpt"], "junk.ckpt: not a readable checkpoint"),
+        (["ckpt_path={tmp}/foreign.ckpt"], "foreign.ckpt: not a checkpoint written by src.train"),
+        (["model.vocab_size=1000"], "tokenizer has 49152 tokens but model.vocab_size=1000; set model.voc"),
+        (["data.seq_len=4096"], "data.seq_len=4096 exceeds model.max_position_embeddings=2048"),
+        (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
+        (["trainer.max_steps=-5"], "trainer.max_steps must be a positive integer, got -5"),
+        (["data.seq_len=abc"], "data.seq_len must be a positive integer, got 'abc'"),
+        (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be a positive integer"),
+        (["eval_every=0"], "eval_every must be a positive integer, got 0"),
+        (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
+        (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
+        (["nonfinite=maybe"], "nonfinite must be one of"),
+        (["precision=16-mixed"], "precision=16-mixed needs a GPU"),
+        (["paths.output_dir={tmp}/empty.txt/run"], r"cannot write to the run folder .*Not a directory"),
+    ],
+)
+def test_bad_input_is_a_user_error(tmp_path, extra, message):
+    text = write_text(tmp_path / "input.txt")
+    bad_files(tmp_path)
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=2", "schedule.warmup_steps=1")
+    with pytest.raises(Exception) as failure:  # Hydra's instantiate wraps errors from constructors
+        run_training(overrides + [e.format(tmp=tmp_path) for e in extra])
+    error = find_user_error(failure.value)
+    assert error is not None and re.search(message, str(error)), failure.value
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu(tmp_path):
+    overrides = fast_overrides(tmp_path, write_text(tmp_path / "input.txt"), "trainer.accelerator=gpu")
+    with pytest.raises(UserError, match="no CUDA GPU is visible; use trainer=cpu"):
+        run_training(overrides)
+
+
+def test_checkpoint_cases_leave_the_run_intact(trained, tmp_path):
+    """Truncated file, max_steps below the step, or a broken data file: last.ckpt is untouched."""
+    tmp, text, last = trained
+    before = last.read_bytes()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(before[: len(before) // 2])
+    cases = [
+        ([f"ckpt_path={truncated}"], "truncated.ckpt: not a readable checkpoint, it may be truncated"),
+        ([f"ckpt_path={last}", "trainer.max_steps=1"], "max_steps=1 is below the checkpoint's step 2"),
+        # Fails in the DataModule's setup, inside trainer.fit, after the trainer exists.
+        ([f"ckpt_path={last}", "trainer.max_steps=4", f"data.path={tmp_path}/gone", "data.url=null"], "gone"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(UserError, match=message):
+            run_training(fast_overrides(tmp, text, "schedule.warmup_steps=1", *extra))
+        assert last.read_bytes() == before
+
+
+def cli_error(*args: str) -> str:
+    """Runs the training CLI, checks the one-line contract, returns the error line."""
+    result = run_cli("src.train", *args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], result.stderr
+    return lines[-1]
+
+
+def test_cli_config_errors_are_exactly_one_line(tmp_path):
+    """Errors found before training starts are the only line on stderr."""
+    for args, message in [
+        (["model=nope"], "Could not find 'model/nope'; choose one of smollm2_1.7b, smollm2_135m"),
+        (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
+        ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
+    ]:
+        result = run_cli("src.train", *args)
+        assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+        assert message in result.stderr
+
+
+def test_cli_error_inside_fit_is_one_line_and_saves_nothing(tmp_path):
+    text = write_text(tmp_path / "input.txt")
+    bad_files(tmp_path)
+    line = cli_error(*fast_overrides(tmp_path, text, f"data.path={tmp_path}/latin1.txt"))
+    assert line.startswith("error: ") and "not UTF-8" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
