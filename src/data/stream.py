@@ -37,7 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
 from src.data.packing import WindowPacker, tokenize_documents
-from src.errors import UserError
+from src.errors import UserError, first_line
 
 # Earlier versions resume from a state restored once, but restart from the beginning of
 # the pass on the second resume (the state saved after a resume was the initial one).
@@ -60,10 +60,9 @@ def open_stream(
         else:
             stream = datasets.load_dataset(path, name, split=split, streaming=True)
     except (OSError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot open dataset {source}: {reason}; to read local parquet shards of the same schema, "
-            "pass data.data_files='<dir>/*.parquet'"
+            f"cannot open dataset {source}: {first_line(err)}; to read local parquet shards of the "
+            "same schema, pass data.data_files='<dir>/*.parquet'"
         ) from None
     if stream.column_names is not None and text_column not in stream.column_names:
         raise UserError(
@@ -137,6 +136,7 @@ class PackedStream(IterableDataset):
         seq_len: int,
         batch_size: int,
         states: list[ReaderState],
+        text_column: str = "text",
         held_out: frozenset[str] = frozenset(),
         rank: int = 0,
         world_size: int = 1,
@@ -145,10 +145,9 @@ class PackedStream(IterableDataset):
         docs_per_read: int = 256,
     ) -> None:
         self.stream, self.tokenizer, self.seq_len, self.batch_size = stream, tokenizer, seq_len, batch_size
-        self.states, self.held_out, self.rotation = states, held_out, rotation
+        self.states, self.text_column, self.held_out, self.rotation = states, text_column, held_out, rotation
         self.rank, self.world_size, self.shard_by = rank, world_size, shard_by
         self.docs_per_read = docs_per_read
-        self.text_column = stream.column_names[0]
 
     @property
     def num_readers(self) -> int:

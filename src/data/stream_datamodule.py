@@ -146,6 +146,7 @@ class StreamDataModule(WindowDataModule):
             self.seq_len,
             self.batch_size,
             states,
+            text_column=self.text_column,
             held_out=self.held_out,
             rank=rank,
             world_size=world_size,

@@ -50,6 +50,7 @@ def packed(dm: StreamDataModule, states: list[ReaderState], rank: int = 0, world
         SEQ_LEN,
         BATCH,
         states,
+        text_column=dm.text_column,
         held_out=dm.held_out,
         rank=rank,
         world_size=world,
