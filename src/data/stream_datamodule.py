@@ -7,6 +7,7 @@ from collections import deque
 from itertools import chain
 from typing import Any
 
+import datasets
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -91,7 +92,7 @@ class StreamDataModule(WindowDataModule):
         self.path, self.name, self.split, self.data_files = path, name, split, data_files
         self.text_column, self.val_documents = text_column, val_documents
         self.tokenizer_name, self.shard_by, self.docs_per_read = tokenizer, shard_by, docs_per_read
-        self.stream = None
+        self.stream: datasets.IterableDataset | None = None
         self.held_out: frozenset[str] = frozenset()
         self.position: StreamPosition | None = None
         self.restored: list[dict[str, Any]] | None = None
