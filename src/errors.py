@@ -21,6 +21,12 @@ class UserError(ValueError):
 EXIT_USER_ERROR = 2
 
 
+def first_line(err: BaseException) -> str:
+    """A library error's first line (or its type), to quote inside a one-line UserError."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def find_user_error(err: BaseException | None) -> UserError | None:
     """The UserError behind `err`, also when a library (Hydra's instantiate) wrapped it."""
     seen = set()

@@ -25,13 +25,28 @@ def write_text(path: Path, words: int = 6000, seed: int = 0) -> Path:
 
 
 def fast_overrides(tmp: Path, text: Path, *extra: str) -> list[str]:
-    """A tiny, fp32, CPU, CSV-logged run in `tmp` that takes seconds."""
+    """A tiny, fp32, CPU, CSV-logged run in `tmp` on a text file that takes seconds."""
+    return tiny_run(tmp, f"data.path={text}", *extra)
+
+
+def stream_overrides(tmp: Path, shards: Path, *extra: str) -> list[str]:
+    """The same tiny run on streamed parquet shards (data=cosmopedia_v2 with local files)."""
+    return tiny_run(
+        tmp,
+        "data=cosmopedia_v2",
+        f"data.data_files='{shards}/*.parquet'",
+        "data.val_documents=3",
+        "data.docs_per_read=4",
+        *extra,
+    )
+
+
+def tiny_run(tmp: Path, *extra: str) -> list[str]:
     return [
         "model=tiny",
         "logger=csv",
         "precision=32-true",
         "trainer.accelerator=cpu",
-        f"data.path={text}",
         f"paths.root_dir={tmp}",
         f"paths.output_dir={tmp / 'run'}",
         "data.seq_len=32",

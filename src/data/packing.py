@@ -40,8 +40,10 @@ class WindowPacker:
         self.buffer: list[int] = list(remainder or [])
 
     def feed(self, docs: Iterable[list[int]]) -> Iterator[list[int]]:
+        """Windows as soon as they are complete; while one is out, `buffer` is exactly what follows it."""
         for doc in docs:
             self.buffer.extend(doc)
             while len(self.buffer) >= self.seq_len + 1:
-                yield self.buffer[: self.seq_len + 1]
+                window = self.buffer[: self.seq_len + 1]
                 del self.buffer[: self.seq_len]  # the window's last token starts the next one
+                yield window

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from src.data.base import WindowDataModule
 from src.data.packing import num_windows
 from src.data.text_file import download, load_tokens
 from src.data.tokenizer import load_tokenizer
-from src.data.windows import OrderedWindows, ShuffledWindowBatches
+from src.data.windows import ShuffledWindowBatches
 from src.errors import UserError
 
 
-class TextFileDataModule(L.LightningDataModule):
+class TextFileDataModule(WindowDataModule):
     """Tiny Shakespeare (downloaded once to `path`) or any UTF-8 file given as `path`.
 
     The training position is not stored separately: it is `global_step * accumulation`
@@ -34,18 +34,14 @@ class TextFileDataModule(L.LightningDataModule):
         cache_dir: str | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if seq_len <= 0 or batch_size <= 0:
-            raise UserError(f"data.seq_len ({seq_len}) and data.batch_size ({batch_size}) must be positive")
+        super().__init__(seq_len, batch_size, num_workers)
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.path, self.url = Path(path), url
-        self.seq_len, self.batch_size = seq_len, batch_size
-        self.val_fraction, self.num_workers, self.seed = val_fraction, num_workers, seed
+        self.val_fraction, self.seed = val_fraction, seed
         self.tokenizer_name = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir else self.path.parent / "cache"
         self.train_tokens: np.ndarray | None = None
-        self.val_tokens: np.ndarray | None = None
 
     def prepare_data(self) -> None:
         """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
@@ -61,11 +57,9 @@ class TextFileDataModule(L.LightningDataModule):
         split = int(len(tokens) * (1 - self.val_fraction))
         self.train_tokens, self.val_tokens = tokens[:split], tokens[split:]
         for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
-            if num_windows(len(part), self.seq_len) == 0:
-                raise UserError(
-                    f"{self.path}: the {name} part has {len(part)} tokens, fewer than one window of "
-                    f"seq_len + 1 = {self.seq_len + 1}; use a longer text or a smaller data.seq_len"
-                )
+            self.check_holds_a_window(
+                part, f"{self.path}: the {name} part", "use a longer text or a smaller data.seq_len"
+            )
 
     def batches_consumed(self) -> int:
         """Per-rank training batches already used by the optimizer steps taken so far."""
@@ -83,19 +77,7 @@ class TextFileDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer else 1,
             start_batch=self.batches_consumed(),
         )
-        return self._loader(dataset, batch_size=None)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(OrderedWindows(self.val_tokens, self.seq_len), batch_size=self.batch_size)
-
-    def _loader(self, dataset, batch_size: int | None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            pin_memory=bool(self.trainer and self.trainer.strategy.root_device.type == "cuda"),
-            persistent_workers=self.num_workers > 0,
-        )
+        return self.loader(dataset, batch_size=None)
 
     @property
     def tokens_per_epoch(self) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 
 DEFAULT_TOKENIZER = str(Path(__file__).resolve().parents[1] / "assets" / "smollm2-tokenizer")
 
@@ -17,9 +17,8 @@ def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot load tokenizer {name_or_path!r} ({first_line}); "
+            f"cannot load tokenizer {name_or_path!r} ({first_line(err)}); "
             "give a local folder or a reachable hub id"
         ) from None
     if not tokenizer.is_fast:

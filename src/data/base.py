@@ -1,0 +1,43 @@
+"""What the DataModules share: the window shape, the validation windows, the loader settings."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from src.data.packing import num_windows
+from src.data.windows import OrderedWindows
+from src.errors import UserError
+
+
+class WindowDataModule(L.LightningDataModule):
+    """Serves (B, seq_len + 1) windows; a subclass fills `val_tokens` in `setup` and builds training."""
+
+    def __init__(self, seq_len: int, batch_size: int, num_workers: int = 0) -> None:
+        super().__init__()
+        if seq_len <= 0 or batch_size <= 0:
+            raise UserError(f"data.seq_len ({seq_len}) and data.batch_size ({batch_size}) must be positive")
+        if num_workers < 0:
+            raise UserError(f"data.num_workers must be 0 or more, got {num_workers}")
+        self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
+        self.val_tokens: np.ndarray | None = None
+
+    def check_holds_a_window(self, tokens: np.ndarray, what: str, fix: str) -> None:
+        if num_windows(len(tokens), self.seq_len) == 0:
+            raise UserError(
+                f"{what} has {len(tokens)} tokens, fewer than one window of seq_len + 1 = "
+                f"{self.seq_len + 1}; {fix}"
+            )
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(OrderedWindows(self.val_tokens, self.seq_len), batch_size=self.batch_size)
+
+    def loader(self, dataset: Dataset | IterableDataset, batch_size: int | None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=bool(self.trainer and self.trainer.strategy.root_device.type == "cuda"),
+            persistent_workers=self.num_workers > 0,
+        )

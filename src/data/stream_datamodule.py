@@ -1,0 +1,181 @@
+"""The DataModule for a streamed corpus: held-out documents to validate on, resumable training batches."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from itertools import chain
+from typing import Any
+
+import datasets
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from src.data.base import WindowDataModule
+from src.data.packing import token_dtype, tokenize_documents
+from src.data.stream import PackedStream, ReaderState, open_stream
+from src.data.tokenizer import load_tokenizer
+from src.errors import UserError
+
+
+class StreamPosition:
+    """The rank's reader states after each consumed batch, kept until a checkpoint may ask for them.
+
+    Batch `i` of the rank came from reader `i % R`, so the position after it is every reader's
+    latest state. A checkpoint at optimizer step `s` needs the position after batch
+    `s * accumulation`, however far the loader prefetched and however much of step `s + 1`
+    the loop has consumed (a checkpoint written on an exception), so `keep` covers one step.
+    """
+
+    def __init__(self, states: list[ReaderState], consumed: int, keep: int) -> None:
+        self.latest, self.consumed = list(states), consumed
+        self.history: deque[tuple[int, tuple[ReaderState, ...]]] = deque([(consumed, tuple(states))], keep)
+
+    def record(self, state: ReaderState) -> None:
+        """The batch just handed to the training step came with `state`."""
+        self.latest[self.consumed % len(self.latest)] = state
+        self.consumed += 1
+        self.history.append((self.consumed, tuple(self.latest)))
+
+    def after(self, consumed: int) -> tuple[ReaderState, ...]:
+        for count, states in self.history:
+            if count == consumed:
+                return states
+        raise RuntimeError(f"no data position after batch {consumed}; kept {[c for c, _ in self.history]}")
+
+    @property
+    def documents(self) -> int:
+        return sum(state.documents for state in self.latest)
+
+
+def gather_from_ranks(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (every rank saves a checkpoint; only rank 0 writes it)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+class StreamDataModule(WindowDataModule):
+    """A Hub dataset's text column (cosmopedia-v2), or local parquet shards, streamed and packed.
+
+    Validation is the first `val_documents` documents of the stream (file order), tokenized
+    once; training skips every document whose text is one of them, wherever it occurs, so
+    the two never overlap. The training position (every reader's state on every rank after
+    the last batch of the last optimizer step) is this module's `state_dict`, stored in the
+    checkpoint; a continuation needs the same number of devices and `num_workers`.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        seq_len: int,
+        batch_size: int,
+        name: str | None = None,
+        split: str = "train",
+        data_files: str | list[str] | None = None,
+        text_column: str = "text",
+        val_documents: int = 1000,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+        shard_by: str | None = None,
+        docs_per_read: int = 256,
+    ) -> None:
+        super().__init__(seq_len, batch_size, num_workers)
+        if val_documents <= 0 or docs_per_read <= 0:
+            raise UserError(
+                f"data.val_documents ({val_documents}) and data.docs_per_read ({docs_per_read}) "
+                "must be positive"
+            )
+        self.path, self.name, self.split, self.data_files = path, name, split, data_files
+        self.text_column, self.val_documents = text_column, val_documents
+        self.tokenizer_name, self.shard_by, self.docs_per_read = tokenizer, shard_by, docs_per_read
+        self.stream: datasets.IterableDataset | None = None
+        self.held_out: frozenset[str] = frozenset()
+        self.position: StreamPosition | None = None
+        self.restored: list[dict[str, Any]] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.stream is not None:
+            return
+        self.tokenizer = load_tokenizer(self.tokenizer_name)
+        self.stream = open_stream(self.path, self.name, self.split, self.data_files, self.text_column)
+        texts = [row[self.text_column] for row in self.stream.take(self.val_documents)]
+        self.held_out = frozenset(texts)
+        docs = tokenize_documents(self.tokenizer, texts) if texts else []
+        self.val_tokens = np.fromiter(chain.from_iterable(docs), dtype=token_dtype(len(self.tokenizer)))
+        self.check_holds_a_window(
+            self.val_tokens,
+            f"the validation set ({len(texts)} documents)",
+            "raise data.val_documents or lower data.seq_len",
+        )
+
+    @property
+    def num_readers(self) -> int:
+        return max(1, self.num_workers)
+
+    def start(self, rank: int, world_size: int) -> tuple[int, list[ReaderState]]:
+        """Batches this rank has consumed, and its reader states: restored, or at the beginning."""
+        if self.restored is None:
+            return 0, [ReaderState() for _ in range(self.num_readers)]
+        if len(self.restored) != world_size or len(self.restored[rank]["readers"]) != self.num_readers:
+            saved = f"{len(self.restored)} device(s) x {len(self.restored[0]['readers'])} reader(s)"
+            raise UserError(
+                f"the checkpoint's data position is for {saved}; resume with as many devices and "
+                f"data.num_workers={len(self.restored[0]['readers'])} (0 and 1 both mean one reader)"
+            )
+        mine = self.restored[rank]
+        return mine["consumed"], [ReaderState.from_dict(s) for s in mine["readers"]]
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        consumed, states = self.start(rank, world_size)
+        if trainer and consumed != trainer.global_step * trainer.accumulate_grad_batches:
+            raise RuntimeError(
+                f"data position after {consumed} batches, trainer at step {trainer.global_step}"
+            )
+        accumulation = trainer.accumulate_grad_batches if trainer else 1
+        self.position = StreamPosition(states, consumed, keep=accumulation + 1)
+        if self.num_workers:  # the workers are the parallelism; keep each tokenizer on one thread
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        dataset = PackedStream(
+            self.stream,
+            self.tokenizer,
+            self.seq_len,
+            self.batch_size,
+            states,
+            text_column=self.text_column,
+            held_out=self.held_out,
+            rank=rank,
+            world_size=world_size,
+            rotation=consumed % self.num_readers,
+            shard_by=self.shard_by,
+            docs_per_read=self.docs_per_read,
+        )
+        return self.loader(dataset, batch_size=None)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Runs as the loop takes a batch to train on (not when the loader prefetched it)."""
+        if isinstance(batch, dict):  # a training batch: keep its reader's state, pass the tokens on
+            self.position.record(batch["state"])
+            return batch["tokens"]
+        return batch
+
+    @property
+    def documents_seen(self) -> int:
+        """Documents this rank has packed into its training windows so far (a host-side counter)."""
+        return self.position.documents if self.position else 0
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.position is None:
+            return {}
+        trainer = self.trainer
+        consumed = trainer.global_step * trainer.accumulate_grad_batches
+        mine = {"consumed": consumed, "readers": [s.to_dict() for s in self.position.after(consumed)]}
+        return {"ranks": gather_from_ranks(mine)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = state_dict["ranks"]

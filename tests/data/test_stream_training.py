@@ -1,0 +1,41 @@
+"""Training on streamed shards end to end: a continuation is the uninterrupted run, bit for bit."""
+
+import torch
+
+from src.models.loading import read_lightning_checkpoint
+from tests.data.shards import write_shards
+from tests.training import logged, run_training, stream_overrides
+
+
+def test_stream_continuation_is_exact(tmp_path):
+    """2 steps straight == 1 step, then 1 more from last.ckpt: same losses, weights and documents
+    (2 workers, 3 micro-batches per step: the continuation starts on batch 3, so on the second worker)."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    common = (
+        "data.num_workers=2",
+        "trainer.accumulate_grad_batches=3",
+        "schedule.total_steps=2",
+        "schedule.warmup_steps=1",
+        "eval_every=1",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+    )
+    run_training(stream_overrides(tmp_path / "a", shards, "trainer.max_steps=2", *common))
+    run_training(stream_overrides(tmp_path / "b", shards, "trainer.max_steps=1", *common))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    saved = read_lightning_checkpoint(last)["StreamDataModule"]["ranks"]
+    assert saved[0]["consumed"] == 3 and len(saved[0]["readers"]) == 2
+    run_training(
+        stream_overrides(tmp_path / "b", shards, "trainer.max_steps=2", f"ckpt_path={last}", *common)
+    )
+
+    a = read_lightning_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = read_lightning_checkpoint(last)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["StreamDataModule"] == b["StreamDataModule"]
+    for metric in ("train/loss", "val/loss", "data/documents_seen"):
+        straight, continued = logged(tmp_path / "a" / "run", metric), logged(tmp_path / "b" / "run", metric)
+        assert straight == continued and straight, metric
+    assert len(logged(tmp_path / "a" / "run", "train/loss")) == 2
