@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,12 @@ from src.data.tokenizer import load_tokenizer
 from src.data.windows import ShuffledWindowBatches
 from src.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 class TextFileDataModule(WindowDataModule):
-    """Tiny Shakespeare (downloaded once to `path`) or any UTF-8 file given as `path`.
+    """Any UTF-8 file given as `path`, or (path=None) tiny Shakespeare, downloaded once from
+    `url` to `default_path`. A given path is never downloaded to: a typo is an error.
 
     The training position is not stored separately: it is `global_step * accumulation`
     batches, so a checkpoint written at any optimizer step resumes on the next batch.
@@ -24,9 +28,10 @@ class TextFileDataModule(WindowDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None,
         seq_len: int,
         batch_size: int,
+        default_path: str = "data/input.txt",
         url: str | None = None,
         val_fraction: float = 0.1,
         num_workers: int = 0,
@@ -37,7 +42,8 @@ class TextFileDataModule(WindowDataModule):
         super().__init__(seq_len, batch_size, num_workers)
         if not 0 < val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-        self.path, self.url = Path(path), url
+        self.path = Path(path if path is not None else default_path)
+        self.url = url if path is None else None
         self.val_fraction, self.seed = val_fraction, seed
         self.tokenizer_name = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir else self.path.parent / "cache"
@@ -46,7 +52,7 @@ class TextFileDataModule(WindowDataModule):
     def prepare_data(self) -> None:
         """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
         if not self.path.exists() and self.url:
-            print(f"downloading {self.url} -> {self.path}")
+            log.info(f"downloading {self.url} -> {self.path}")
             download(self.url, self.path)
         load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
 

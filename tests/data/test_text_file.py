@@ -101,3 +101,14 @@ def test_ranks_split_a_global_batch():
 def test_validation_windows_are_in_order_and_complete():
     val = OrderedWindows(TOKENS[900:], seq_len=10)
     assert len(val) == 9 and val[0].tolist() == list(range(900, 911)) and val[8][-1] == 990
+
+
+def test_a_given_path_is_never_downloaded_to(tmp_path, monkeypatch):
+    from src.data import text_datamodule
+
+    monkeypatch.setattr(text_datamodule, "download", lambda *a: pytest.fail("must not download"))
+    module = text_datamodule.TextFileDataModule(
+        path=str(tmp_path / "typo.txt"), seq_len=8, batch_size=2, url="https://example.invalid/input.txt"
+    )
+    with pytest.raises(UserError, match="typo.txt: text file not found"):
+        module.prepare_data()
