@@ -22,7 +22,7 @@ from src.checkpoint_io import AtomicCheckpointIO
 from src.errors import UserError, exit_on_user_error
 from src.hardware import enable_tf32, resolve_precision
 from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, SmolLM2LitModule
-from src.loggers import build_loggers, new_run_id
+from src.loggers import build_loggers, new_run_id, run_config
 from src.lr_schedule import LRSchedule
 from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
 
@@ -128,12 +128,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
     )
     for logger in loggers:
-        logger.log_hyperparams(
-            {
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "num_parameters": module.model.num_parameters(),
-            }
-        )
+        logger.log_hyperparams(run_config(cfg, module.model.num_parameters()))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
