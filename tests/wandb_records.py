@@ -57,8 +57,12 @@ class OfflineRun:
         return [row for f in files for row in json.loads(f.read_text())["data"]]
 
 
-def items(updates) -> dict[str, Any]:
-    return {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in updates}
+def items(updates, nested: bool = True) -> dict[str, Any]:
+    """key -> value; a nested update (`samples/nrows`) keeps its full path, or only its top key."""
+    return {
+        u.key or "/".join(u.nested_key if nested else u.nested_key[:1]): json.loads(u.value_json)
+        for u in updates
+    }
 
 
 def read_offline_run(folder: Path) -> OfflineRun:
@@ -71,7 +75,7 @@ def read_offline_run(folder: Path) -> OfflineRun:
         if kind in ("run", "config"):
             run.config.update(items(record.run.config.update if kind == "run" else record.config.update))
         elif kind == "summary":
-            run.summary.update(items(record.summary.update))
+            run.summary.update(items(record.summary.update, nested=False))
         elif kind == "history":
             run.history.append(items(record.history.item))
     return run
