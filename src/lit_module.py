@@ -96,6 +96,12 @@ class SmolLM2LitModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._last_step = self.trainer.global_step
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Lightning re-derives its logging step on restore and gets it one too high for a
+        # checkpoint saved after the step counter moved (at train end, on Ctrl-C or a crash),
+        # so a continuation's curves would skip a step: keep it equal to the optimizer step.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+
     def configure_gradient_clipping(
         self,
         optimizer: torch.optim.Optimizer,

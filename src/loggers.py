@@ -1,21 +1,16 @@
-"""Loggers from config; W&B goes offline by itself when it has no credentials."""
+"""Loggers from config, and what every logger records about the run."""
 
 from __future__ import annotations
 
-import netrc
-import os
 import secrets
 import string
-from pathlib import Path
+from typing import Any
 
 import hydra
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import UserError
-
-WANDB_MODES = ("auto", "online", "offline", "disabled")
+VENDORED_TOKENIZER = "src/assets/smollm2-tokenizer"
 
 
 def new_run_id() -> str:
@@ -24,41 +19,18 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def wandb_mode(requested: str) -> str:
-    """WANDB_MODE wins; `auto` is online only with an API key (so a run never hangs on login)."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if requested not in WANDB_MODES:
-        raise UserError(f"logger.wandb.mode={requested!r}; choose one of {list(WANDB_MODES)}")
-    if requested == "auto":
-        return "online" if has_wandb_credentials() else "offline"
-    return requested
-
-
 def build_loggers(cfg: DictConfig | None, run_id: str) -> list[Logger]:
     """One logger per entry of the `logger` group; the W&B run id comes from the checkpoint."""
-    loggers = []
-    for name, logger_cfg in (cfg or {}).items():
-        if name != "wandb":
-            loggers.append(hydra.utils.instantiate(logger_cfg))
-            continue
-        options = OmegaConf.to_container(logger_cfg, resolve=True)
-        mode = wandb_mode(options.pop("mode", "auto"))
-        Path(options["save_dir"]).mkdir(parents=True, exist_ok=True)
-        if mode == "offline":
-            rank_zero_info(
-                f"W&B: no credentials or WANDB_MODE=offline, logging offline to {options['save_dir']}/wandb; "
-                "upload later with `wandb sync <that folder>/offline-run-*`"
-            )
-        options.update(id=run_id, resume="allow", mode=mode)
-        loggers.append(hydra.utils.instantiate(options))
-    return loggers
+    return [
+        hydra.utils.instantiate(logger_cfg, **({"id": run_id} if name == "wandb" else {}))
+        for name, logger_cfg in (cfg or {}).items()
+    ]
+
+
+def run_config(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
+    """The composed config at the top level (W&B shows `model.hidden_size`, not `config.model...`),
+    plus what it does not say directly: the parameter count and the tokenizer."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    params["num_parameters"] = num_parameters
+    params["tokenizer"] = cfg.data.get("tokenizer") or VENDORED_TOKENIZER
+    return params

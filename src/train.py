@@ -30,7 +30,7 @@ from src.config_checks import check_run_config
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.hardware import enable_tf32, resolve_precision
 from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, SmolLM2LitModule
-from src.loggers import build_loggers, new_run_id
+from src.loggers import build_loggers, new_run_id, run_config
 from src.lr_schedule import LRSchedule
 from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
 
@@ -136,12 +136,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
     )
     for logger in loggers:
-        logger.log_hyperparams(
-            {
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "num_parameters": module.model.num_parameters(),
-            }
-        )
+        logger.log_hyperparams(run_config(cfg, module.model.num_parameters()))
     if cfg.val_at_start and not cfg.ckpt_path:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
     try:

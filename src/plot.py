@@ -1,0 +1,91 @@
+"""Charts of a run from its local metrics, for people who do not use W&B.
+
+python -m src.plot <run folder>          (or run_dir=<run folder> [out=<file.png>])
+
+Reads `<run>/csv/metrics.csv`, which every logger config writes, and saves `<run>/metrics.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from omegaconf import MISSING
+
+from src.cli import parse_cli
+from src.errors import UserError, exit_on_user_error
+
+# (title, metric keys, log-scale y): a panel is drawn when one of its keys was logged.
+PANELS = [
+    ("loss", ["train/loss", "val/loss"], True),
+    ("learning rate", ["lr"], False),
+    ("tokens/s", ["tokens_per_s"], False),
+    ("gradient norm", ["grad_norm"], True),
+    ("unique documents seen", ["data/documents_seen"], False),
+]
+
+Series = dict[str, dict[int, float]]
+
+
+@dataclass
+class PlotConfig:
+    run_dir: str = MISSING
+    out: str = ""  # empty = <run_dir>/metrics.png
+
+
+def read_series(metrics_csv: Path) -> Series:
+    """key -> {step: value}; a step logged twice (a continuation after a crash redoes it) keeps the last."""
+    if not metrics_csv.is_file():
+        raise UserError(f"no metrics at {metrics_csv}; give a run folder that a training run wrote")
+    series: Series = {}
+    with metrics_csv.open(newline="") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            for key, value in row.items():
+                if key not in ("step", "epoch") and value not in ("", None):
+                    series.setdefault(key, {})[step] = float(value)
+    return series
+
+
+def figure(series: Series, title: str = "") -> Figure:
+    """One panel per quantity that was logged, all against the optimizer step."""
+    panels = [(name, [k for k in keys if k in series], log) for name, keys, log in PANELS]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        raise UserError(f"none of {[k for _, keys, _ in PANELS for k in keys]} was logged")
+    cols = 2 if len(panels) > 1 else 1
+    rows = (len(panels) + cols - 1) // cols
+    fig = Figure(figsize=(6 * cols, 3.5 * rows), layout="constrained")
+    fig.suptitle(title)
+    for i, (name, keys, log) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for key in keys:
+            steps = sorted(series[key])
+            marker = "o" if len(steps) < 30 else None  # a few validation points stay visible
+            ax.plot(steps, [series[key][s] for s in steps], label=key, marker=marker)
+        ax.set(title=name, xlabel="step", yscale="log" if log else "linear")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    out = out or run_dir / "metrics.png"
+    figure(read_series(run_dir / "csv" / "metrics.csv"), title=run_dir.resolve().name).savefig(out, dpi=100)
+    return out
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    # A bare folder is the run folder, so `python -m src.plot logs/train/runs/<run>` works as typed.
+    argv = [a if "=" in a or a.startswith("-") else f"run_dir={a}" for a in argv]
+    cfg = parse_cli(PlotConfig, argv)
+    print(f"wrote {plot_run(Path(cfg.run_dir), Path(cfg.out) if cfg.out else None)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""W&B logging for runs that span several processes, with or without an account or a network."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from src.errors import UserError
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+SAMPLES_KEY = "samples"
+SAMPLE_COLUMNS = ["step", "prompt", "completion"]
+
+
+def has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_mode(requested: str) -> tuple[str, str]:
+    """(mode, why): WANDB_MODE wins; `auto` is online only with an API key, so a run never waits on login."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"], f"WANDB_MODE={os.environ['WANDB_MODE']}"
+    if requested not in WANDB_MODES:
+        raise UserError(f"logger.wandb.mode={requested!r}; choose one of {list(WANDB_MODES)}")
+    if requested == "auto":
+        if has_wandb_credentials():
+            return "online", "an API key was found"
+        return "offline", "no W&B API key (WANDB_API_KEY or ~/.netrc)"
+    return requested, f"logger.wandb.mode={requested}"
+
+
+class RunWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, made to follow one run across continuations.
+
+    - `mode=auto` falls back to offline, with one message, when the server does not answer
+      within `init_timeout` seconds, instead of failing or hanging on a machine without network.
+    - `log_text_samples` appends to one INCREMENTAL table, so the samples of every step (and of
+      every continuation, which resumes the same run id) read as one growing table.
+    - The W&B run is finished when fit ends, so its files are complete and a second fit in the
+      same process (a test, a notebook) starts a fresh run instead of reusing the old one.
+    - The run name defaults to the run folder's name, which a continuation shares.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        mode: str = "auto",
+        init_timeout: float = 30.0,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.requested_mode = mode
+        resolved, self.mode_reason = wandb_mode(mode)
+        Path(save_dir).mkdir(parents=True, exist_ok=True)  # W&B writes to a temp dir if it is missing
+        super().__init__(
+            save_dir=save_dir,
+            name=name or Path(save_dir).resolve().name,
+            mode=resolved,
+            settings=wandb.Settings(init_timeout=init_timeout),
+            **kwargs,
+        )
+        self._samples: wandb.Table | None = None
+        self._finished = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None and self._wandb_init["mode"] == "online":
+            try:
+                return WandbLogger.experiment.fget(self)
+            except wandb.Error as err:
+                if self.requested_mode != "auto" or os.environ.get("WANDB_MODE"):
+                    raise UserError(
+                        f"W&B could not start an online run ({str(err).splitlines()[0]}); "
+                        "use logger.wandb.mode=offline (or auto) and `wandb sync` later"
+                    ) from None
+                wandb.teardown()  # the failed run keeps its id busy in W&B's service process
+                self._wandb_init["mode"] = "offline"
+                self.mode_reason = f"the W&B server did not answer ({str(err).splitlines()[0]})"
+        if self._experiment is None and self._wandb_init["mode"] == "offline":
+            run_dir = Path(self._wandb_init["dir"]) / "wandb"
+            rank_zero_info(
+                f"W&B: logging offline because {self.mode_reason}; upload later with "
+                f"`wandb sync {run_dir}/offline-run-*-{self._wandb_init['id']}`"
+            )
+        return WandbLogger.experiment.fget(self)
+
+    @rank_zero_only
+    def log_text_samples(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Append {step, prompt, completion} rows; W&B stores only the new rows each time."""
+        if self._samples is None:
+            self._samples = wandb.Table(columns=SAMPLE_COLUMNS, log_mode="INCREMENTAL")
+        for row in rows:
+            self._samples.add_data(*(row[column] for column in SAMPLE_COLUMNS))
+        self.log_metrics({SAMPLES_KEY: self._samples}, step=step)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        super().finalize(status)
+        if self._experiment is not None and not self._finished:
+            self._experiment.finish(exit_code=0 if status in ("success", "finished") else 1)
+            self._finished = True

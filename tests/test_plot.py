@@ -1,0 +1,74 @@
+"""`python -m src.plot <run>`: charts from the run's CSV, duplicate steps resolved, a real PNG."""
+
+from __future__ import annotations
+
+import csv
+
+import matplotlib.image
+import pytest
+
+from src.errors import UserError
+from src.plot import figure, read_series
+from tests.helpers import run_cli
+
+COLUMNS = ["epoch", "grad_norm", "lr", "step", "tokens_per_s", "train/loss", "val/loss", "val/ppl"]
+
+
+def write_metrics(run_dir, rows: list[dict]) -> None:
+    (run_dir / "csv").mkdir(parents=True)
+    with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """Steps 0-9, then a continuation after a crash that re-logs steps 8 and 9 with other values."""
+    rows = [{"step": s, "lr": 1e-3, "train/loss": 10 - s, "tokens_per_s": 100 + s} for s in range(10)]
+    rows.append({"step": 4, "val/loss": 7.5, "val/ppl": 1808.0})
+    rows += [{"step": s, "lr": 5e-4, "train/loss": 1.0, "tokens_per_s": 50} for s in (8, 9)]
+    for row in rows:
+        row["epoch"] = 0
+    write_metrics(tmp_path / "run", rows)
+    return tmp_path / "run"
+
+
+def test_duplicate_steps_keep_the_last_value(run_dir):
+    series = read_series(run_dir / "csv" / "metrics.csv")
+    assert sorted(series["train/loss"]) == list(range(10))
+    assert series["train/loss"][7] == 3 and series["train/loss"][8] == series["train/loss"][9] == 1.0
+    assert series["lr"][9] == 5e-4 and series["val/loss"] == {4: 7.5}
+    assert "epoch" not in series and "step" not in series
+
+
+def test_figure_has_a_panel_per_logged_quantity(run_dir):
+    fig = figure(read_series(run_dir / "csv" / "metrics.csv"))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert list(panels) == ["loss", "learning rate", "tokens/s"]  # no grad norm, no documents: not logged
+    loss = panels["loss"]
+    assert loss.get_yscale() == "log" and panels["learning rate"].get_yscale() == "linear"
+    lines = {line.get_label(): line for line in loss.get_lines()}
+    assert set(lines) == {"train/loss", "val/loss"}
+    assert list(lines["train/loss"].get_xdata()) == list(range(10))
+    assert list(lines["train/loss"].get_ydata())[-3:] == [3, 1.0, 1.0]
+
+
+def test_documents_seen_gets_a_panel_when_logged(tmp_path):
+    series = {"train/loss": {0: 5.0, 1: 4.0}, "data/documents_seen": {0: 8.0, 1: 16.0}}
+    assert [ax.get_title() for ax in figure(series).axes] == ["loss", "unique documents seen"]
+
+
+def test_cli_writes_a_png_into_the_run_folder(run_dir):
+    result = run_cli("src.plot", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    image = matplotlib.image.imread(run_dir / "metrics.png")
+    assert image.shape[:2] == (700, 1200)  # 2x2 panels at 6x3.5 inches, 100 dpi
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_missing_metrics_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no metrics at"):
+        read_series(tmp_path / "csv" / "metrics.csv")
+    result = run_cli("src.plot", str(tmp_path))
+    assert result.returncode == 2 and "error: no metrics at" in result.stderr

@@ -1,0 +1,119 @@
+"""W&B without an account or a network: offline files, one run across a continuation, the fallback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import wandb
+
+from src.errors import UserError
+from src.models.loading import read_lightning_checkpoint
+from src.wandb_logger import RunWandbLogger
+from tests.conftest import REPO_ROOT
+from tests.training import fast_overrides, write_text
+from tests.wandb_records import offline_runs
+
+OFFLINE_MESSAGE = "W&B: logging offline because"
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch) -> dict[str, str]:
+    """No key, no WANDB_MODE, and every W&B / home folder inside tmp_path; also applied in-process."""
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    values = {
+        "HOME": str(home),
+        "WANDB_CONFIG_DIR": str(home / "config"),
+        "WANDB_CACHE_DIR": str(home / "cache"),
+        "WANDB_DATA_DIR": str(home / "data"),
+        "WANDB_BASE_URL": "http://127.0.0.1:9",  # if anything tried the network, it would fail at once
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)
+
+
+def train_cli(env: dict[str, str], overrides: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env):
+    text = write_text(tmp_path / "input.txt")
+    common = [
+        "callbacks.text_samples.every_n_steps=2",
+        "eval_every=3",
+        "logger.wandb.group=grp",
+        "logger.wandb.tags=[cpu]",
+    ]
+    first = [o for o in fast_overrides(tmp_path, text, *common) if o != "logger=csv"]
+    result = train_cli(wandb_env, [*first, "logger=wandb", "trainer.max_steps=6"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (result.stdout + result.stderr).count(OFFLINE_MESSAGE) == 1
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    result = train_cli(wandb_env, [f"ckpt_path={last}", "trainer.max_steps=10"])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    first_run, second_run = offline_runs(run_dir)  # both under <run>/wandb/
+    run_id = read_lightning_checkpoint(last)["wandb_run_id"]
+    for part in (first_run, second_run):
+        assert part.folder.name.endswith(f"-{run_id}")
+        assert (part.run.run_id, part.run.display_name, part.run.run_group) == (run_id, "run", "grp")
+        assert list(part.run.tags) == ["cpu"]
+
+    config = first_run.config
+    assert config["model"]["hidden_size"] == 64 and config["trainer"]["max_steps"] == 6
+    assert config["num_parameters"] > 3_000_000 and config["tokenizer"].endswith("smollm2-tokenizer")
+    metrics = {"train/loss", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
+    assert metrics | {"samples"} <= set(first_run.summary)
+    assert second_run.config["trainer"]["max_steps"] == 10
+
+    def loss_steps(part) -> list[int]:
+        return [row["trainer/global_step"] for row in part.history if "train/loss" in row]
+
+    assert loss_steps(first_run) == list(range(6)) and loss_steps(second_run) == list(range(6, 10))
+    first_rows, second_rows = first_run.sample_rows, second_run.sample_rows
+    assert {row[0] for row in first_rows} == {0, 2, 4, 6} and {row[0] for row in second_rows} == {8, 10}
+    assert all(prompt in ("ROMEO:", "The king said") and completion for _, prompt, completion in first_rows)
+
+
+def test_key_without_server_falls_back_offline_once(tmp_path, wandb_env, monkeypatch):
+    """With a key but no reachable server, `auto` gives up after init_timeout and logs offline."""
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    modes, names, messages, offline_run = [], [], [], object()
+
+    def fake_init(**kwargs):
+        modes.append(kwargs["mode"])
+        names.append(kwargs["name"])
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("context deadline exceeded")
+        return offline_run
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wandb, "teardown", lambda: modes.append("teardown"))
+    monkeypatch.setattr("src.wandb_logger.rank_zero_info", messages.append)
+    logger = RunWandbLogger(save_dir=str(tmp_path / "run"), mode="auto", init_timeout=1, id="abcd1234")
+    assert logger.experiment is offline_run and logger.experiment is offline_run
+    assert modes == ["online", "teardown", "offline"]
+    assert len(messages) == 1 and "the W&B server did not answer (context deadline exceeded)" in messages[0]
+    assert "wandb sync" in messages[0] and names == ["run", "run"]  # the run folder's name
+
+    explicit = RunWandbLogger(save_dir=str(tmp_path / "run"), mode="online", id="abcd1234")
+    with pytest.raises(UserError, match="could not start an online run"):
+        _ = explicit.experiment
+
+
+def test_unknown_mode_is_a_user_error(tmp_path, wandb_env):
+    with pytest.raises(UserError, match="choose one of"):
+        RunWandbLogger(save_dir=str(tmp_path), mode="onlien")
