@@ -33,6 +33,7 @@ from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, 
 from src.loggers import build_loggers, new_run_id, run_config
 from src.lr_schedule import LRSchedule
 from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
+from src.wandb_logger import RunWandbLogger
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,18 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         logger.log_hyperparams(run_config(cfg, module.model.num_parameters()))
     if cfg.val_at_start and not cfg.ckpt_path:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
+    success = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        success = True
     except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
         if not trainer.interrupted:
             raise
         sys.exit(EXIT_SIGTERM if isinstance(stop, SIGTERMException) else EXIT_SIGINT)
+    finally:
+        for logger in loggers:
+            if isinstance(logger, RunWandbLogger):
+                logger.finish(success)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
 
 

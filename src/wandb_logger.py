@@ -48,8 +48,9 @@ class RunWandbLogger(WandbLogger):
       within `init_timeout` seconds, instead of failing or hanging on a machine without network.
     - `log_text_samples` appends to one INCREMENTAL table, so the samples of every step (and of
       every continuation, which resumes the same run id) read as one growing table.
-    - The W&B run is finished when fit ends, so its files are complete and a second fit in the
-      same process (a test, a notebook) starts a fresh run instead of reusing the old one.
+    - `finish` ends the W&B run once fit is over (Lightning's `finalize` also runs after the
+      step-0 `validate`, too early), so its files are complete and a second fit in the same
+      process (a test, a notebook) starts a fresh run instead of reusing the old one.
     - The run name defaults to the run folder's name, which a continuation shares.
     """
 
@@ -107,8 +108,7 @@ class RunWandbLogger(WandbLogger):
         self.log_metrics({SAMPLES_KEY: self._samples}, step=step)
 
     @rank_zero_only
-    def finalize(self, status: str) -> None:
-        super().finalize(status)
+    def finish(self, success: bool) -> None:
         if self._experiment is not None and not self._finished:
-            self._experiment.finish(exit_code=0 if status in ("success", "finished") else 1)
+            self._experiment.finish(exit_code=0 if success else 1)
             self._finished = True
