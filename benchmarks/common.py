@@ -7,6 +7,7 @@ to each median shows how noisy the run was.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -20,8 +21,19 @@ from torch.profiler import ProfilerActivity, profile
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when there is one, else the CPU."""
+def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per candidate")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per candidate")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply --threads and resolve --device ('auto' is CUDA when there is one)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -18,12 +18,13 @@ from torch import nn
 
 from benchmarks.common import (
     DTYPES,
+    add_common_args,
     datasheet_bf16_flops,
     machine_line,
     markdown_table,
     matmul_peak_flops,
     peak_memory_bytes,
-    resolve_device,
+    setup,
     time_interleaved,
 )
 from src.models import SmolLM2, SmolLM2Config
@@ -78,14 +79,11 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="smollm2_135m")
     parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="fp32 and/or bf16 (autocast)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
     parser.add_argument("--compile", action="store_true", help="add a row for our model.compile()")
+    add_common_args(parser, repeats=5)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = setup(args)
 
     torch.manual_seed(0)
     ours = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()

@@ -31,17 +31,20 @@ def _chunked_loss(
     for start in range(0, x.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         xc, tc = x[rows], targets[rows]  # (n, C), (n,)
-        logits = (xc @ w.T).float()  # (n, V)
         valid = tc != ignore_index
         safe = tc.masked_fill(~valid, 0)[:, None]  # (n, 1)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
-        loss += ((lse - logits.gather(1, safe)).squeeze(1) * valid).sum()
+        logp = torch.log_softmax(xc @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
+        loss -= (logp.gather(1, safe).squeeze(1) * valid).sum()
         if grad_x is None and grad_w is None:
             continue
         # d(mean loss)/d(logits) = (softmax - one_hot) / count, zero on ignored rows.
-        grad = logits.sub_(lse).exp_()  # (n, V), the softmax, in the logits' memory
+        grad = logp.exp_()  # (n, V), the softmax, in place
         grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=grad.dtype))
-        grad = grad.mul_(valid[:, None] / count).to(x.dtype)
+        scale = (valid / count)[:, None].to(grad.dtype)  # (n, 1)
+        if x.dtype == grad.dtype:
+            grad.mul_(scale)
+        else:  # scale and cast in one pass
+            grad = torch.mul(grad, scale, out=torch.empty_like(grad, dtype=x.dtype))
         if grad_x is not None:
             grad_x[rows] = grad @ w
         if grad_w is not None:
