@@ -1,0 +1,1 @@
+"""Speed benchmarks: each script measures us against a reference in the same process."""

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from src.errors import UserError
+from src.models.kv_cache import KVCache
 from src.models.smollm2 import SmolLM2
 
 
@@ -33,6 +34,11 @@ def sample_next(
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _last_logits(model: SmolLM2, ids: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+    """Logits (B, V) of the last position only: the prompt's other rows never need the head."""
+    return model.lm_head(model.hidden_states(ids, cache, start)[:, -1])
 
 
 @torch.inference_mode()
@@ -65,7 +71,7 @@ def generate_tokens(
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)
     cache = model.new_kv_cache(B, total)
     finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    logits = model(input_ids, cache=cache, start=0)[:, -1]  # (B, V)
+    logits = _last_logits(model, input_ids, cache, 0)  # (B, V)
     position = T
     for _ in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
@@ -75,7 +81,7 @@ def generate_tokens(
         yield token
         if eos_id is not None and bool(finished.all()):
             return
-        logits = model(token[:, None], cache=cache, start=position)[:, -1]
+        logits = _last_logits(model, token[:, None], cache, position)
         position += 1
 
 

@@ -1,0 +1,144 @@
+"""What every benchmark shares: device choice, machine line, interleaved timing, peaks, tables.
+
+Timings on a shared machine drift, so candidates are timed round-robin in one process
+(A, B, A, B, ...) after warm-up and compared by their medians; the spread printed next
+to each median shows how noisy the run was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per candidate")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per candidate")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply --threads and resolve --device ('auto' is CUDA when there is one)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_line(device: torch.device) -> str:
+    """One line naming the hardware and software the numbers came from."""
+    torch_part = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}; {torch_part}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores; {torch_part}"
+
+
+@dataclass
+class Timing:
+    """Seconds per call over the measured repeats."""
+
+    seconds: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: 0.05 means the repeats agreed within 5%."""
+        return (max(self.seconds) - min(self.seconds)) / self.median
+
+    def cell(self) -> str:
+        return f"{self.median:.3f} (±{100 * self.spread / 2:.0f}%)"
+
+
+def time_interleaved(
+    candidates: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, Timing]:
+    """Warm each candidate up, then time them round-robin `repeats` times each."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: Timing(s) for name, s in seconds.items()}
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of live tensors allocated during one call, above what existed before it.
+
+    CUDA: the caching allocator's own peak. CPU has no such counter, so the profiler
+    records every allocation and free of the call and we take the running sum's maximum:
+    tensors only, not allocator slack or Python objects (process RSS is too coarse here).
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+    """Best FLOP/s of a large square matmul: the denominator for MFU on this machine and dtype."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    timing = time_interleaved({"mm": lambda: a @ b}, device, warmup=1, repeats=repeats)["mm"]
+    return 2 * size**3 / min(timing.seconds)
+
+
+# Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), for GPU MFU.
+DATASHEET_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
+
+
+def datasheet_bf16_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in DATASHEET_BF16_FLOPS.items() if key in name), None)
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""One training step of our SmolLM2 against transformers' LlamaForCausalLM on the same weights.
+
+A step is forward + loss + backward + AdamW step + zero_grad, with the same fused-when-
+available AdamW for both, so the ratio measures the model and loss code only. Both models
+score the same T-1 targets (transformers shifts `labels` itself; we mask the last target).
+
+    python -m benchmarks.train_step                      # 2x1024 and 4x256, fp32 and bf16
+    python -m benchmarks.train_step --shapes 2x1024 --dtypes bf16 --repeats 7 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    DTYPES,
+    add_common_args,
+    datasheet_bf16_flops,
+    machine_line,
+    markdown_table,
+    matmul_peak_flops,
+    peak_memory_bytes,
+    setup,
+    time_interleaved,
+)
+from src.models import SmolLM2, SmolLM2Config
+from src.models.loss import lm_cross_entropy
+from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
+
+
+def flops_per_token(config: SmolLM2Config, num_params: int, seq_len: int) -> float:
+    """6N for the weight matmuls (N includes the tied head) + 12·L·C·T for attention (PaLM, App. B)."""
+    return 6 * num_params + 12 * config.num_layers * config.hidden_size * seq_len
+
+
+def loss_fns(
+    models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int
+) -> dict[str, Callable[[], torch.Tensor]]:
+    """The training loss of each model: ours through the chunked head + loss, theirs via `labels`."""
+
+    def ours(model: SmolLM2) -> torch.Tensor:
+        hidden = model.hidden_states(inputs)  # (B, T, C)
+        return lm_cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size)
+
+    return {
+        name: (lambda m=model: m(input_ids=inputs, labels=inputs).loss)
+        if name == "transformers"
+        else (lambda m=model: ours(m))
+        for name, model in models.items()
+    }
+
+
+def make_step(
+    loss_fn: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, device: torch.device, dtype
+) -> Callable[[], torch.Tensor]:
+    def step() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def adamw(model: nn.Module) -> torch.optim.Optimizer:
+    # Small LR: the weights barely move, so every repeat times the same model.
+    return torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="smollm2_135m")
+    parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
+    parser.add_argument("--compile", action="store_true", help="add a row for our model.compile()")
+    add_common_args(parser, repeats=5)
+    args = parser.parse_args()
+    device = setup(args)
+
+    torch.manual_seed(0)
+    ours = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
+    theirs = llama_twin(ours).to(device).train()
+    config, num_params = ours.config, ours.num_parameters()
+    models = {"ours": ours, "transformers": theirs}
+    if args.compile:
+        compiled = SmolLM2(config).to(device).train()
+        compiled.load_state_dict(ours.state_dict())
+        compiled.compile()  # in place: state_dict keys stay the same
+        models["ours compiled"] = compiled
+    optimizers = {name: adamw(model) for name, model in models.items()}
+
+    print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
+    print(f"machine: {machine_line(device)}")
+    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}\n")
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        peak = matmul_peak_flops(dtype, device)
+        datasheet = datasheet_bf16_flops(device) if dtype == torch.bfloat16 else None
+        print(f"{dtype_name} matmul peak measured: {peak / 1e12:.2f} TFLOP/s")
+        for shape in args.shapes.split(","):
+            B, T = (int(n) for n in shape.split("x"))
+            x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
+            inputs, targets = x[:, :T], x[:, 1:].clone()
+            targets[:, -1] = -100  # transformers scores T-1 positions; so do we
+
+            losses = loss_fns(models, inputs, targets, args.chunk_size)
+            steps = {name: make_step(fn, optimizers[name], device, dtype) for name, fn in losses.items()}
+            first = {name: step().item() for name, step in steps.items()}
+            timings = time_interleaved(steps, device, args.warmup, args.repeats)
+            memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
+            reference = timings["transformers"].median
+            for name, timing in timings.items():
+                tokens_per_s = B * T / timing.median
+                achieved = tokens_per_s * flops_per_token(config, num_params, T)
+                mfu = f"{100 * achieved / peak:.1f}%"
+                if datasheet:
+                    mfu += f" ({100 * achieved / datasheet:.1f}% of datasheet)"
+                rows.append(
+                    [
+                        f"{B}x{T}",
+                        dtype_name,
+                        name,
+                        f"{tokens_per_s:,.0f}",
+                        timing.cell(),
+                        f"{memory[name] / 2**20:,.0f}",
+                        mfu,
+                        f"{reference / timing.median:.2f}x",
+                        f"{first[name]:.4f}",
+                    ]
+                )
+    headers = [
+        "BxT",
+        "dtype",
+        "model",
+        "tokens/s",
+        "s/step (±half spread)",
+        "peak MiB",
+        "MFU",
+        "vs HF",
+        "loss",
+    ]
+    print("\n" + markdown_table(headers, rows))
+    print(
+        "\npeak MiB: tensors allocated during one step above those alive before it (weights and AdamW"
+        " state excluded; gradients, created in the step, included); CPU: from the profiler's"
+        " allocation events, CUDA: allocator peak. MFU is against the best large-matmul time above."
+    )
+
+
+if __name__ == "__main__":
+    main()

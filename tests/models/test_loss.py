@@ -1,0 +1,61 @@
+"""The chunked loss equals plain cross-entropy over full logits, in value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src.models.loss import lm_cross_entropy
+
+
+def plain(hidden, weight, targets):
+    return F.cross_entropy(F.linear(hidden, weight).flatten(0, 1).float(), targets.flatten())
+
+
+def leaves(B=2, T=12, C=16, V=50):
+    hidden = torch.randn(B, T, C, requires_grad=True)
+    weight = (torch.randn(V, C) * 0.5).requires_grad_()
+    return hidden, weight, torch.randint(0, V, (B, T))
+
+
+def loss_and_grads(fn, hidden, weight, targets, **kwargs):
+    hidden.grad = weight.grad = None
+    loss = fn(hidden, weight, targets, **kwargs)
+    (3.0 * loss).backward()  # a non-unit incoming gradient must scale the stored ones
+    return loss.detach(), hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 24, 1000])
+def test_equals_plain_cross_entropy_in_fp32(chunk_size):
+    hidden, weight, targets = leaves()
+    expected = loss_and_grads(plain, hidden, weight, targets)
+    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=chunk_size)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_equals_plain_cross_entropy_under_bf16_autocast():
+    hidden, weight, targets = leaves(C=64, V=300)
+    with torch.autocast("cpu", torch.bfloat16):
+        expected = loss_and_grads(plain, hidden, weight, targets)
+        got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=7)
+    assert got[1].dtype == got[2].dtype == torch.float32
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)
+
+
+def test_ignored_targets_count_neither_in_the_mean_nor_the_gradient():
+    hidden, weight, targets = leaves()
+    targets[0, :5] = -100
+    expected = loss_and_grads(plain, hidden, weight, targets)
+    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=4)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert torch.count_nonzero(got[1][0, :5]) == 0
+
+
+def test_without_grad_gives_the_same_value():
+    hidden, weight, targets = leaves()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            lm_cross_entropy(hidden, weight, targets, chunk_size=5), plain(hidden, weight, targets)
+        )
