@@ -1,0 +1,30 @@
+"""The benchmark scripts run end to end on tiny settings and print their comparison tables."""
+
+import pytest
+
+from tests.helpers import run_cli
+
+SMALL = {
+    "benchmarks.train_step": [
+        "--preset", "tiny", "--shapes", "1x32", "--dtypes", "fp32", "--warmup", "0", "--repeats", "1",
+    ],
+    "benchmarks.generation": [
+        "--preset", "tiny", "--new-tokens", "4", "--prompt-len", "4", "--dtypes", "fp32", "--repeats", "1",
+    ],
+    "benchmarks.lightning_overhead": [
+        "--steps", "3", "--warmup", "1", "--repeats", "1", "--seq-len", "16", "--batch-size", "2",
+        "--dtypes", "fp32",
+    ],
+    "benchmarks.data_pipeline": [
+        "--docs", "60", "--shards", "2", "--seq-len", "64", "--batch-size", "2", "--batches", "3",
+        "--workers", "0", "--train-tokens-per-s", "1000",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(SMALL))
+def test_benchmark_prints_a_table_with_its_reference(module):
+    result = run_cli(module, *SMALL[module])
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert len(table) >= 4, result.stdout  # header, rule, and at least ours + the reference
