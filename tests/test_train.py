@@ -169,3 +169,9 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):
     with pytest.raises(UserError, match="optim.lr must be positive"):
         run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", "optim.lr=0"))
+
+
+def test_tensorboard_logger_writes_events(tmp_path, text):
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=3", "logger=tensorboard", "eval_every=3"))
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
