@@ -39,7 +39,6 @@ class TextSamples(L.Callback):
             seed,
         )
         self.tokenizer_name, self.out_file = tokenizer, Path(out_file)
-        self._tokenizer = None
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -60,9 +59,7 @@ class TextSamples(L.Callback):
         if step == self._last_step or not self.prompts:
             return
         self._last_step = step
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
-        tokenizer, model = self._tokenizer, pl_module.model
+        tokenizer, model = load_tokenizer(self.tokenizer_name), pl_module.model
         was_training = model.training
         model.eval()
         rows = []

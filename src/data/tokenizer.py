@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -11,8 +12,13 @@ from src.errors import UserError, first_line
 DEFAULT_TOKENIZER = str(Path(__file__).resolve().parents[1] / "assets" / "smollm2-tokenizer")
 
 
+@functools.lru_cache(maxsize=8)
 def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
-    """A fast tokenizer; `None` means the vendored SmolLM2 (cosmo2) tokenizer."""
+    """A fast tokenizer; `None` means the vendored SmolLM2 (cosmo2) tokenizer.
+
+    Loaded once per name and shared (config checks, the DataModule's prepare/setup and the
+    sampling callback all ask for it), so callers must not modify it.
+    """
     name_or_path = name_or_path or DEFAULT_TOKENIZER
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
