@@ -11,6 +11,7 @@ score the same T-1 targets (transformers shifts `labels` itself; we mask the las
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable
 
 import torch
@@ -27,9 +28,11 @@ from benchmarks.common import (
     setup,
     time_interleaved,
 )
-from src.models import SmolLM2, SmolLM2Config
+from src.models import SmolLM2, SmolLM2Config, cpu_kernels
 from src.models.loss import lm_cross_entropy
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
+
+PYTORCH_KERNELS = "ours, PyTorch kernels"
 
 
 def flops_per_token(config: SmolLM2Config, num_params: int, seq_len: int) -> float:
@@ -68,6 +71,19 @@ def make_step(
     return step
 
 
+def with_pytorch_kernels(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """The step with `src.models.cpu_kernels` switched off: what the model gets from PyTorch alone."""
+
+    def step_with_pytorch_kernels() -> torch.Tensor:
+        cpu_kernels.set_enabled(False)
+        try:
+            return step()
+        finally:
+            cpu_kernels.set_enabled(True)
+
+    return step_with_pytorch_kernels
+
+
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     # Small LR: the weights barely move, so every repeat times the same model.
     return torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
@@ -81,6 +97,9 @@ def main() -> None:
     parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
     parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
     parser.add_argument("--compile", action="store_true", help="add a row for our model.compile()")
+    parser.add_argument(
+        "--pytorch-kernels", action="store_true", help="add a row for ours with cpu_kernels switched off"
+    )
     add_common_args(parser, repeats=5)
     args = parser.parse_args()
     device = setup(args)
@@ -91,10 +110,10 @@ def main() -> None:
     config, num_params = ours.config, ours.num_parameters()
     models = {"ours": ours, "transformers": theirs}
     if args.compile:
-        compiled = SmolLM2(config).to(device).train()
-        compiled.load_state_dict(ours.state_dict())
-        compiled.compile()  # in place: state_dict keys stay the same
-        models["ours compiled"] = compiled
+        models["ours compiled"] = copy.deepcopy(ours)
+        models["ours compiled"].compile()  # in place, per block: state_dict keys stay the same
+    if args.pytorch_kernels:
+        models[PYTORCH_KERNELS] = copy.deepcopy(ours)
     optimizers = {name: adamw(model) for name, model in models.items()}
 
     print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
@@ -114,6 +133,8 @@ def main() -> None:
 
             losses = loss_fns(models, inputs, targets, args.chunk_size)
             steps = {name: make_step(fn, optimizers[name], device, dtype) for name, fn in losses.items()}
+            if PYTORCH_KERNELS in steps:
+                steps[PYTORCH_KERNELS] = with_pytorch_kernels(steps[PYTORCH_KERNELS])
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
             memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}

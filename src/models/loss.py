@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from src.models.cpu_kernels import linear
+
 
 def _chunked_loss(
     x: torch.Tensor,
@@ -33,7 +35,7 @@ def _chunked_loss(
         xc, tc = x[rows], targets[rows]  # (n, C), (n,)
         valid = tc != ignore_index
         safe = tc.masked_fill(~valid, 0)[:, None]  # (n, 1)
-        logp = torch.log_softmax(xc @ w.T, dim=-1, dtype=torch.float32)  # (n, V)
+        logp = torch.log_softmax(linear(xc, w), dim=-1, dtype=torch.float32)  # (n, V)
         loss -= (logp.gather(1, safe).squeeze(1) * valid).sum()
         if grad_x is None and grad_w is None:
             continue
@@ -46,9 +48,9 @@ def _chunked_loss(
         else:  # scale and cast in one pass
             grad = torch.mul(grad, scale, out=torch.empty_like(grad, dtype=x.dtype))
         if grad_x is not None:
-            grad_x[rows] = grad @ w
+            grad_x[rows] = linear(grad, w.t())  # grad @ w
         if grad_w is not None:
-            grad_w += grad.T @ xc
+            grad_w += linear(grad.t(), xc.t())  # grad.T @ xc
     return loss / count
 
 

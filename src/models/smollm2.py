@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from src.errors import UserError
 from src.models.config import SmolLM2Config
+from src.models.cpu_kernels import Linear, causal_attention, use_causal_attention
 from src.models.kv_cache import KVCache, LayerKVCache
 
 
@@ -73,8 +74,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of x (B, heads, T, D) by position-dependent angles."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # (T, D), broadcast over B and heads
+    """Rotate pairs (i, i + D/2) of x (B, T, heads, D) by position-dependent angles."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (T, 1, D), broadcast over B, heads
     return x * cos + rotate_half(x) * sin
 
 
@@ -86,10 +87,10 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         c, kv = config.hidden_size, config.num_kv_heads * config.head_dim
-        self.q_proj = nn.Linear(c, c, bias=False)
-        self.k_proj = nn.Linear(c, kv, bias=False)
-        self.v_proj = nn.Linear(c, kv, bias=False)
-        self.o_proj = nn.Linear(c, c, bias=False)
+        self.q_proj = Linear(c, c)
+        self.k_proj = Linear(c, kv)
+        self.v_proj = Linear(c, kv)
+        self.o_proj = Linear(c, c)
 
     def forward(
         self,
@@ -100,11 +101,21 @@ class Attention(nn.Module):
         start: int = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, K, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, K, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None and use_causal_attention(q):
+            y = causal_attention(q, k, v)  # (B, T, H, D), faster than SDPA on CPU
+        else:
+            y = self._sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache, start)
+        return self.o_proj(y.reshape(B, T, C))
 
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache | None, start: int
+    ) -> torch.Tensor:
+        """q (B, H, T, D), k and v (B, K, T, D), through the cache if any -> (B, T, H, D)."""
+        T = q.shape[2]
         mask, is_causal = None, True
         if cache is not None:
             k, v = cache.update(k, v, start)  # (B, K, S, D) with S = start + T
@@ -112,14 +123,13 @@ class Attention(nn.Module):
                 # New queries sit at positions start..start+T-1 and see every key up to their own.
                 is_causal = False
                 if T > 1:
-                    key_pos = torch.arange(start + T, device=x.device)
-                    query_pos = torch.arange(start, start + T, device=x.device)
+                    key_pos = torch.arange(start + T, device=q.device)
+                    query_pos = torch.arange(start, start + T, device=q.device)
                     mask = key_pos[None, :] <= query_pos[:, None]  # (T, S)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.num_heads != self.num_kv_heads
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.o_proj(y)
+        return y.transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -128,9 +138,9 @@ class MLP(nn.Module):
     def __init__(self, config: SmolLM2Config) -> None:
         super().__init__()
         c, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = nn.Linear(c, i, bias=False)
-        self.up_proj = nn.Linear(c, i, bias=False)
-        self.down_proj = nn.Linear(i, c, bias=False)
+        self.gate_proj = Linear(c, i)
+        self.up_proj = Linear(c, i)
+        self.down_proj = Linear(i, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -168,7 +178,7 @@ class SmolLM2(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one tensor, counted once
@@ -187,6 +197,16 @@ class SmolLM2(nn.Module):
                 is_output = name.endswith(("o_proj", "down_proj"))
                 nn.init.normal_(module.weight, mean=0.0, std=out_std if is_output else std)
         self.rope.reset_tables()
+
+    def compile(self, *args, **kwargs) -> None:
+        """`torch.compile` each block in place, as torchtitan does.
+
+        In place, so the state dict keys stay those of the plain model; per block, so
+        `hidden_states` (the training path) runs compiled code too and the identical
+        blocks share one compiled graph.
+        """
+        for block in self.blocks:
+            block.compile(*args, **kwargs)
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied embedding counts once)."""

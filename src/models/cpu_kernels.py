@@ -1,0 +1,180 @@
+"""Faster CPU training kernels than PyTorch's defaults for two hot spots; CPU tensors only.
+
+Profiling a SmolLM2-135M training step on CPU (benchmarks/README.md) showed two gaps:
+
+- **Causal attention.** SDPA's CPU flash-attention kernel runs at a fraction of the
+  machine's matmul rate (about 35% of a bf16 step). `causal_attention` computes it one
+  block of queries at a time with batched matmuls and a fused softmax. The query heads
+  that share a key/value head are folded into the rows of one matmul, so K and V are
+  never repeated. Backward recomputes each block's probabilities, as flash attention
+  does, so only q, k and v are kept: the memory is that of SDPA. Scores are rounded to
+  the input dtype before the fp32 softmax, as in transformers' eager attention.
+- **fp32 matmuls.** PyTorch sends fp32 matmuls to MKL, which runs AVX2 code on AMD
+  CPUs; oneDNN (PyTorch's own bf16 path) runs AVX-512 there, about 2x faster. `linear`
+  computes `x @ w.T` through oneDNN for fp32 CPU tensors, in full fp32.
+
+`set_enabled(False)` (config: `cpu_kernels=false`) restores PyTorch's kernels everywhere.
+Under `torch.compile` the plain ops are used so that Inductor sees standard ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_enabled = True
+
+
+def set_enabled(enabled: bool) -> None:
+    """Process-wide switch, like `torch.backends` flags."""
+    global _enabled
+    _enabled = enabled
+
+
+def _active(*tensors: torch.Tensor) -> bool:
+    return _enabled and not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in tensors)
+
+
+# ---------------------------------------------------------------------------- fp32 matmuls
+
+
+def _use_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
+    return (
+        _active(x, w)
+        and x.dtype == w.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """`x @ w.T` for x (..., in) and w (out, in), without autograd; oneDNN for fp32 on CPU."""
+    if _use_onednn(x, w):
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return linear(x, w)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        x, w = ctx.saved_tensors
+        grad_y2 = grad_y.reshape(-1, grad_y.shape[-1])  # (N, out)
+        grad_x = linear(grad_y, w.t()) if ctx.needs_input_grad[0] else None  # (..., in)
+        grad_w = linear(grad_y2.t(), x.reshape(-1, x.shape[-1]).t()) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` without bias whose fp32 CPU matmuls (forward and backward) run on oneDNN."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_onednn(x, self.weight) and torch.is_grad_enabled():
+            return _OneDNNLinear.apply(x, self.weight)
+        return linear(x, self.weight)
+
+
+# ------------------------------------------------------------------------ causal attention
+
+ATTENTION_BLOCK = 96  # queries per block: the fastest of 32-512 for T = 1024 on our dev CPU
+
+
+def use_causal_attention(q: torch.Tensor) -> bool:
+    """Whether `causal_attention` should replace SDPA for this (full-sequence, causal) call."""
+    return _active(q)
+
+
+def _probabilities(q_rows: torch.Tensor, k: torch.Tensor, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """Softmax of q_rows (BK, n*G, D) against the first keys k (BK, S, D), causal."""
+    scores = torch.bmm(q_rows, k.transpose(1, 2))  # (BK, n*G, S)
+    scores[:, :, start:].masked_fill_(hidden[: q_rows.shape[1], : k.shape[1] - start], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def _hidden_keys(block: int, group: int, device: torch.device) -> torch.Tensor:
+    """(block*G, block) True where a key in the diagonal block lies after the row's query.
+
+    Rows are ordered (query, head in group), so row r is query r // G of the block.
+    """
+    query = torch.arange(block * group, device=device) // group
+    return torch.arange(block, device=device)[None, :] > query[:, None]
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+        B, T, H, D = q.shape
+        K = k.shape[2]
+        G = H // K
+        with torch.autocast("cpu", enabled=False):
+            qr, kr, vr = _to_rows(q, k, v)  # (BK, T*G, D), (BK, T, D), (BK, T, D)
+            hidden = _hidden_keys(block, G, q.device)
+            out = torch.empty_like(qr)  # (BK, T*G, D)
+            for start in range(0, T, block):
+                end = min(start + block, T)
+                rows = slice(start * G, end * G)
+                probs = _probabilities(qr[:, rows], kr[:, :end], hidden, start)  # (BK, n*G, end)
+                out[:, rows] = torch.bmm(probs, vr[:, :end])
+        ctx.save_for_backward(q, k, v)
+        ctx.block = block
+        return out.view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, k, v = ctx.saved_tensors
+        block = ctx.block
+        B, T, H, D = q.shape
+        K = k.shape[2]
+        G = H // K
+        with torch.autocast("cpu", enabled=False):
+            qr, kr, vr = _to_rows(q, k, v)
+            grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
+            hidden = _hidden_keys(block, G, q.device)
+            grad_q = torch.empty_like(qr)  # (BK, T*G, D)
+            grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=k.device)  # summed over blocks
+            grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=v.device)
+            for start in range(0, T, block):
+                end = min(start + block, T)
+                rows = slice(start * G, end * G)
+                q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
+                probs = _probabilities(q_rows, kr[:, :end], hidden, start)  # (BK, n*G, end)
+                grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
+                grad_probs = torch.bmm(grad_o, vr[:, :end].transpose(1, 2))
+                grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+                grad_q[:, rows] = torch.bmm(grad_scores, kr[:, :end])
+                grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
+        scale = D**-0.5
+        grad_q = grad_q.mul_(scale).view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+        grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(k.dtype)
+        grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(v.dtype)
+        return grad_q, grad_k, grad_v, None
+
+
+def _to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, T, H, D) scaled queries -> (B*K, T*G, D); (B, T, K, D) keys, values -> (B*K, T, D)."""
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    q_rows = q.new_empty(B, K, T, H // K, D)
+    torch.mul(q.view(B, T, K, H // K, D).transpose(1, 2), D**-0.5, out=q_rows)  # one pass
+    return (
+        q_rows.view(B * K, T * (H // K), D),
+        k.transpose(1, 2).reshape(B * K, T, D),
+        v.transpose(1, 2).reshape(B * K, T, D),
+    )
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = ATTENTION_BLOCK):
+    """Causal grouped-query attention: q (B, T, H, D), k and v (B, T, K, D) -> (B, T, H, D).
+
+    Equals `F.scaled_dot_product_attention(..., is_causal=True, enable_gqa=True)` on the
+    (B, heads, T, D) transposes, with scale 1/sqrt(D).
+    """
+    return _CausalAttention.apply(q, k, v, block)
