@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from src.hardware import keep_freed_host_memory
 from src.models.cpu_kernels import linear
+
+_host_malloc = "glibc default"  # what setup() did, for machine_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -29,12 +32,27 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per candidate")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--os-malloc",
+        action="store_true",
+        help="leave glibc returning freed memory to the OS (default: keep it, as training does on CPU)",
+    )
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply --threads and resolve --device ('auto' is CUDA when there is one)."""
+    """Apply --threads and --os-malloc, resolve --device ('auto' is CUDA when there is one).
+
+    Without --os-malloc, host memory freed by one candidate is reused by the next instead
+    of being page-faulted in again (src.hardware.keep_freed_host_memory): otherwise the
+    models that allocate the largest temporaries slow down with everything else the
+    process holds, and the ratio would measure the OS rather than the code.
+    """
     if args.threads:
         torch.set_num_threads(args.threads)
+    global _host_malloc
+    _host_malloc = "glibc default" if args.os_malloc else "freed memory kept"
+    if not args.os_malloc and not keep_freed_host_memory():
+        _host_malloc = "not glibc: OS default"
     name = args.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,7 +75,7 @@ def machine_line(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores; {torch_part}"
+    return f"{cpu}, {os.cpu_count()} cores; {torch_part}; host malloc: {_host_malloc}"
 
 
 @dataclass

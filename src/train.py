@@ -28,10 +28,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.checkpoint_io import AtomicCheckpointIO
 from src.config_checks import check_run_config
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
-from src.hardware import enable_tf32, resolve_precision
+from src.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, SmolLM2LitModule
 from src.loggers import build_loggers, new_run_id, run_config
 from src.lr_schedule import LRSchedule
+from src.models import cpu_kernels
 from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
 from src.wandb_logger import RunWandbLogger
 
@@ -129,6 +130,9 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     enable_tf32()
+    cpu_kernels.set_enabled(cfg.cpu_kernels)
+    if cfg.cpu_malloc_cache and not uses_cuda(cfg.trainer.accelerator):
+        keep_freed_host_memory()
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )

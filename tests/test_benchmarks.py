@@ -7,6 +7,7 @@ from tests.helpers import run_cli
 SMALL = {
     "benchmarks.train_step": [
         "--preset", "tiny", "--shapes", "1x32", "--dtypes", "fp32", "--warmup", "0", "--repeats", "1",
+        "--pytorch-kernels",
     ],
     "benchmarks.generation": [
         "--preset", "tiny", "--new-tokens", "4", "--prompt-len", "4", "--dtypes", "fp32", "--repeats", "1",

@@ -14,7 +14,8 @@ Profiling a SmolLM2-135M training step on CPU (benchmarks/README.md) showed two 
   computes `x @ w.T` through oneDNN for fp32 CPU tensors, in full fp32.
 
 `set_enabled(False)` (config: `cpu_kernels=false`) restores PyTorch's kernels everywhere.
-Under `torch.compile` the plain ops are used so that Inductor sees standard ops.
+Under `torch.compile` the attention is traced like any autograd.Function; the oneDNN
+linear is not (Inductor cannot lower that op in a training graph), so there it is F.linear.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def set_enabled(enabled: bool) -> None:
 
 
 def _active(*tensors: torch.Tensor) -> bool:
-    return _enabled and not torch.compiler.is_compiling() and all(t.device.type == "cpu" for t in tensors)
+    return _enabled and all(t.device.type == "cpu" for t in tensors)
 
 
 # ---------------------------------------------------------------------------- fp32 matmuls
@@ -42,6 +43,7 @@ def _active(*tensors: torch.Tensor) -> bool:
 def _use_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     return (
         _active(x, w)
+        and not torch.compiler.is_compiling()  # Inductor cannot lower this op in training graphs
         and x.dtype == w.dtype == torch.float32
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
@@ -92,20 +94,21 @@ def use_causal_attention(q: torch.Tensor) -> bool:
     return _active(q)
 
 
-def _probabilities(q_rows: torch.Tensor, k: torch.Tensor, hidden: torch.Tensor, start: int) -> torch.Tensor:
+def _probabilities(q_rows: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
     """Softmax of q_rows (BK, n*G, D) against the first keys k (BK, S, D), causal."""
     scores = torch.bmm(q_rows, k.transpose(1, 2))  # (BK, n*G, S)
-    scores[:, :, start:].masked_fill_(hidden[: q_rows.shape[1], : k.shape[1] - start], float("-inf"))
+    scores[:, :, start:] += mask[: q_rows.shape[1], : k.shape[1] - start]  # the diagonal block
     return torch.softmax(scores, dim=-1)
 
 
-def _hidden_keys(block: int, group: int, device: torch.device) -> torch.Tensor:
-    """(block*G, block) True where a key in the diagonal block lies after the row's query.
+def _causal_mask(block: int, group: int, like: torch.Tensor) -> torch.Tensor:
+    """(block*G, block): -inf where a key of the diagonal block lies after the row's query, else 0.
 
     Rows are ordered (query, head in group), so row r is query r // G of the block.
     """
-    query = torch.arange(block * group, device=device) // group
-    return torch.arange(block, device=device)[None, :] > query[:, None]
+    query = torch.arange(block * group, device=like.device) // group
+    after = torch.arange(block, device=like.device)[None, :] > query[:, None]
+    return torch.zeros(after.shape, dtype=like.dtype, device=like.device).masked_fill_(after, float("-inf"))
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -116,12 +119,12 @@ class _CausalAttention(torch.autograd.Function):
         G = H // K
         with torch.autocast("cpu", enabled=False):
             qr, kr, vr = _to_rows(q, k, v)  # (BK, T*G, D), (BK, T, D), (BK, T, D)
-            hidden = _hidden_keys(block, G, q.device)
+            mask = _causal_mask(block, G, q)
             out = torch.empty_like(qr)  # (BK, T*G, D)
             for start in range(0, T, block):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
-                probs = _probabilities(qr[:, rows], kr[:, :end], hidden, start)  # (BK, n*G, end)
+                probs = _probabilities(qr[:, rows], kr[:, :end], mask, start)  # (BK, n*G, end)
                 out[:, rows] = torch.bmm(probs, vr[:, :end])
         ctx.save_for_backward(q, k, v)
         ctx.block = block
@@ -137,7 +140,7 @@ class _CausalAttention(torch.autograd.Function):
         with torch.autocast("cpu", enabled=False):
             qr, kr, vr = _to_rows(q, k, v)
             grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
-            hidden = _hidden_keys(block, G, q.device)
+            mask = _causal_mask(block, G, q)
             grad_q = torch.empty_like(qr)  # (BK, T*G, D)
             grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=k.device)  # summed over blocks
             grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=v.device)
@@ -145,7 +148,7 @@ class _CausalAttention(torch.autograd.Function):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
                 q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
-                probs = _probabilities(q_rows, kr[:, :end], hidden, start)  # (BK, n*G, end)
+                probs = _probabilities(q_rows, kr[:, :end], mask, start)  # (BK, n*G, end)
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
                 grad_probs = torch.bmm(grad_o, vr[:, :end].transpose(1, 2))
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
@@ -162,10 +165,9 @@ def _to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     """(B, T, H, D) scaled queries -> (B*K, T*G, D); (B, T, K, D) keys, values -> (B*K, T, D)."""
     B, T, H, D = q.shape
     K = k.shape[2]
-    q_rows = q.new_empty(B, K, T, H // K, D)
-    torch.mul(q.view(B, T, K, H // K, D).transpose(1, 2), D**-0.5, out=q_rows)  # one pass
+    q_rows = (q * D**-0.5).view(B, T, K, H // K, D).transpose(1, 2)  # (B, K, T, G, D)
     return (
-        q_rows.view(B * K, T * (H // K), D),
+        q_rows.reshape(B * K, T * (H // K), D),
         k.transpose(1, 2).reshape(B * K, T, D),
         v.transpose(1, 2).reshape(B * K, T, D),
     )
