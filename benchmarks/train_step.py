@@ -33,6 +33,7 @@ from src.models.loss import lm_cross_entropy
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
 
 PYTORCH_KERNELS = "ours, PyTorch kernels"
+COMPILED = "ours compiled"
 
 
 def flops_per_token(config: SmolLM2Config, num_params: int, seq_len: int) -> float:
@@ -43,18 +44,23 @@ def flops_per_token(config: SmolLM2Config, num_params: int, seq_len: int) -> flo
 def loss_fns(
     models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int
 ) -> dict[str, Callable[[], torch.Tensor]]:
-    """The training loss of each model: ours through the chunked head + loss, theirs via `labels`."""
+    """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
-    def ours(model: SmolLM2) -> torch.Tensor:
+    The compiled model gets the compiled loss, as `compile=true` training does (src/lit_module.py).
+    """
+    compiled_cross_entropy = torch.compile(lm_cross_entropy)
+
+    def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor]) -> torch.Tensor:
         hidden = model.hidden_states(inputs)  # (B, T, C)
-        return lm_cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size)
+        return cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size)
 
-    return {
-        name: (lambda m=model: m(input_ids=inputs, labels=inputs).loss)
-        if name == "transformers"
-        else (lambda m=model: ours(m))
-        for name, model in models.items()
-    }
+    def loss_fn(name: str, model: nn.Module) -> Callable[[], torch.Tensor]:
+        if name == "transformers":
+            return lambda: model(input_ids=inputs, labels=inputs).loss
+        cross_entropy = compiled_cross_entropy if name == COMPILED else lm_cross_entropy
+        return lambda: ours(model, cross_entropy)
+
+    return {name: loss_fn(name, model) for name, model in models.items()}
 
 
 def make_step(
@@ -110,8 +116,8 @@ def main() -> None:
     config, num_params = ours.config, ours.num_parameters()
     models = {"ours": ours, "transformers": theirs}
     if args.compile:
-        models["ours compiled"] = copy.deepcopy(ours)
-        models["ours compiled"].compile()  # in place, per block: state_dict keys stay the same
+        models[COMPILED] = copy.deepcopy(ours)
+        models[COMPILED].compile()  # in place, per block: state_dict keys stay the same
     if args.pytorch_kernels:
         models[PYTORCH_KERNELS] = copy.deepcopy(ours)
     optimizers = {name: adamw(model) for name, model in models.items()}

@@ -54,6 +54,7 @@ class SmolLM2LitModule(L.LightningModule):
         self.tokenizer_name, self.wandb_run_id = tokenizer, wandb_run_id
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
+        self.cross_entropy = lm_cross_entropy
         self._step_loss: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
         self._last_step = -1
@@ -64,11 +65,14 @@ class SmolLM2LitModule(L.LightningModule):
         # In place, so the checkpoint keys stay those of the plain model.
         if self.compile_model:
             self.model.compile()
+            # The loss's softmax, gather, scatter and cast fuse into one pass per chunk:
+            # -30% loss time on the 135M model's 49,152-wide head (benchmarks/README.md).
+            self.cross_entropy = torch.compile(lm_cross_entropy)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         hidden = self.model.hidden_states(inputs)  # (B, T, C)
-        return lm_cross_entropy(hidden, self.model.lm_head.weight, targets)
+        return self.cross_entropy(hidden, self.model.lm_head.weight, targets)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

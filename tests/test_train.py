@@ -175,3 +175,23 @@ def test_tensorboard_logger_writes_events(tmp_path, text):
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=3", "logger=tensorboard", "eval_every=3"))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_compiled_training_matches_eager_and_resumes_with_compile_off(tmp_path, text):
+    """compile=true trains the same numbers; its checkpoint continues with compile=false."""
+    common = ("schedule.total_steps=8",)
+    run_training(fast_overrides(tmp_path / "eager", text, "trainer.max_steps=8", *common))
+    run_training(fast_overrides(tmp_path / "mixed", text, "trainer.max_steps=5", "compile=true", *common))
+    last = tmp_path / "mixed" / "run" / "checkpoints" / "last.ckpt"
+    assert weights(last).keys() == weights(tmp_path / "eager" / "run" / "checkpoints" / "last.ckpt").keys()
+    run_training(
+        fast_overrides(
+            tmp_path / "mixed", text, "trainer.max_steps=8", f"ckpt_path={last}", "compile=false", *common
+        )
+    )
+    eager, mixed = (
+        logged(tmp_path / "eager" / "run", "train/loss"),
+        logged(tmp_path / "mixed" / "run", "train/loss"),
+    )
+    assert sorted(mixed) == sorted(eager) == list(range(8))
+    assert [mixed[s] for s in range(8)] == pytest.approx([eager[s] for s in range(8)], rel=1e-4)
