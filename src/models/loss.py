@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from src.models.cpu_kernels import linear
+from src.models.cpu_kernels import linear, weight_grad
 
 
 def _chunked_loss(
@@ -50,7 +50,7 @@ def _chunked_loss(
         if grad_x is not None:
             grad_x[rows] = linear(grad, w.t())  # grad @ w
         if grad_w is not None:
-            grad_w += linear(grad.t(), xc.t())  # grad.T @ xc
+            grad_w += weight_grad(grad, xc)  # grad.T @ xc
     return loss / count
 
 

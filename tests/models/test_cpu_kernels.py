@@ -115,3 +115,13 @@ def test_model_with_and_without_cpu_kernels_gives_the_same_loss_and_gradients(dt
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
         else:  # bf16 rounding differs elementwise; the tensors agree as a whole
             assert (got - expected).norm() <= 2e-2 * expected.norm()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_weight_grad_is_grad_y_transposed_times_x(dtype):
+    grad_y, x = torch.randn(50, 7, dtype=dtype), torch.randn(50, 12, dtype=dtype)
+    got = cpu_kernels.weight_grad(grad_y, x)
+    assert got.shape == (7, 12) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), grad_y.float().T @ x.float(), atol=0.1, rtol=2e-2)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, grad_y.T @ x, atol=1e-5, rtol=1e-5)
