@@ -1,0 +1,28 @@
+"""Checkpoint writes are atomic and finish before a Ctrl-C that arrives during them."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from src.checkpoint_io import AtomicCheckpointIO
+
+
+class InterruptWhilePickled:
+    """Sends this process SIGINT while torch.save is in the middle of writing."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (dict, ())
+
+
+def test_ctrl_c_during_a_save_is_raised_after_the_file_is_complete(tmp_path):
+    path = tmp_path / "last.ckpt"
+    weights = torch.arange(1000.0)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"weights": weights, "mid": InterruptWhilePickled()}, path)
+    saved = torch.load(path, weights_only=False)
+    assert torch.equal(saved["weights"], weights) and saved["mid"] == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
