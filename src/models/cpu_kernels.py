@@ -107,10 +107,10 @@ def use_causal_attention(q: torch.Tensor) -> bool:
     return _active(q)
 
 
-def _probabilities(q_rows: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
-    """Softmax of q_rows (BK, n*G, D) against the first keys k (BK, S, D), causal."""
-    scores = torch.bmm(q_rows, k.transpose(1, 2))  # (BK, n*G, S)
-    scores[:, :, start:] += mask[: q_rows.shape[1], : k.shape[1] - start]  # the diagonal block
+def _probabilities(q_rows: torch.Tensor, k_t: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Softmax of q_rows (BK, n*G, D) against the first keys k_t (BK, D, S), causal."""
+    scores = torch.bmm(q_rows, k_t)  # (BK, n*G, S)
+    scores[:, :, start:] += mask[: q_rows.shape[1], : k_t.shape[2] - start]  # the diagonal block
     return torch.softmax(scores, dim=-1)
 
 
@@ -132,12 +132,13 @@ class _CausalAttention(torch.autograd.Function):
         G = H // K
         with torch.autocast("cpu", enabled=False):
             qr, kr, vr = _to_rows(q, k, v)  # (BK, T*G, D), (BK, T, D), (BK, T, D)
+            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T): slices need no copy in bmm
             mask = _causal_mask(block, G, q)
             out = torch.empty_like(qr)  # (BK, T*G, D)
             for start in range(0, T, block):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
-                probs = _probabilities(qr[:, rows], kr[:, :end], mask, start)  # (BK, n*G, end)
+                probs = _probabilities(qr[:, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
                 out[:, rows] = torch.bmm(probs, vr[:, :end])
         ctx.save_for_backward(q, k, v)
         ctx.block = block
@@ -152,6 +153,7 @@ class _CausalAttention(torch.autograd.Function):
         G = H // K
         with torch.autocast("cpu", enabled=False):
             qr, kr, vr = _to_rows(q, k, v)
+            kr_t, vr_t = kr.transpose(1, 2).contiguous(), vr.transpose(1, 2).contiguous()  # (BK, D, T)
             grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
             mask = _causal_mask(block, G, q)
             grad_q = torch.empty_like(qr)  # (BK, T*G, D)
@@ -161,9 +163,9 @@ class _CausalAttention(torch.autograd.Function):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
                 q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
-                probs = _probabilities(q_rows, kr[:, :end], mask, start)  # (BK, n*G, end)
+                probs = _probabilities(q_rows, kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
-                grad_probs = torch.bmm(grad_o, vr[:, :end].transpose(1, 2))
+                grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
                 grad_q[:, rows] = torch.bmm(grad_scores, kr[:, :end])
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
