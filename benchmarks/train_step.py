@@ -81,11 +81,8 @@ def with_pytorch_kernels(step: Callable[[], torch.Tensor]) -> Callable[[], torch
     """The step with `src.models.cpu_kernels` switched off: what the model gets from PyTorch alone."""
 
     def step_with_pytorch_kernels() -> torch.Tensor:
-        cpu_kernels.set_enabled(False)
-        try:
+        with cpu_kernels.disabled():
             return step()
-        finally:
-            cpu_kernels.set_enabled(True)
 
     return step_with_pytorch_kernels
 

@@ -20,6 +20,9 @@ linear is not (Inductor cannot lower that op in a training graph), so there it i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +34,17 @@ def set_enabled(enabled: bool) -> None:
     """Process-wide switch, like `torch.backends` flags."""
     global _enabled
     _enabled = enabled
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """PyTorch's own kernels inside the block; the previous setting is restored after it."""
+    previous = _enabled
+    set_enabled(False)
+    try:
+        yield
+    finally:
+        set_enabled(previous)
 
 
 def _active(*tensors: torch.Tensor) -> bool:
@@ -128,12 +142,9 @@ class _CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
         B, T, H, D = q.shape
-        K = k.shape[2]
-        G = H // K
+        K, G = k.shape[2], H // k.shape[2]
         with torch.autocast("cpu", enabled=False):
-            qr, kr, vr = _to_rows(q, k, v)  # (BK, T*G, D), (BK, T, D), (BK, T, D)
-            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T): slices need no copy in bmm
-            mask = _causal_mask(block, G, q)
+            qr, _, vr, kr_t, mask = _block_inputs(q, k, v, block)
             out = torch.empty_like(qr)  # (BK, T*G, D)
             for start in range(0, T, block):
                 end = min(start + block, T)
@@ -149,13 +160,11 @@ class _CausalAttention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         block = ctx.block
         B, T, H, D = q.shape
-        K = k.shape[2]
-        G = H // K
+        K, G = k.shape[2], H // k.shape[2]
         with torch.autocast("cpu", enabled=False):
-            qr, kr, vr = _to_rows(q, k, v)
-            kr_t, vr_t = kr.transpose(1, 2).contiguous(), vr.transpose(1, 2).contiguous()  # (BK, D, T)
+            qr, kr, vr, kr_t, mask = _block_inputs(q, k, v, block)
+            vr_t = vr.transpose(1, 2).contiguous()  # (BK, D, T)
             grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
-            mask = _causal_mask(block, G, q)
             grad_q = torch.empty_like(qr)  # (BK, T*G, D)
             grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=k.device)  # summed over blocks
             grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=v.device)
@@ -176,15 +185,22 @@ class _CausalAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None
 
 
-def _to_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(B, T, H, D) scaled queries -> (B*K, T*G, D); (B, T, K, D) keys, values -> (B*K, T, D)."""
+def _block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
+    """What forward and backward both loop over, in row layout.
+
+    (B, T, H, D) scaled queries -> (B*K, T*G, D); (B, T, K, D) keys, values -> (B*K, T, D);
+    the keys transposed once, (B*K, D, T), so their slices need no copy in bmm; the mask.
+    """
     B, T, H, D = q.shape
     K = k.shape[2]
     q_rows = (q * D**-0.5).view(B, T, K, H // K, D).transpose(1, 2)  # (B, K, T, G, D)
+    k_rows = k.transpose(1, 2).reshape(B * K, T, D)
     return (
         q_rows.reshape(B * K, T * (H // K), D),
-        k.transpose(1, 2).reshape(B * K, T, D),
+        k_rows,
         v.transpose(1, 2).reshape(B * K, T, D),
+        k_rows.transpose(1, 2).contiguous(),
+        _causal_mask(block, H // K, q),
     )
 
 

@@ -11,9 +11,8 @@ from src.models.loss import lm_cross_entropy
 @pytest.fixture
 def pytorch_kernels():
     """Runs a test body with the CPU kernels switched off, then switches them back on."""
-    cpu_kernels.set_enabled(False)
-    yield
-    cpu_kernels.set_enabled(True)
+    with cpu_kernels.disabled():
+        yield
 
 
 def sdpa(q, k, v):
@@ -88,6 +87,9 @@ def test_switched_off_the_model_uses_pytorch_kernels(pytorch_kernels):
     q = torch.randn(1, 4, 2, 8)
     assert not cpu_kernels.use_causal_attention(q)
     assert not cpu_kernels._use_onednn(q, torch.randn(8, 8))
+    with cpu_kernels.disabled():  # nested: restores the setting it found (off)
+        pass
+    assert not cpu_kernels.use_causal_attention(q)
 
 
 def model_loss_and_grads(model, x):
@@ -102,14 +104,10 @@ def test_model_with_and_without_cpu_kernels_gives_the_same_loss_and_gradients(dt
     torch.manual_seed(0)
     model = SmolLM2(SmolLM2Config.from_preset("tiny"))
     x = torch.randint(0, model.config.vocab_size, (2, 41))
-    results = []
-    for enabled in (True, False):
-        cpu_kernels.set_enabled(enabled)
-        try:
-            with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
-                results.append(model_loss_and_grads(model, x))
-        finally:
-            cpu_kernels.set_enabled(True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bf16"):
+        results = [model_loss_and_grads(model, x)]
+        with cpu_kernels.disabled():
+            results.append(model_loss_and_grads(model, x))
     for got, expected in zip(*results, strict=True):
         if dtype == "fp32":
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
