@@ -7,8 +7,10 @@ Profiling a SmolLM2-135M training step on CPU (benchmarks/README.md) showed two 
   block of queries at a time with batched matmuls and a fused softmax. The query heads
   that share a key/value head are folded into the rows of one matmul, so K and V are
   never repeated. Backward recomputes each block's probabilities, as flash attention
-  does, so only q, k and v are kept: the memory is that of SDPA. Scores are rounded to
-  the input dtype before the fp32 softmax, as in transformers' eager attention.
+  does, so only q, k and v are kept: the memory is that of SDPA; for bf16 sequences up
+  to 1024 tokens it keeps them instead, which is faster (`keeps_probabilities`). Scores
+  are rounded to the input dtype before the fp32 softmax, as in transformers' eager
+  attention.
 - **fp32 matmuls.** PyTorch sends fp32 matmuls to MKL, which runs AVX2 code on AMD
   CPUs; oneDNN (PyTorch's own bf16 path) runs AVX-512 there, about 2x faster. `linear`
   computes `x @ w.T` through oneDNN for fp32 CPU tensors, in full fp32.
@@ -114,6 +116,7 @@ class Linear(nn.Linear):
 # ------------------------------------------------------------------------ causal attention
 
 ATTENTION_BLOCK = 96  # queries per block: the fastest of 32-512 for T = 1024 on our dev CPU
+KEEP_PROBABILITIES_MAX_TOKENS = 1024  # see keeps_probabilities
 
 
 def use_causal_attention(q: torch.Tensor) -> bool:
@@ -140,9 +143,12 @@ def _causal_mask(block: int, group: int, like: torch.Tensor) -> torch.Tensor:
 
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> torch.Tensor:
+    def forward(
+        ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, keep: bool
+    ) -> torch.Tensor:
         B, T, H, D = q.shape
         K, G = k.shape[2], H // k.shape[2]
+        kept = []  # each block's probabilities, if backward is to reuse them
         with torch.autocast("cpu", enabled=False):
             qr, _, vr, kr_t, mask = _block_inputs(q, k, v, block)
             out = torch.empty_like(qr)  # (BK, T*G, D)
@@ -151,13 +157,15 @@ class _CausalAttention(torch.autograd.Function):
                 rows = slice(start * G, end * G)
                 probs = _probabilities(qr[:, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
                 out[:, rows] = torch.bmm(probs, vr[:, :end])
-        ctx.save_for_backward(q, k, v)
+                if keep:
+                    kept.append(probs)
+        ctx.save_for_backward(q, k, v, *kept)
         ctx.block = block
         return out.view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        q, k, v = ctx.saved_tensors
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        q, k, v, *kept = ctx.saved_tensors
         block = ctx.block
         B, T, H, D = q.shape
         K, G = k.shape[2], H // k.shape[2]
@@ -168,11 +176,11 @@ class _CausalAttention(torch.autograd.Function):
             grad_q = torch.empty_like(qr)  # (BK, T*G, D)
             grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=k.device)  # summed over blocks
             grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=v.device)
-            for start in range(0, T, block):
+            for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
                 q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
-                probs = _probabilities(q_rows, kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
+                probs = kept[i] if kept else _probabilities(q_rows, kr_t[:, :, :end], mask, start)
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
                 grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
@@ -182,7 +190,7 @@ class _CausalAttention(torch.autograd.Function):
         grad_q = grad_q.mul_(scale).view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
         grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(k.dtype)
         grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(v.dtype)
-        return grad_q, grad_k, grad_v, None
+        return grad_q, grad_k, grad_v, None, None
 
 
 def _block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
@@ -204,10 +212,29 @@ def _block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int)
     )
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = ATTENTION_BLOCK):
+def keeps_probabilities(q: torch.Tensor) -> bool:
+    """Whether backward reuses the forward's attention probabilities for these queries.
+
+    Reusing them saves a QK^T matmul and a softmax per block (the flash-style recompute);
+    keeping them costs H·T²/2 values per sequence and layer, which grows with T² while the
+    other activations grow with T. Kept for 16-bit inputs up to 1024 tokens: in a
+    SmolLM2-135M bf16 step at 2x1024 that is 4% faster for +590 MiB, and the step stays
+    below transformers' memory (benchmarks/README.md). fp32 (twice the bytes) and longer
+    sequences recompute.
+    """
+    return q.element_size() == 2 and q.shape[1] <= KEEP_PROBABILITIES_MAX_TOKENS
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = ATTENTION_BLOCK, keep: bool | None = None
+) -> torch.Tensor:
     """Causal grouped-query attention: q (B, T, H, D), k and v (B, T, K, D) -> (B, T, H, D).
 
     Equals `F.scaled_dot_product_attention(..., is_causal=True, enable_gqa=True)` on the
-    (B, heads, T, D) transposes, with scale 1/sqrt(D).
+    (B, heads, T, D) transposes, with scale 1/sqrt(D). `keep`: whether backward reuses
+    the probabilities instead of recomputing them; by default `keeps_probabilities(q)`.
     """
-    return _CausalAttention.apply(q, k, v, block)
+    if keep is None:
+        keep = keeps_probabilities(q)
+    keep = keep and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return _CausalAttention.apply(q, k, v, block, keep)

@@ -1,5 +1,7 @@
 """The CPU kernels compute what PyTorch's own ops compute, in value and gradients."""
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -36,12 +38,15 @@ def output_and_grads(fn, q, k, v, grad_out):
 SHAPES = [(2, 64, 6, 2, 16, 16), (2, 37, 4, 2, 8, 8), (1, 50, 4, 4, 16, 16), (3, 20, 4, 1, 8, 64)]
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["recomputed", "kept"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_causal_attention_equals_sdpa_in_fp32(shape):
+def test_causal_attention_equals_sdpa_in_fp32(shape, keep):
+    """Both backward paths: probabilities recomputed per block, or kept from forward."""
     *dims, block = shape
     q, k, v, grad_out = attention_inputs(*dims)
     expected = output_and_grads(sdpa, q, k, v, grad_out)
-    got = output_and_grads(lambda *t: cpu_kernels.causal_attention(*t, block=block), q, k, v, grad_out)
+    attention = partial(cpu_kernels.causal_attention, block=block, keep=keep)
+    got = output_and_grads(attention, q, k, v, grad_out)
     for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape and a.dtype == b.dtype
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -58,6 +63,21 @@ def test_causal_attention_in_bf16_is_as_close_to_fp32_as_sdpa_in_bf16():
         ours_error = (a.float() - want).norm() / want.norm()
         sdpa_error = (b.float() - want).norm() / want.norm()
         assert ours_error < max(3 * sdpa_error, 1e-2)
+
+
+def test_probabilities_are_kept_for_short_16_bit_sequences_only():
+    assert cpu_kernels.keeps_probabilities(torch.empty(1, 1024, 2, 8, dtype=torch.bfloat16))
+    assert not cpu_kernels.keeps_probabilities(torch.empty(1, 1025, 2, 8, dtype=torch.bfloat16))
+    assert not cpu_kernels.keeps_probabilities(torch.empty(1, 64, 2, 8))  # fp32: twice the bytes
+
+
+def test_kept_probabilities_live_only_while_a_graph_needs_them():
+    q, k, v, _ = attention_inputs(1, 64, 4, 2, 8, dtype=torch.bfloat16)
+    assert cpu_kernels.keeps_probabilities(q)
+    y = cpu_kernels.causal_attention(q, k, v, block=16)
+    assert len(y.grad_fn.saved_tensors) == 3 + 64 // 16  # q, k, v and one tensor per block
+    with torch.no_grad():
+        assert cpu_kernels.causal_attention(q, k, v, block=16).grad_fn is None
 
 
 def test_linear_uses_onednn_for_fp32_on_cpu_and_equals_f_linear():
