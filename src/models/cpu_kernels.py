@@ -242,3 +242,38 @@ def causal_attention(
     if block is None:
         block = BLOCK_KEPT if keep else BLOCK_RECOMPUTED
     return _CausalAttention.apply(q, k, v, block, keep)
+
+
+# -------------------------------------------------------------------------------- RMSNorm
+
+
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm of fp32 rows whose output is written in `dtype` and whose backward is by hand.
+
+    `F.rms_norm` is a composite of six ops on CPU, so autograd runs about a dozen passes
+    over the (N, C) activations in backward; this backward takes six.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        rstd = mean_square.add_(eps).rsqrt_()  # (..., 1)
+        ctx.save_for_backward(x, weight, rstd)
+        return torch.mul(x * rstd, weight, out=torch.empty(x.shape, dtype=dtype, device=x.device))
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x * rstd
+        grad_weight = (grad_y * x_hat).flatten(0, -2).sum(0)
+        grad_x_hat = grad_y * weight  # fp32
+        # x_hat = x * rstd(x)  =>  grad_x = rstd * (grad_x_hat - x_hat * mean(grad_x_hat * x_hat))
+        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)
+        return grad_x_hat.sub_(x_hat.mul_(dot)).mul_(rstd), grad_weight, None, None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype`; a hand-written backward on CPU."""
+    if _active(x, weight) and not torch.compiler.is_compiling():  # Inductor fuses the plain ops
+        return _RMSNorm.apply(x, weight, eps, dtype)
+    return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from src.errors import UserError
 from src.models.config import SmolLM2Config
-from src.models.cpu_kernels import Linear, causal_attention, use_causal_attention
+from src.models.cpu_kernels import Linear, causal_attention, rms_norm, use_causal_attention
 from src.models.kv_cache import KVCache, LayerKVCache
 
 
@@ -34,12 +34,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype, device, shape = x.dtype, x.device.type, (x.shape[-1],)
-        if dtype == torch.float32:  # the same math as below, in one fused pass
-            x = F.rms_norm(x, shape, self.weight, self.eps)
-        else:
-            x = self.weight * F.rms_norm(x.float(), shape, eps=self.eps).to(dtype)  # x / sqrt(mean(x²) + eps)
-        return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+        dtype, device = x.dtype, x.device.type
+        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
+        if dtype == torch.float32:  # the same math as below, with the weight in one pass
+            return rms_norm(x, self.weight, self.eps, out_dtype)
+        x = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x / sqrt(mean(x²) + eps)
+        return (self.weight * x.to(dtype)).to(out_dtype)
 
 
 class RotaryEmbedding(nn.Module):

@@ -80,6 +80,20 @@ def test_kept_probabilities_live_only_while_a_graph_needs_them():
         assert cpu_kernels.causal_attention(q, k, v, block=16).grad_fn is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_equals_f_rms_norm_then_cast(dtype):
+    x = (3 * torch.randn(2, 7, 48)).requires_grad_()
+    weight = (1 + torch.randn(48) / 4).requires_grad_()
+    grad_y = torch.randn(2, 7, 48, dtype=dtype)
+    y = cpu_kernels.rms_norm(x, weight, 1e-5, dtype)
+    got = (y, *torch.autograd.grad(y, (x, weight), grad_y))
+    y = F.rms_norm(x, (48,), weight, 1e-5).to(dtype)
+    expected = (y, *torch.autograd.grad(y, (x, weight), grad_y))
+    assert got[0].dtype == dtype
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_linear_uses_onednn_for_fp32_on_cpu_and_equals_f_linear():
     layer = cpu_kernels.Linear(24, 40)
     x = torch.randn(3, 5, 24, requires_grad=True)
