@@ -277,6 +277,7 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype`; a hand-written backward on CPU."""
-    if _active(x, weight) and not torch.compiler.is_compiling():  # Inductor fuses the plain ops
+    wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if wants_grad and _active(x, weight) and not torch.compiler.is_compiling():  # Inductor fuses
         return _RMSNorm.apply(x, weight, eps, dtype)
     return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)
