@@ -15,7 +15,9 @@ Profiling a SmolLM2-135M training step on CPU (benchmarks/README.md) showed:
   CPUs; oneDNN (PyTorch's own bf16 path) runs AVX-512 there, about 2x faster. `linear`
   computes `x @ w.T` through oneDNN for fp32 CPU tensors, in full fp32.
 - **RMSNorm.** `F.rms_norm` is a composite of small ops on CPU, and autograd's backward
-  through them makes about a dozen passes over the activations; `rms_norm` does it in six.
+  through them saves and revisits each intermediate; `rms_norm` saves only its input and
+  the per-row scale and has a hand-written backward (the 61 norms of a 135M bf16 step at
+  2x1024: 0.06 s instead of 0.17 s, and -275 MiB).
 
 `set_enabled(False)` (config: `cpu_kernels=false`) restores PyTorch's kernels everywhere.
 Under `torch.compile` the attention is traced like any autograd.Function; the oneDNN
@@ -251,11 +253,7 @@ def causal_attention(
 
 
 class _RMSNorm(torch.autograd.Function):
-    """RMSNorm of fp32 rows whose output is written in `dtype` and whose backward is by hand.
-
-    `F.rms_norm` is a composite of six ops on CPU, so autograd runs about a dozen passes
-    over the (N, C) activations in backward; this backward takes six.
-    """
+    """RMSNorm of fp32 rows, output written in `dtype`; saves x and 1/rms(x), nothing else."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:

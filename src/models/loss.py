@@ -24,8 +24,9 @@ def _target_log_probs(
     are overwritten by the loss gradient `(softmax - one_hot) * grad_scale`.
 
     On CPU, eagerly, this goes a few rows at a time: the fp32 log-probs, softmax and
-    gradient of those rows stay in cache, instead of four 200 MB passes over memory per
-    1024 tokens (2x faster). Elsewhere one pass: kernel launches (CUDA) or graph size
+    gradient of those rows stay in cache instead of making four 200 MB passes over memory
+    per 1024 tokens, and no fp32 (n, V) tensor is allocated (a 135M bf16 step at 2x1024:
+    -1% time, -510 MiB). Elsewhere one pass: kernel launches (CUDA) or graph size
     (torch.compile, which fuses these ops itself) cost more there than memory traffic.
     """
     eager_cpu = logits.device.type == "cpu" and not torch.compiler.is_compiling()
