@@ -157,7 +157,9 @@ class _CausalAttention(torch.autograd.Function):
         K, G = k.shape[2], H // k.shape[2]
         kept = []  # each block's probabilities, if backward is to reuse them
         with torch.autocast("cpu", enabled=False):
-            qr, _, vr, kr_t, mask = _block_inputs(q, k, v, block)
+            qr, kr, vr = _row_layouts(q, k, v)
+            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T): its slices need no copy in bmm
+            mask = _causal_mask(block, G, q)
             out = torch.empty_like(qr)  # (BK, T*G, D)
             for start in range(0, T, block):
                 end = min(start + block, T)
@@ -166,23 +168,25 @@ class _CausalAttention(torch.autograd.Function):
                 out[:, rows] = torch.bmm(probs, vr[:, :end])
                 if keep:
                     kept.append(probs)
-        ctx.save_for_backward(q, k, v, *kept)
-        ctx.block = block
+        # The row layouts replace q, k and v (same memory): backward does not redo them.
+        ctx.save_for_backward(qr, kr, vr, *kept)
+        ctx.block, ctx.shape = block, (B, T, H, D)
         return out.view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        q, k, v, *kept = ctx.saved_tensors
-        block = ctx.block
-        B, T, H, D = q.shape
-        K, G = k.shape[2], H // k.shape[2]
+        qr, kr, vr, *kept = ctx.saved_tensors
+        block, (B, T, H, D) = ctx.block, ctx.shape
+        K = kr.shape[0] // B
+        G = H // K
         with torch.autocast("cpu", enabled=False):
-            qr, kr, vr, kr_t, mask = _block_inputs(q, k, v, block)
+            if not kept:
+                kr_t, mask = kr.transpose(1, 2).contiguous(), _causal_mask(block, G, qr)
             vr_t = vr.transpose(1, 2).contiguous()  # (BK, D, T)
             grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
             grad_q = torch.empty_like(qr)  # (BK, T*G, D)
-            grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=k.device)  # summed over blocks
-            grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=v.device)
+            grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=kr.device)  # summed over blocks
+            grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=vr.device)
             for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
                 rows = slice(start * G, end * G)
@@ -195,27 +199,21 @@ class _CausalAttention(torch.autograd.Function):
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
         scale = D**-0.5
         grad_q = grad_q.mul_(scale).view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
-        grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(k.dtype)
-        grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(v.dtype)
+        grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(kr.dtype)
+        grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(vr.dtype)
         return grad_q, grad_k, grad_v, None, None
 
 
-def _block_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int) -> tuple[torch.Tensor, ...]:
-    """What forward and backward both loop over, in row layout.
-
-    (B, T, H, D) scaled queries -> (B*K, T*G, D); (B, T, K, D) keys, values -> (B*K, T, D);
-    the keys transposed once, (B*K, D, T), so their slices need no copy in bmm; the mask.
-    """
+def _row_layouts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, T, H, D) queries, scaled by 1/sqrt(D) -> (B*K, T*G, D) rows ordered (query, head
+    in group); (B, T, K, D) keys and values -> (B*K, T, D)."""
     B, T, H, D = q.shape
     K = k.shape[2]
     q_rows = (q * D**-0.5).view(B, T, K, H // K, D).transpose(1, 2)  # (B, K, T, G, D)
-    k_rows = k.transpose(1, 2).reshape(B * K, T, D)
     return (
         q_rows.reshape(B * K, T * (H // K), D),
-        k_rows,
+        k.transpose(1, 2).reshape(B * K, T, D),
         v.transpose(1, 2).reshape(B * K, T, D),
-        k_rows.transpose(1, 2).contiguous(),
-        _causal_mask(block, H // K, q),
     )
 
 

@@ -75,7 +75,7 @@ def test_kept_probabilities_live_only_while_a_graph_needs_them():
     q, k, v, _ = attention_inputs(1, 64, 4, 2, 8, dtype=torch.bfloat16)
     assert cpu_kernels.keeps_probabilities(q)
     y = cpu_kernels.causal_attention(q, k, v, block=16)
-    assert len(y.grad_fn.saved_tensors) == 3 + 64 // 16  # q, k, v and one tensor per block
+    assert len(y.grad_fn.saved_tensors) == 3 + 64 // 16  # q, k, v (row layouts) and one tensor per block
     with torch.no_grad():
         assert cpu_kernels.causal_attention(q, k, v, block=16).grad_fn is None
 
