@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from src.hardware import keep_freed_host_memory
 from src.models.cpu_kernels import linear
+from src.training.hardware import keep_freed_host_memory
 
 _host_malloc = "glibc default"  # what setup() did, for machine_line
 
@@ -43,7 +43,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     """Apply --threads and --os-malloc, resolve --device ('auto' is CUDA when there is one).
 
     Without --os-malloc, host memory freed by one candidate is reused by the next instead
-    of being page-faulted in again (src.hardware.keep_freed_host_memory): otherwise the
+    of being page-faulted in again (src.training.hardware.keep_freed_host_memory): otherwise the
     models that allocate the largest temporaries slow down with everything else the
     process holds, and the ratio would measure the OS rather than the code.
     """

@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import add_common_args, machine_line, markdown_table, setup
 from src.callbacks.throughput import ThroughputLogger
-from src.csv_logger import ContinuingCSVLogger
-from src.lit_module import SmolLM2LitModule
-from src.lr_schedule import LRSchedule
 from src.models import SmolLM2Config
+from src.tracking.csv_logger import ContinuingCSVLogger
+from src.training.lit_module import SmolLM2LitModule
+from src.training.lr_schedule import LRSchedule
 
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 

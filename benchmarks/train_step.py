@@ -46,7 +46,7 @@ def loss_fns(
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
-    The compiled model gets the compiled loss, as `compile=true` training does (src/lit_module.py).
+    The compiled model gets the compiled loss, as `compile=true` training does (src/training/lit_module.py).
     """
     compiled_cross_entropy = torch.compile(lm_cross_entropy)
 

@@ -18,7 +18,7 @@ import gradio as gr
 
 from src.cli import parse_cli
 from src.errors import UserError, exit_on_user_error
-from src.inference import ModelSource, Sampling, TextGenerator
+from src.serving.inference import ModelSource, Sampling, TextGenerator
 
 EXAMPLES = [
     "Once upon a time, in a small village by the sea,",

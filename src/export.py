@@ -15,7 +15,7 @@ from src.cli import parse_cli
 from src.data.tokenizer import load_tokenizer
 from src.errors import exit_on_user_error
 from src.models.hf import write_hf_folder
-from src.models.loading import CKPT_TOKENIZER, model_from_lightning_checkpoint, read_lightning_checkpoint
+from src.training import checkpoint as ckpt
 
 
 @dataclass
@@ -26,9 +26,9 @@ class ExportConfig:
 
 def export_checkpoint(ckpt_path: Path, out_dir: Path) -> None:
     """Weights, config.json, generation_config.json and the run's tokenizer files into `out_dir`."""
-    checkpoint = read_lightning_checkpoint(ckpt_path)
-    model, config = model_from_lightning_checkpoint(checkpoint)
-    tokenizer = load_tokenizer(checkpoint.get(CKPT_TOKENIZER))
+    checkpoint = ckpt.read_checkpoint(ckpt_path)
+    model, config = ckpt.model_from_checkpoint(checkpoint)
+    tokenizer = load_tokenizer(checkpoint.get(ckpt.TOKENIZER))
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     write_hf_folder(model, config, out_dir, bos_id=bos, eos_id=eos)

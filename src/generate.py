@@ -19,7 +19,7 @@ from pathlib import Path
 
 from src.cli import parse_cli
 from src.errors import UserError, exit_on_user_error
-from src.inference import ModelSource, Sampling, TextGenerator
+from src.serving.inference import ModelSource, Sampling, TextGenerator
 
 SEPARATOR = "---\n"
 

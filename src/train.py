@@ -25,16 +25,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from src.checkpoint_io import AtomicCheckpointIO
-from src.config_checks import check_run_config
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
-from src.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
-from src.lit_module import CKPT_LR_SCHEDULE, CKPT_OVERRIDES, CKPT_WANDB_RUN_ID, SmolLM2LitModule
-from src.loggers import build_loggers, new_run_id, run_config
-from src.lr_schedule import LRSchedule
 from src.models import cpu_kernels
-from src.models.loading import CKPT_MODEL_CONFIG, read_lightning_checkpoint
-from src.wandb_logger import RunWandbLogger
+from src.tracking.loggers import build_loggers, new_run_id, run_config
+from src.tracking.wandb_logger import RunWandbLogger
+from src.training import checkpoint as ckpt
+from src.training.config_checks import check_run_config
+from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
+from src.training.lit_module import SmolLM2LitModule
+from src.training.lr_schedule import LRSchedule
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,8 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Build everything from `cfg` and fit; returns the final logged metrics."""
     checkpoint = None
     if cfg.ckpt_path:
-        checkpoint = read_lightning_checkpoint(Path(cfg.ckpt_path))
-        overrides = replay_overrides(checkpoint.get(CKPT_OVERRIDES, []), overrides)
+        checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path))
+        overrides = replay_overrides(checkpoint.get(ckpt.OVERRIDES, []), overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
         if max_steps == step:
@@ -98,12 +97,12 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
 
     model_config = hydra.utils.instantiate(cfg.model)
     if checkpoint is not None:
-        check_model_matches(checkpoint[CKPT_MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
+        check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, model_config)
 
     schedule_cfg = OmegaConf.to_container(cfg.schedule, resolve=True)
     if schedule_cfg["total_steps"] is None:
-        saved = (checkpoint or {}).get(CKPT_LR_SCHEDULE) or {}
+        saved = (checkpoint or {}).get(ckpt.LR_SCHEDULE) or {}
         schedule_cfg["total_steps"] = saved.get("total_steps", cfg.trainer.max_steps)
     schedule = hydra.utils.instantiate(schedule_cfg)
     assert isinstance(schedule, LRSchedule)
@@ -113,7 +112,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
 
     L.seed_everything(cfg.seed, workers=True)
-    run_id = (checkpoint or {}).get(CKPT_WANDB_RUN_ID) or new_run_id()
+    run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     module = SmolLM2LitModule(
         model_config,
         optimizer=hydra.utils.instantiate(cfg.optim),
@@ -134,7 +133,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     if cfg.cpu_malloc_cache and not uses_cuda(cfg.trainer.accelerator):
         keep_freed_host_memory()
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[ckpt.AtomicCheckpointIO()]
     )
     rank_zero_info(
         f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
@@ -168,7 +167,7 @@ def one_line(err: Exception) -> str:
     return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
     train(cfg, list(HydraConfig.get().overrides.task))

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 
 from src.models import SmolLM2
-from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER, STATE_DICT_PREFIX
+from src.training import checkpoint as ckpt
 from tests.conftest import REPO_ROOT
 
 
 def write_checkpoint(model: SmolLM2, path: Path) -> None:
     """What our LightningModule puts in a .ckpt, minus the loop state that inference does not need."""
-    state = {STATE_DICT_PREFIX + k: v for k, v in model.state_dict().items()}
-    torch.save({CKPT_MODEL_CONFIG: model.config.to_dict(), CKPT_TOKENIZER: None, "state_dict": state}, path)
+    state = {ckpt.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
+    torch.save({ckpt.MODEL_CONFIG: model.config.to_dict(), ckpt.TOKENIZER: None, "state_dict": state}, path)
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:

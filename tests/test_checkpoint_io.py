@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from src.checkpoint_io import AtomicCheckpointIO
+from src.training.checkpoint import AtomicCheckpointIO
 
 
 class InterruptWhilePickled:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src.data.windows import ShuffledWindowBatches
-from src.models.loading import read_lightning_checkpoint
+from src.training.checkpoint import read_checkpoint
 from tests.helpers import run_cli
 from tests.training import fast_overrides, logged, run_training, write_text
 
@@ -39,8 +39,8 @@ def test_ddp_matches_one_process_and_resumes(tmp_path):
     # order: the CSV step column of a DDP continuation is one ahead, Lightning's logging counter.)
     one, two = logged(tmp_path / "one" / "run", "train/loss"), logged(tmp_path / "ddp" / "run", "train/loss")
     assert len(two) == 4 and list(two.values()) == pytest.approx(list(one.values()), rel=1e-4)
-    a = read_lightning_checkpoint(tmp_path / "one" / "run" / "checkpoints" / "last.ckpt")
-    b = read_lightning_checkpoint(last)
+    a = read_checkpoint(tmp_path / "one" / "run" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(last)
     assert b["global_step"] == 4
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-4, atol=1e-5)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from src.generate import main
-from src.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
 from src.models import SmolLM2, SmolLM2Config, generate
+from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
 from tests.helpers import run_cli, write_checkpoint
 
 PROMPT = "Once upon a time"

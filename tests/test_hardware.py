@@ -5,7 +5,7 @@ import platform
 import pytest
 import torch
 
-from src.hardware import keep_freed_host_memory, uses_cuda
+from src.training.hardware import keep_freed_host_memory, uses_cuda
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")

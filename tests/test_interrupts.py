@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from src.models.loading import read_lightning_checkpoint
 from src.train import EXIT_SIGINT, EXIT_SIGTERM
+from src.training.checkpoint import read_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.training import fast_overrides, write_text
 
@@ -36,7 +36,7 @@ def start(tmp: Path, *extra: str) -> subprocess.Popen:
 
 
 def saved_step(last: Path) -> int:
-    return read_lightning_checkpoint(last)["global_step"] if last.exists() else 0
+    return read_checkpoint(last)["global_step"] if last.exists() else 0
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:

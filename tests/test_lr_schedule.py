@@ -1,7 +1,7 @@
 import pytest
 
 from src.errors import UserError
-from src.lr_schedule import LRSchedule
+from src.training.lr_schedule import LRSchedule
 
 
 @pytest.mark.parametrize("kind", ["constant", "cosine", "linear", "wsd"])

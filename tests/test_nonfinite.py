@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from src.lit_module import SmolLM2LitModule
-from src.models.loading import read_lightning_checkpoint
-from src.nonfinite import TrainingDiverged
+from src.training.checkpoint import read_checkpoint
+from src.training.lit_module import SmolLM2LitModule
+from src.training.nonfinite import TrainingDiverged
 from tests.training import fast_overrides, logged, run_training, write_text
 
 
@@ -26,7 +26,7 @@ def poison(monkeypatch):
 
 
 def finite(ckpt) -> bool:
-    return all(torch.isfinite(v).all() for v in read_lightning_checkpoint(ckpt)["state_dict"].values())
+    return all(torch.isfinite(v).all() for v in read_checkpoint(ckpt)["state_dict"].values())
 
 
 def test_stop_names_the_step_and_keeps_the_last_good_state(tmp_path, poison):
@@ -35,7 +35,7 @@ def test_stop_names_the_step_and_keeps_the_last_good_state(tmp_path, poison):
     with pytest.raises(TrainingDiverged, match=r"non-finite gradients at step 4 \(loss nan.*keeps step 3"):
         run_training(overrides)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert read_lightning_checkpoint(last)["global_step"] == 3 and finite(last)
+    assert read_checkpoint(last)["global_step"] == 3 and finite(last)
 
 
 def test_skip_drops_the_update_and_counts_it(tmp_path, poison):
@@ -46,5 +46,5 @@ def test_skip_drops_the_update_and_counts_it(tmp_path, poison):
     skipped = logged(run, "nonfinite_skipped")
     assert skipped[1] == 0 and skipped[2] == 1 and skipped[6] == 2  # rows are logged after each step
     last = run / "checkpoints" / "last.ckpt"
-    assert read_lightning_checkpoint(last)["global_step"] == 7 and finite(last)
-    assert read_lightning_checkpoint(last)["nonfinite_skipped"] == 2
+    assert read_checkpoint(last)["global_step"] == 7 and finite(last)
+    assert read_checkpoint(last)["nonfinite_skipped"] == 2

@@ -7,8 +7,8 @@ import torch
 from hydra import compose
 
 from src.errors import UserError
-from src.lr_schedule import LRSchedule
-from src.models.loading import read_lightning_checkpoint
+from src.training.checkpoint import read_checkpoint
+from src.training.lr_schedule import LRSchedule
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 
 
@@ -18,7 +18,7 @@ def text(tmp_path):
 
 
 def weights(ckpt) -> dict[str, torch.Tensor]:
-    return read_lightning_checkpoint(ckpt)["state_dict"]
+    return read_checkpoint(ckpt)["state_dict"]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_continuation_is_exact(tmp_path, text, accumulation):
     first = fast_overrides(tmp_path / "b", text, "trainer.max_steps=10", *common)
     run_training(first)
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
-    assert read_lightning_checkpoint(last)["global_step"] == 10
+    assert read_checkpoint(last)["global_step"] == 10
     run_training(fast_overrides(tmp_path / "b", text, "trainer.max_steps=20", f"ckpt_path={last}", *common))
 
     a, b = weights(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"), weights(last)
@@ -89,7 +89,7 @@ def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     assert sorted(lr) == list(range(14))
     assert [lr[s] for s in range(14)] == pytest.approx([3e-3 * schedule(s) for s in range(14)], rel=1e-5)
     assert lr[10] == lr[13] == pytest.approx(3e-3 * 0.1)  # past the horizon: held at the floor, no jump
-    assert read_lightning_checkpoint(last)["lr_schedule"]["total_steps"] == 10
+    assert read_checkpoint(last)["lr_schedule"]["total_steps"] == 10
 
 
 def test_resume_at_max_steps_has_nothing_to_do_and_below_is_an_error(tmp_path, text, capsys):
@@ -108,7 +108,7 @@ def test_resume_replays_the_runs_own_config(tmp_path, text):
     overrides = [f"ckpt_path={last}", "trainer.max_steps=6"]
     from src.train import replay_overrides
 
-    replayed = replay_overrides(read_lightning_checkpoint(last)["cli_overrides"], overrides)
+    replayed = replay_overrides(read_checkpoint(last)["cli_overrides"], overrides)
     assert "data.seq_len=24" in replayed and replayed[-2:] == overrides
     with hydra_context():
         assert compose(config_name="train", overrides=replayed).data.seq_len == 24

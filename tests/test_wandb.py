@@ -10,8 +10,8 @@ import pytest
 import wandb
 
 from src.errors import UserError
-from src.models.loading import read_lightning_checkpoint
-from src.wandb_logger import RunWandbLogger
+from src.tracking.wandb_logger import RunWandbLogger
+from src.training.checkpoint import read_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.training import fast_overrides, write_text
 from tests.wandb_records import offline_runs
@@ -66,7 +66,7 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
     assert result.returncode == 0, result.stderr[-3000:]
 
     first_run, second_run = offline_runs(run_dir)  # both under <run>/wandb/
-    run_id = read_lightning_checkpoint(last)["wandb_run_id"]
+    run_id = read_checkpoint(last)["wandb_run_id"]
     for part in (first_run, second_run):
         assert part.folder.name.endswith(f"-{run_id}")
         assert (part.run.run_id, part.run.display_name, part.run.run_group) == (run_id, "run", "grp")
@@ -102,7 +102,7 @@ def test_key_without_server_falls_back_offline_once(tmp_path, wandb_env, monkeyp
 
     monkeypatch.setattr(wandb, "init", fake_init)
     monkeypatch.setattr(wandb, "teardown", lambda: modes.append("teardown"))
-    monkeypatch.setattr("src.wandb_logger.rank_zero_info", messages.append)
+    monkeypatch.setattr("src.tracking.wandb_logger.rank_zero_info", messages.append)
     logger = RunWandbLogger(save_dir=str(tmp_path / "run"), mode="auto", init_timeout=1, id="abcd1234")
     assert logger.experiment is offline_run and logger.experiment is offline_run
     assert modes == ["online", "teardown", "offline"]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from tests.conftest import REPO_ROOT
 
-CONF_DIR = str(REPO_ROOT / "conf")
+CONF_DIR = str(REPO_ROOT / "src" / "conf")
 
 
 def write_text(path: Path, words: int = 6000, seed: int = 0) -> Path:

@@ -6,7 +6,7 @@ import time
 
 import lightning as L
 
-from src.hardware import peak_flops
+from src.training.hardware import peak_flops
 
 
 class ThroughputLogger(L.Callback):

@@ -16,6 +16,7 @@ import torch
 
 from src.errors import UserError
 from src.models.config import SmolLM2Config
+from src.models.smollm2 import SmolLM2
 
 # (ours, Hugging Face's); "{i}" is the layer index.
 NAME_MAP: list[tuple[str, str]] = [
@@ -67,8 +68,6 @@ def from_hf_state_dict(
     state_dict: dict[str, torch.Tensor], config: SmolLM2Config, source: str = "state dict"
 ) -> dict[str, torch.Tensor]:
     """Llama names -> our names, checking that every tensor is there with the right shape."""
-    from src.models.smollm2 import SmolLM2  # local: the shapes come from a meta-device model
-
     with torch.device("meta"):
         expected = {k: v.shape for k, v in SmolLM2(config).state_dict().items()}
     if config.tie_embeddings:
@@ -216,3 +215,21 @@ def write_hf_folder(
     (out_dir / "config.json").write_text(json.dumps(to_hf_config(config, bos_id, eos_id), indent=2) + "\n")
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def load_hf_model(folder: Path) -> SmolLM2:
+    """Our SmolLM2 with config and weights from a Hugging Face SmolLM2/Llama folder, on the CPU.
+
+    A released SmolLM2 folder (config.json + model.safetensors) loads unchanged.
+    """
+    config = read_hf_config(folder)
+    hf_state, source = read_hf_weights(folder)
+    state = from_hf_state_dict(hf_state, config, source=source)
+    with torch.device("meta"):
+        model = SmolLM2(config)
+    model.load_state_dict(state, assign=True, strict=not config.tie_embeddings)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight  # assign=True replaced the shared Parameter
+    model.rope = model.rope.to_empty(device="cpu")
+    model.rope.reset_tables()
+    return model

@@ -2,7 +2,7 @@
 
 import torch
 
-from src.models.loading import read_lightning_checkpoint
+from src.training.checkpoint import read_checkpoint
 from tests.data.shards import write_shards
 from tests.training import logged, run_training, stream_overrides
 
@@ -23,14 +23,14 @@ def test_stream_continuation_is_exact(tmp_path):
     run_training(stream_overrides(tmp_path / "a", shards, "trainer.max_steps=2", *common))
     run_training(stream_overrides(tmp_path / "b", shards, "trainer.max_steps=1", *common))
     last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
-    saved = read_lightning_checkpoint(last)["StreamDataModule"]["ranks"]
+    saved = read_checkpoint(last)["StreamDataModule"]["ranks"]
     assert saved[0]["consumed"] == 3 and len(saved[0]["readers"]) == 2
     run_training(
         stream_overrides(tmp_path / "b", shards, "trainer.max_steps=2", f"ckpt_path={last}", *common)
     )
 
-    a = read_lightning_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
-    b = read_lightning_checkpoint(last)
+    a = read_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(last)
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

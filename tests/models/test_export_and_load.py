@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from src.errors import UserError
-from src.models import SmolLM2, SmolLM2Config, load_pretrained
+from src.models import SmolLM2, SmolLM2Config
+from src.serving import load_pretrained
 from tests.helpers import run_cli, write_checkpoint
 
 

@@ -6,7 +6,8 @@ import torch
 from omegaconf import OmegaConf
 
 from src.errors import UserError
-from src.models import PRESETS, SmolLM2, SmolLM2Config
+from src.models import SmolLM2, SmolLM2Config
+from src.models.config import PRESETS
 from tests.conftest import REPO_ROOT
 
 
@@ -35,7 +36,7 @@ def test_lm_head_is_the_embedding_tensor():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_model_yaml_mirrors_the_preset(preset):
-    yaml = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{preset}.yaml"))
+    yaml = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "src" / "conf" / "model" / f"{preset}.yaml"))
     assert yaml.pop("_target_") == "src.models.SmolLM2Config"
     assert set(yaml) == {f.name for f in dataclasses.fields(SmolLM2Config)}
     assert SmolLM2Config(**yaml) == SmolLM2Config.from_preset(preset)

@@ -10,17 +10,12 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from src.lr_schedule import LRSchedule
 from src.models.config import SmolLM2Config
-from src.models.loading import CKPT_MODEL_CONFIG, CKPT_TOKENIZER
 from src.models.loss import lm_cross_entropy
 from src.models.smollm2 import SmolLM2
-from src.nonfinite import guard_step
-
-CKPT_WANDB_RUN_ID = "wandb_run_id"
-CKPT_LR_SCHEDULE = "lr_schedule"
-CKPT_OVERRIDES = "cli_overrides"
-CKPT_SKIPPED_STEPS = "nonfinite_skipped"
+from src.training import checkpoint as ckpt
+from src.training.lr_schedule import LRSchedule
+from src.training.nonfinite import guard_step
 
 
 class SmolLM2LitModule(L.LightningModule):
@@ -28,7 +23,7 @@ class SmolLM2LitModule(L.LightningModule):
 
     The LR is set before every optimizer step from `schedule(global_step)`, so the
     schedule needs no state of its own and a resumed run continues it exactly.
-    `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/nonfinite.py).
+    `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/training/nonfinite.py).
     """
 
     def __init__(
@@ -158,12 +153,12 @@ class SmolLM2LitModule(L.LightningModule):
         return self.optimizer_factory(groups, **extra)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CKPT_MODEL_CONFIG] = self.config.to_dict()
-        checkpoint[CKPT_TOKENIZER] = self.tokenizer_name
-        checkpoint[CKPT_WANDB_RUN_ID] = self.wandb_run_id
-        checkpoint[CKPT_LR_SCHEDULE] = dataclasses.asdict(self.schedule)
-        checkpoint[CKPT_OVERRIDES] = self.cli_overrides
-        checkpoint[CKPT_SKIPPED_STEPS] = self.skipped_steps
+        checkpoint[ckpt.MODEL_CONFIG] = self.config.to_dict()
+        checkpoint[ckpt.TOKENIZER] = self.tokenizer_name
+        checkpoint[ckpt.WANDB_RUN_ID] = self.wandb_run_id
+        checkpoint[ckpt.LR_SCHEDULE] = dataclasses.asdict(self.schedule)
+        checkpoint[ckpt.OVERRIDES] = self.cli_overrides
+        checkpoint[ckpt.SKIPPED_STEPS] = self.skipped_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = checkpoint.get(CKPT_SKIPPED_STEPS, 0)
+        self.skipped_steps = checkpoint.get(ckpt.SKIPPED_STEPS, 0)

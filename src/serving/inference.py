@@ -17,8 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
-from src.models import SmolLM2, generate_tokens, load_pretrained
-from src.models.loading import CKPT_TOKENIZER, model_from_lightning_checkpoint, read_lightning_checkpoint
+from src.models import SmolLM2, generate_tokens
+from src.models.hf import load_hf_model
+from src.training import checkpoint as ckpt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -72,6 +73,20 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"dtype={name}: use one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> SmolLM2:
+    """Our model in eval mode, from a Hugging Face SmolLM2/Llama folder or one of our `.ckpt` files."""
+    path = Path(path)
+    if path.is_dir():
+        model = load_hf_model(path)
+    elif path.is_file():
+        model, _ = ckpt.model_from_checkpoint(ckpt.read_checkpoint(path))
+    else:
+        raise UserError(f"{path}: no such file or folder (give a Hugging Face model folder or a .ckpt)")
+    return model.to(device=device, dtype=dtype).eval()
 
 
 class IncrementalDecoder:
@@ -163,9 +178,9 @@ class TextGenerator:
         device, dtype = resolve_device(source.device), resolve_dtype(source.dtype)
         if source.ckpt_path is not None:
             path = Path(source.ckpt_path)
-            checkpoint = read_lightning_checkpoint(path)
-            model = model_from_lightning_checkpoint(checkpoint)[0].to(device=device, dtype=dtype).eval()
-            tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(CKPT_TOKENIZER))
+            checkpoint = ckpt.read_checkpoint(path)
+            model = ckpt.model_from_checkpoint(checkpoint)[0].to(device=device, dtype=dtype).eval()
+            tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
         else:
             path = Path(source.hf_path)
             model = load_pretrained(path, dtype=dtype, device=device)

@@ -1,0 +1,1 @@
+"""Tracking: loggers (CSV, W&B) and what they record about a run."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, LR schedule, non-finite policy, checkpoint format, hardware setup."""

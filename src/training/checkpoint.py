@@ -1,0 +1,110 @@
+"""The checkpoint format, in one place: what our `.ckpt` files hold, how they are read and written.
+
+A checkpoint is Lightning's (weights under `state_dict`, optimizer, loops, callbacks, data
+position) plus the run facts below, which let a file be used on its own: rebuild the
+model, detokenize, continue the same W&B run, LR schedule and config. Files are written
+atomically: a temporary file in the same folder, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from src.errors import UserError
+from src.models.config import SmolLM2Config
+from src.models.smollm2 import SmolLM2
+
+# Keys our LightningModule adds beside Lightning's own.
+MODEL_CONFIG = "model_config"  # SmolLM2Config as a dict
+TOKENIZER = "tokenizer"  # data.tokenizer (None = the vendored SmolLM2 tokenizer)
+WANDB_RUN_ID = "wandb_run_id"  # continuations log to the same W&B run
+LR_SCHEDULE = "lr_schedule"  # LRSchedule as a dict, horizon included
+OVERRIDES = "cli_overrides"  # the run's command-line overrides, replayed by a continuation
+SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
+# The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
+MODEL_PREFIX = "model."
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """torch.load with a one-line error for a missing, truncated or foreign file."""
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        # Our own checkpoints hold plain Python objects next to tensors (loop and data state).
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({err})") from None
+    if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not a checkpoint written by src.train (no model config or state_dict)")
+    return checkpoint
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The decoder's own state dict (keys as in `SmolLM2.state_dict()`)."""
+    state = checkpoint["state_dict"]
+    return {k.removeprefix(MODEL_PREFIX): v for k, v in state.items() if k.startswith(MODEL_PREFIX)}
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[SmolLM2, SmolLM2Config]:
+    config = SmolLM2Config.from_dict(checkpoint[MODEL_CONFIG])
+    model = SmolLM2(config)
+    model.load_state_dict(model_state_dict(checkpoint))
+    return model, config
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done, then deliver it to the handler it would have met.
+
+    A KeyboardInterrupt raised inside `torch.save` breaks its zip writer, which then raises
+    an unrelated RuntimeError: the run would exit 1 with a traceback instead of 130.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """A kill at any moment leaves either the old file or the new one, never half of one.
+
+    A kill mid-write leaves a `.<name>.tmp-<pid>` file behind; the next save into the same
+    folder removes it (only rank 0 writes, so no live writer owns another pid's file).
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        for stale in path.parent.glob(".*.tmp-*"):  # left by a killed writer
+            if not stale.name.endswith(f".tmp-{os.getpid()}"):
+                stale.unlink(missing_ok=True)
+        with sigint_deferred():
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(checkpoint, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)  # replaces a symlink itself, never writes through it
+            finally:
+                tmp.unlink(missing_ok=True)
