@@ -5,6 +5,8 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from src.lightning_compat import mark_step_saved
+
 
 class StepCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, aware that a resumed run's first step is already saved.
@@ -16,4 +18,4 @@ class StepCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if trainer.global_step > 0:
-            self._last_global_step_saved = trainer.global_step
+            mark_step_saved(self, trainer.global_step)

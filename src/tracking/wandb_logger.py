@@ -13,6 +13,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from src.errors import UserError
+from src.lightning_compat import wandb_init_args, wandb_run
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 SAMPLES_KEY = "samples"
@@ -78,7 +79,8 @@ class RunWandbLogger(WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        if self._experiment is None and self._wandb_init["mode"] == "online":
+        init = wandb_init_args(self)
+        if wandb_run(self) is None and init["mode"] == "online":
             try:
                 return WandbLogger.experiment.fget(self)
             except wandb.Error as err:
@@ -88,13 +90,13 @@ class RunWandbLogger(WandbLogger):
                         "use logger.wandb.mode=offline (or auto) and `wandb sync` later"
                     ) from None
                 wandb.teardown()  # the failed run keeps its id busy in W&B's service process
-                self._wandb_init["mode"] = "offline"
+                init["mode"] = "offline"
                 self.mode_reason = f"the W&B server did not answer ({str(err).splitlines()[0]})"
-        if self._experiment is None and self._wandb_init["mode"] == "offline":
-            run_dir = Path(self._wandb_init["dir"]) / "wandb"
+        if wandb_run(self) is None and init["mode"] == "offline":
+            run_dir = Path(init["dir"]) / "wandb"
             rank_zero_info(
                 f"W&B: logging offline because {self.mode_reason}; upload later with "
-                f"`wandb sync {run_dir}/offline-run-*-{self._wandb_init['id']}`"
+                f"`wandb sync {run_dir}/offline-run-*-{init['id']}`"
             )
         return WandbLogger.experiment.fget(self)
 
@@ -109,6 +111,7 @@ class RunWandbLogger(WandbLogger):
 
     @rank_zero_only
     def finish(self, success: bool) -> None:
-        if self._experiment is not None and not self._finished:
-            self._experiment.finish(exit_code=0 if success else 1)
+        run = wandb_run(self)
+        if run is not None and not self._finished:
+            run.finish(exit_code=0 if success else 1)
             self._finished = True

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from src.lightning_compat import set_logging_step
 from src.models.config import SmolLM2Config
 from src.models.loss import lm_cross_entropy
 from src.models.smollm2 import SmolLM2
@@ -96,10 +97,7 @@ class SmolLM2LitModule(L.LightningModule):
         self._last_step = self.trainer.global_step
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Lightning re-derives its logging step on restore and gets it one too high for a
-        # checkpoint saved after the step counter moved (at train end, on Ctrl-C or a crash),
-        # so a continuation's curves would skip a step: keep it equal to the optimizer step.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step
+        set_logging_step(self.trainer, self.trainer.global_step)
 
     def configure_gradient_clipping(
         self,

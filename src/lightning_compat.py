@@ -1,0 +1,84 @@
+"""Every use of Lightning's private API, in one place.
+
+Lightning 2.6 has no public hook for the four things below. Each goes through `_private`,
+which raises `LightningChanged` when the name is gone instead of silently creating a new
+attribute, and tests/test_lightning_compat.py checks each one against the installed
+Lightning, so an upgrade that breaks one fails loudly in the tests and at first use.
+"""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import lightning
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+WRITTEN_FOR = "lightning 2.6"
+
+
+class LightningChanged(RuntimeError):
+    """A private Lightning name this project relies on is gone or has changed."""
+
+
+def _private(owner: Any, name: str) -> Any:
+    if not hasattr(owner, name):
+        kind = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+        raise LightningChanged(
+            f"{kind}.{name} is gone in lightning {lightning.__version__}; "
+            f"src/lightning_compat.py was written for {WRITTEN_FOR} and needs updating"
+        )
+    return getattr(owner, name)
+
+
+def set_logging_step(trainer: Trainer, step: int) -> None:
+    """Make the step that loggers see equal the optimizer step.
+
+    Lightning re-derives its logging step on restore and gets it one too high for a
+    checkpoint saved after the step counter moved (at train end, on Ctrl-C or a crash),
+    so a continuation's curves would skip a step.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    _private(loop, "_batches_that_stepped")
+    loop._batches_that_stepped = step
+
+
+def mark_step_saved(callback: ModelCheckpoint, step: int) -> None:
+    """Tell a ModelCheckpoint that `step` is already on disk (a resumed run's first step)."""
+    _private(callback, "_last_global_step_saved")
+    callback._last_global_step_saved = step
+
+
+class AppendingExperimentWriter(ExperimentWriter):
+    """Keeps an existing metrics.csv and its columns; Lightning's writer deletes it.
+
+    It does so in the private `_check_log_dir_exists`, called from its `__init__`.
+    """
+
+    _private(ExperimentWriter, "_check_log_dir_exists")
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = list(csv.DictReader(file).fieldnames or [])
+
+
+def appending_csv_writer(logger: CSVLogger) -> AppendingExperimentWriter:
+    """`logger.experiment`, created once as an AppendingExperimentWriter."""
+    if _private(logger, "_experiment") is None:
+        _private(logger, "_fs").makedirs(logger.root_dir, exist_ok=True)
+        logger._experiment = AppendingExperimentWriter(log_dir=logger.log_dir)
+    return logger._experiment
+
+
+def wandb_init_args(logger: WandbLogger) -> dict[str, Any]:
+    """The keyword arguments the logger will pass to `wandb.init` (mutable: mode, dir, id)."""
+    return _private(logger, "_wandb_init")
+
+
+def wandb_run(logger: WandbLogger) -> Any:
+    """The logger's W&B run if it has started one, else None (never starts one)."""
+    return _private(logger, "_experiment")
