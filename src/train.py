@@ -83,7 +83,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     checkpoint = None
     if cfg.ckpt_path:
         checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path))
-        overrides = replay_overrides(checkpoint.get(ckpt.OVERRIDES, []), overrides)
+        overrides = replay_overrides(ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, [])), overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
         if max_steps == step:

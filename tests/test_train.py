@@ -1,5 +1,6 @@
 """End-to-end training on CPU: composition, exact continuation, LR continuity, resume rules."""
 
+import json
 import math
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 from hydra import compose
 
 from src.errors import UserError
-from src.training.checkpoint import read_checkpoint
+from src.training.checkpoint import migrate_overrides, read_checkpoint
 from src.training.lr_schedule import LRSchedule
+from tests.conftest import REPO_ROOT
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 
 
@@ -28,8 +30,8 @@ def weights(ckpt) -> dict[str, torch.Tensor]:
         ["model=smollm2_135m"],
         ["model=smollm2_360m", "trainer=gpu", "precision=bf16-true"],
         ["model=smollm2_1.7b", "trainer=fsdp"],
-        ["trainer=ddp", "logger=tensorboard", "schedule=cosine"],
-        ["experiment=smoke", "logger=none", "schedule=constant", "precision=16-mixed"],
+        ["trainer=ddp", "logger=tensorboard", "schedule.kind=cosine"],
+        ["experiment=smoke", "logger=none", "schedule.kind=constant", "precision=16-mixed"],
         [
             "optim.lr=3e-4",
             "data.seq_len=512",
@@ -80,7 +82,7 @@ def test_continuation_is_exact(tmp_path, text, accumulation):
 
 def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     """Extending max_steps on resume keeps the schedule's horizon: no LR jump at the boundary."""
-    extra = ("schedule=cosine",)
+    extra = ("schedule.kind=cosine",)
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=10", *extra))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=14", f"ckpt_path={last}", *extra))
@@ -112,6 +114,45 @@ def test_resume_replays_the_runs_own_config(tmp_path, text):
     assert "data.seq_len=24" in replayed and replayed[-2:] == overrides
     with hydra_context():
         assert compose(config_name="train", overrides=replayed).data.seq_len == 24
+
+
+def test_overrides_stored_by_older_code_are_migrated():
+    stored = ["model=tiny", "schedule=cosine", "schedule.warmup_steps=1", "schedule=default"]
+    assert migrate_overrides(stored) == [
+        "model=tiny",
+        "schedule.kind=cosine",
+        "schedule.warmup_steps=1",
+        "schedule=default",
+    ]
+
+
+def test_a_checkpoint_that_stored_schedule_cosine_continues_to_the_same_weights(tmp_path, shakespeare_path):
+    """The fixture is step 2 of a 4-step run written before `schedule.kind`; its json holds the
+    step-4 weight sums of the run that wrote it."""
+    fixture = REPO_ROOT / "tests" / "fixtures" / "tiny_step2_before_layout_move.ckpt"
+    facts = json.loads(fixture.with_suffix(".json").read_text())
+    assert "schedule=cosine" in read_checkpoint(fixture)["cli_overrides"]
+    text = tmp_path / "input.txt"
+    text.write_bytes(shakespeare_path.read_bytes()[: facts["input_bytes"]])
+    run_training(
+        [
+            f"ckpt_path={fixture}",
+            f"trainer.max_steps={facts['continued_to']}",
+            f"data.path={text}",
+            f"paths.root_dir={tmp_path}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4 and last["lr_schedule"]["kind"] == "cosine"
+    state = last["state_dict"].values()
+    assert sum(v.double().sum().item() for v in state) == pytest.approx(
+        facts["step4_state_dict_sum"], rel=1e-6
+    )
+    assert sum(v.double().abs().sum().item() for v in state) == pytest.approx(
+        facts["step4_state_dict_abs_sum"], rel=1e-6
+    )
 
 
 def test_resume_with_another_model_says_which_fields_differ(tmp_path, text):
