@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from hydra import compose
+from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.training.checkpoint import migrate_overrides, read_checkpoint
@@ -205,6 +206,21 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
         )
     )
     assert math.isfinite(metrics["train/loss"])
+
+
+CALLBACKS = sorted(OmegaConf.load(REPO_ROOT / "src" / "conf" / "callbacks" / "default.yaml"))
+
+
+@pytest.mark.parametrize("removed", CALLBACKS)
+def test_removing_one_callback_leaves_the_others_working(tmp_path, text, removed):
+    metrics = run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", f"~callbacks.{removed}"))
+    assert math.isfinite(metrics["train/loss"])
+    files = {"model_checkpoint": "step_0000005.ckpt", "last_checkpoint": "last.ckpt"}
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert saved == sorted(name for callback, name in files.items() if callback != removed)
+    assert (tmp_path / "run" / "samples.jsonl").is_file() == (removed != "text_samples")
+    tokens_seen = logged(tmp_path / "run", "tokens_seen")  # counted from the (4, 33) batches
+    assert tokens_seen == ({} if removed == "throughput" else {s: 4 * 32 * (s + 1.0) for s in range(5)})
 
 
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):
