@@ -46,10 +46,47 @@ def test_every_config_group_composes(overrides):
     with hydra_context():
         cfg = compose_train(overrides)
     assert cfg.model._target_ == "src.models.SmolLM2Config"
-    if "model=smollm2_135m" in overrides:  # the seed recipe comes with the preset
-        assert (cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (2048, 8, 4)
     if "trainer.accumulate_grad_batches=4" in overrides:
         assert cfg.trainer.val_check_interval == cfg.eval_every * 4
+
+
+SEED_135M = (2048, 8, 4, 3e-3, 250, 250, 500, "Once upon a time")  # experiment/smollm2_135m.yaml
+DEFAULTS = (256, 16, 1, 3e-3, 100, 100, 200, "ROMEO:")  # train.yaml's groups
+
+
+@pytest.mark.parametrize(
+    ("overrides", "recipe", "values"),
+    [
+        ([], "none (defaults of train.yaml)", DEFAULTS),
+        (["model=smollm2_360m"], "none (defaults of train.yaml)", DEFAULTS),
+        (["model=smollm2_135m"], "experiment=smollm2_135m (default for model=smollm2_135m)", SEED_135M),
+        (["model=smollm2_135m", "~experiment"], "none (defaults of train.yaml)", DEFAULTS),
+        (
+            ["model=smollm2_135m", "experiment=smoke"],
+            "experiment=smoke",
+            (256, 16, 1, 3e-3, 5, 10, 10, "ROMEO:"),
+        ),
+        (["experiment=smollm2_135m_cosmopedia"], "experiment=smollm2_135m_cosmopedia", SEED_135M),
+    ],
+)
+def test_the_recipe_is_the_experiment_named_else_the_models_own(overrides, recipe, values):
+    from src.train import applied_recipe
+
+    with hydra_context():
+        assert applied_recipe(overrides) == recipe
+        cfg = compose_train(overrides)
+    assert (
+        cfg.data.seq_len,
+        cfg.data.batch_size,
+        cfg.trainer.accumulate_grad_batches,
+        cfg.optim.lr,
+        cfg.schedule.warmup_steps,
+        cfg.eval_every,
+        cfg.checkpoint_every,
+        cfg.callbacks.text_samples.prompts[0],
+    ) == values
+    if "135m" in recipe:
+        assert cfg.model.hidden_size == 576
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -188,7 +225,7 @@ def test_step0_loss_is_that_of_near_uniform_predictions(preset):
     assert abs(step0_loss(small) - ln_v) < 0.1
 
 
-def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
+def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text, caplog):
     metrics = run_training(
         fast_overrides(
             tmp_path,
@@ -206,6 +243,9 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
         )
     )
     assert math.isfinite(metrics["train/loss"])
+    recipe = "experiment=smollm2_135m (default for model=smollm2_135m)"
+    assert f"recipe: {recipe}" in caplog.messages
+    assert OmegaConf.load(tmp_path / "run" / "csv" / "hparams.yaml").recipe == recipe
 
 
 CALLBACKS = sorted(OmegaConf.load(REPO_ROOT / "src" / "conf" / "callbacks" / "default.yaml"))
