@@ -67,7 +67,7 @@ def lightning_seconds_per_step(args, loader: DataLoader, dtype: str, log_dir: st
         gradient_clip_val=1.0,
         log_every_n_steps=10,
         logger=ContinuingCSVLogger(log_dir, name="csv", version=""),
-        callbacks=[clock, ThroughputLogger(args.seq_len, args.batch_size)],
+        callbacks=[clock, ThroughputLogger()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from lightning.pytorch.utilities import rank_zero_info
@@ -68,6 +69,20 @@ def replay_overrides(history: list[str], current: list[str]) -> list[str]:
     return [o for o in history if override_key(o) not in current_keys] + list(current)
 
 
+def applied_recipe(overrides: list[str]) -> str:
+    """Which experiment/ file the run applied: the one named by `experiment=`, else the model's
+    own (train.yaml: `optional experiment: ${model}`). Hydra keeps its choices out of `cfg`."""
+    choices = hydra.compose(
+        config_name="train", overrides=overrides, return_hydra_config=True
+    ).hydra.runtime.choices
+    name = choices.get("experiment")
+    if name not in GlobalHydra.instance().config_loader().get_group_options("experiment"):
+        return "none (defaults of train.yaml)"
+    if any(override_key(o) == "experiment" for o in overrides):
+        return f"experiment={name}"
+    return f"experiment={name} (default for model={choices.model})"
+
+
 def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path: str) -> None:
     diff = [
         f"{k}: {saved.get(k)} in checkpoint, {config.get(k)} now" for k in config if saved.get(k) != config[k]
@@ -83,7 +98,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     checkpoint = None
     if cfg.ckpt_path:
         checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path))
-        overrides = replay_overrides(checkpoint.get(ckpt.OVERRIDES, []), overrides)
+        overrides = replay_overrides(ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, [])), overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
         if max_steps == step:
@@ -95,6 +110,8 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
                 f"pass trainer.max_steps > {step} to continue"
             )
 
+    recipe = applied_recipe(overrides)
+    rank_zero_info(f"recipe: {recipe}")
     model_config = hydra.utils.instantiate(cfg.model)
     if checkpoint is not None:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
@@ -140,7 +157,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
     )
     for logger in loggers:
-        logger.log_hyperparams(run_config(cfg, module.model.num_parameters()))
+        logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
     if cfg.val_at_start and not cfg.ckpt_path:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
     success = False

@@ -1,14 +1,17 @@
 """End-to-end training on CPU: composition, exact continuation, LR continuity, resume rules."""
 
+import json
 import math
 
 import pytest
 import torch
 from hydra import compose
+from omegaconf import OmegaConf
 
 from src.errors import UserError
-from src.training.checkpoint import read_checkpoint
+from src.training.checkpoint import migrate_overrides, read_checkpoint
 from src.training.lr_schedule import LRSchedule
+from tests.conftest import REPO_ROOT
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 
 
@@ -28,8 +31,8 @@ def weights(ckpt) -> dict[str, torch.Tensor]:
         ["model=smollm2_135m"],
         ["model=smollm2_360m", "trainer=gpu", "precision=bf16-true"],
         ["model=smollm2_1.7b", "trainer=fsdp"],
-        ["trainer=ddp", "logger=tensorboard", "schedule=cosine"],
-        ["experiment=smoke", "logger=none", "schedule=constant", "precision=16-mixed"],
+        ["trainer=ddp", "logger=tensorboard", "schedule.kind=cosine"],
+        ["experiment=smoke", "logger=none", "schedule.kind=constant", "precision=16-mixed"],
         [
             "optim.lr=3e-4",
             "data.seq_len=512",
@@ -43,10 +46,47 @@ def test_every_config_group_composes(overrides):
     with hydra_context():
         cfg = compose_train(overrides)
     assert cfg.model._target_ == "src.models.SmolLM2Config"
-    if "model=smollm2_135m" in overrides:  # the seed recipe comes with the preset
-        assert (cfg.data.seq_len, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches) == (2048, 8, 4)
     if "trainer.accumulate_grad_batches=4" in overrides:
         assert cfg.trainer.val_check_interval == cfg.eval_every * 4
+
+
+SEED_135M = (2048, 8, 4, 3e-3, 250, 250, 500, "Once upon a time")  # experiment/smollm2_135m.yaml
+DEFAULTS = (256, 16, 1, 3e-3, 100, 100, 200, "ROMEO:")  # train.yaml's groups
+
+
+@pytest.mark.parametrize(
+    ("overrides", "recipe", "values"),
+    [
+        ([], "none (defaults of train.yaml)", DEFAULTS),
+        (["model=smollm2_360m"], "none (defaults of train.yaml)", DEFAULTS),
+        (["model=smollm2_135m"], "experiment=smollm2_135m (default for model=smollm2_135m)", SEED_135M),
+        (["model=smollm2_135m", "~experiment"], "none (defaults of train.yaml)", DEFAULTS),
+        (
+            ["model=smollm2_135m", "experiment=smoke"],
+            "experiment=smoke",
+            (256, 16, 1, 3e-3, 5, 10, 10, "ROMEO:"),
+        ),
+        (["experiment=smollm2_135m_cosmopedia"], "experiment=smollm2_135m_cosmopedia", SEED_135M),
+    ],
+)
+def test_the_recipe_is_the_experiment_named_else_the_models_own(overrides, recipe, values):
+    from src.train import applied_recipe
+
+    with hydra_context():
+        assert applied_recipe(overrides) == recipe
+        cfg = compose_train(overrides)
+    assert (
+        cfg.data.seq_len,
+        cfg.data.batch_size,
+        cfg.trainer.accumulate_grad_batches,
+        cfg.optim.lr,
+        cfg.schedule.warmup_steps,
+        cfg.eval_every,
+        cfg.checkpoint_every,
+        cfg.callbacks.text_samples.prompts[0],
+    ) == values
+    if "135m" in recipe:
+        assert cfg.model.hidden_size == 576
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
@@ -80,7 +120,7 @@ def test_continuation_is_exact(tmp_path, text, accumulation):
 
 def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     """Extending max_steps on resume keeps the schedule's horizon: no LR jump at the boundary."""
-    extra = ("schedule=cosine",)
+    extra = ("schedule.kind=cosine",)
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=10", *extra))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=14", f"ckpt_path={last}", *extra))
@@ -112,6 +152,45 @@ def test_resume_replays_the_runs_own_config(tmp_path, text):
     assert "data.seq_len=24" in replayed and replayed[-2:] == overrides
     with hydra_context():
         assert compose(config_name="train", overrides=replayed).data.seq_len == 24
+
+
+def test_overrides_stored_by_older_code_are_migrated():
+    stored = ["model=tiny", "schedule=cosine", "schedule.warmup_steps=1", "schedule=default"]
+    assert migrate_overrides(stored) == [
+        "model=tiny",
+        "schedule.kind=cosine",
+        "schedule.warmup_steps=1",
+        "schedule=default",
+    ]
+
+
+def test_a_checkpoint_that_stored_schedule_cosine_continues_to_the_same_weights(tmp_path, shakespeare_path):
+    """The fixture is step 2 of a 4-step run written before `schedule.kind`; its json holds the
+    step-4 weight sums of the run that wrote it."""
+    fixture = REPO_ROOT / "tests" / "fixtures" / "tiny_step2_before_layout_move.ckpt"
+    facts = json.loads(fixture.with_suffix(".json").read_text())
+    assert "schedule=cosine" in read_checkpoint(fixture)["cli_overrides"]
+    text = tmp_path / "input.txt"
+    text.write_bytes(shakespeare_path.read_bytes()[: facts["input_bytes"]])
+    run_training(
+        [
+            f"ckpt_path={fixture}",
+            f"trainer.max_steps={facts['continued_to']}",
+            f"data.path={text}",
+            f"paths.root_dir={tmp_path}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
+    )
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 4 and last["lr_schedule"]["kind"] == "cosine"
+    state = last["state_dict"].values()
+    assert sum(v.double().sum().item() for v in state) == pytest.approx(
+        facts["step4_state_dict_sum"], rel=1e-6
+    )
+    assert sum(v.double().abs().sum().item() for v in state) == pytest.approx(
+        facts["step4_state_dict_abs_sum"], rel=1e-6
+    )
 
 
 def test_resume_with_another_model_says_which_fields_differ(tmp_path, text):
@@ -146,7 +225,7 @@ def test_step0_loss_is_that_of_near_uniform_predictions(preset):
     assert abs(step0_loss(small) - ln_v) < 0.1
 
 
-def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
+def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text, caplog):
     metrics = run_training(
         fast_overrides(
             tmp_path,
@@ -164,6 +243,24 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
         )
     )
     assert math.isfinite(metrics["train/loss"])
+    recipe = "experiment=smollm2_135m (default for model=smollm2_135m)"
+    assert f"recipe: {recipe}" in caplog.messages
+    assert OmegaConf.load(tmp_path / "run" / "csv" / "hparams.yaml").recipe == recipe
+
+
+CALLBACKS = sorted(OmegaConf.load(REPO_ROOT / "src" / "conf" / "callbacks" / "default.yaml"))
+
+
+@pytest.mark.parametrize("removed", CALLBACKS)
+def test_removing_one_callback_leaves_the_others_working(tmp_path, text, removed):
+    metrics = run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", f"~callbacks.{removed}"))
+    assert math.isfinite(metrics["train/loss"])
+    files = {"model_checkpoint": "step_0000005.ckpt", "last_checkpoint": "last.ckpt"}
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.ckpt"))
+    assert saved == sorted(name for callback, name in files.items() if callback != removed)
+    assert (tmp_path / "run" / "samples.jsonl").is_file() == (removed != "text_samples")
+    tokens_seen = logged(tmp_path / "run", "tokens_seen")  # counted from the (4, 33) batches
+    assert tokens_seen == ({} if removed == "throughput" else {s: 4 * 32 * (s + 1.0) for s in range(5)})
 
 
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):

@@ -55,7 +55,7 @@ def tiny_run(tmp: Path, *extra: str) -> list[str]:
         "trainer.limit_val_batches=2",
         "eval_every=5",
         "schedule.warmup_steps=3",
-        "callbacks.model_checkpoint.every_n_train_steps=5",
+        "checkpoint_every=5",
         "callbacks.text_samples.every_n_steps=0",
         "callbacks.text_samples.max_new_tokens=4",
         "callbacks.progress_bar.refresh_rate=0",

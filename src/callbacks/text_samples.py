@@ -17,7 +17,8 @@ class TextSamples(L.Callback):
     """Greedy-or-sampled continuations in eval mode, with a fixed seed and the KV cache.
 
     Each sample is appended to `<run>/samples.jsonl` as {step, prompt, completion} and
-    handed to every logger that has a `log_text_samples` method.
+    handed to every logger that has a `log_text_samples` method. The tokenizer is the
+    module's own (`tokenizer_name`, the one its checkpoints record).
     """
 
     def __init__(
@@ -28,7 +29,6 @@ class TextSamples(L.Callback):
         temperature: float = 0.8,
         top_k: int | None = 50,
         seed: int = 1234,
-        tokenizer: str | None = None,
         out_file: str = "samples.jsonl",
     ) -> None:
         self.prompts, self.every_n_steps = list(prompts), every_n_steps
@@ -38,7 +38,7 @@ class TextSamples(L.Callback):
             top_k,
             seed,
         )
-        self.tokenizer_name, self.out_file = tokenizer, Path(out_file)
+        self.out_file = Path(out_file)
         self._last_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -59,7 +59,7 @@ class TextSamples(L.Callback):
         if step == self._last_step or not self.prompts:
             return
         self._last_step = step
-        tokenizer, model = load_tokenizer(self.tokenizer_name), pl_module.model
+        tokenizer, model = load_tokenizer(pl_module.tokenizer_name), pl_module.model
         was_training = model.training
         model.eval()
         rows = []

@@ -1,16 +1,21 @@
-"""The decoder's hyperparameters and the named SmolLM2 presets.
+"""The decoder's hyperparameters; the named presets are the files `conf/model/<preset>.yaml`.
 
-`conf/model/<preset>.yaml` mirrors these fields exactly (a test checks it), so a run's
-config can always be rebuilt from the YAML saved next to its checkpoints.
+Those files hold exactly these fields (a test checks it), so a run's config can always be
+rebuilt from the YAML saved next to its checkpoints, and a preset is defined once.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from importlib import resources
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from src.errors import UserError
+
+PRESET_DIR = resources.files("src") / "conf" / "model"
 
 
 @dataclass
@@ -82,46 +87,13 @@ class SmolLM2Config:
 
     @classmethod
     def from_preset(cls, name: str) -> SmolLM2Config:
-        if name not in PRESETS:
-            raise UserError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**PRESETS[name])
-
-
-# These match the configs of the checkpoints Hugging Face released as
-# HuggingFaceTB/SmolLM2-{135M,360M,1.7B} (LlamaForCausalLM, tied embeddings).
-PRESETS: dict[str, dict[str, Any]] = {
-    "smollm2_135m": dict(
-        hidden_size=576,
-        intermediate_size=1536,
-        num_layers=30,
-        num_heads=9,
-        num_kv_heads=3,
-        rope_theta=100000.0,
-    ),
-    "smollm2_360m": dict(
-        hidden_size=960,
-        intermediate_size=2560,
-        num_layers=32,
-        num_heads=15,
-        num_kv_heads=5,
-        rope_theta=100000.0,
-    ),
-    "smollm2_1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_layers=24,
-        num_heads=32,
-        num_kv_heads=32,
-        rope_theta=130000.0,
-    ),
-    # For tests and CPU runs: the real vocabulary, a toy trunk.
-    "tiny": dict(
-        hidden_size=64,
-        intermediate_size=192,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        rope_theta=100000.0,
-        max_position_embeddings=2048,
-    ),
-}
+        """The config `model=<name>` selects, parsed by OmegaConf as Hydra parses it
+        (plain PyYAML would read `1e-05` as a string)."""
+        presets = sorted(
+            f.name.removesuffix(".yaml") for f in PRESET_DIR.iterdir() if f.name.endswith(".yaml")
+        )
+        if name not in presets:
+            raise UserError(f"unknown model preset {name!r}; choose one of {presets}")
+        values = OmegaConf.to_container(OmegaConf.create((PRESET_DIR / f"{name}.yaml").read_text()))
+        values.pop("_target_")
+        return cls.from_dict(values)

@@ -27,10 +27,11 @@ def build_loggers(cfg: DictConfig | None, run_id: str) -> list[Logger]:
     ]
 
 
-def run_config(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
+def run_config(cfg: DictConfig, num_parameters: int, recipe: str) -> dict[str, Any]:
     """The composed config at the top level (W&B shows `model.hidden_size`, not `config.model...`),
-    plus what it does not say directly: the parameter count and the tokenizer."""
+    plus what it does not say directly: the parameter count, the recipe applied and the tokenizer."""
     params = OmegaConf.to_container(cfg, resolve=True)
     params["num_parameters"] = num_parameters
+    params["recipe"] = recipe
     params["tokenizer"] = cfg.data.get("tokenizer") or VENDORED_TOKENIZER
     return params

@@ -36,6 +36,18 @@ SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
 MODEL_PREFIX = "model."
 
 
+# Overrides that older checkpoints store, as today's config spells them: conf/schedule/
+# had one file per kind until it became one file with a `kind` key.
+RENAMED_OVERRIDES = {
+    f"schedule={kind}": f"schedule.kind={kind}" for kind in ("constant", "cosine", "linear", "wsd")
+}
+
+
+def migrate_overrides(overrides: list[str]) -> list[str]:
+    """A checkpoint's stored overrides in today's config shape, so a continuation can replay them."""
+    return [RENAMED_OVERRIDES.get(override, override) for override in overrides]
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """torch.load with a one-line error for a missing, truncated or foreign file."""
     if not path.is_file():

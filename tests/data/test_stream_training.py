@@ -18,7 +18,7 @@ def test_stream_continuation_is_exact(tmp_path):
         "schedule.total_steps=2",
         "schedule.warmup_steps=1",
         "eval_every=1",
-        "callbacks.model_checkpoint.every_n_train_steps=1",
+        "checkpoint_every=1",
     )
     run_training(stream_overrides(tmp_path / "a", shards, "trainer.max_steps=2", *common))
     run_training(stream_overrides(tmp_path / "b", shards, "trainer.max_steps=1", *common))

@@ -7,8 +7,9 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.models import SmolLM2, SmolLM2Config
-from src.models.config import PRESETS
 from tests.conftest import REPO_ROOT
+
+MODEL_CONF = REPO_ROOT / "src" / "conf" / "model"
 
 
 def build_on_meta(preset: str) -> SmolLM2:
@@ -34,12 +35,28 @@ def test_lm_head_is_the_embedding_tensor():
     assert "lm_head.weight" not in names and "embed.weight" in names
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_model_yaml_mirrors_the_preset(preset):
-    yaml = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "src" / "conf" / "model" / f"{preset}.yaml"))
+def tiny(**changes) -> SmolLM2Config:
+    """The tiny preset with some fields changed (init_std derived again from the new width)."""
+    return dataclasses.replace(SmolLM2Config.from_preset("tiny"), init_std=None, **changes)
+
+
+@pytest.mark.parametrize("path", sorted(MODEL_CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_model_yaml_keys_are_exactly_the_config_fields(path):
+    yaml = OmegaConf.to_container(OmegaConf.load(path))
     assert yaml.pop("_target_") == "src.models.SmolLM2Config"
     assert set(yaml) == {f.name for f in dataclasses.fields(SmolLM2Config)}
-    assert SmolLM2Config(**yaml) == SmolLM2Config.from_preset(preset)
+    assert SmolLM2Config.from_preset(path.stem) == SmolLM2Config(**yaml)
+
+
+def test_presets_are_the_model_yaml_files():
+    assert sorted(p.stem for p in MODEL_CONF.glob("*.yaml")) == [
+        "smollm2_1.7b",
+        "smollm2_135m",
+        "smollm2_360m",
+        "tiny",
+    ]
+    assert SmolLM2Config.from_preset("smollm2_1.7b").rope_theta == 130000.0
+    assert SmolLM2Config.from_preset("tiny").rms_norm_eps == 1e-5  # a float, as Hydra reads `1e-05`
 
 
 @pytest.mark.parametrize(
@@ -52,23 +69,20 @@ def test_model_yaml_mirrors_the_preset(preset):
     ],
 )
 def test_impossible_configs_are_rejected_in_one_line(overrides, message):
-    values = {**PRESETS["tiny"], **overrides}
     with pytest.raises(UserError, match=message) as info:
-        SmolLM2Config(**values)
+        tiny(**overrides)
     assert "\n" not in str(info.value)
 
 
 def test_unknown_preset_and_keys_name_the_choices():
-    with pytest.raises(UserError, match="choose one of"):
+    with pytest.raises(UserError, match=r"unknown model preset 'gpt5'; choose one of \['smollm2_1.7b', "):
         SmolLM2Config.from_preset("gpt5")
     with pytest.raises(UserError, match="unknown model config keys"):
         SmolLM2Config.from_dict({"hidden": 3})
 
 
 def test_init_follows_smollm2():
-    config = SmolLM2Config(
-        **{**PRESETS["tiny"], "hidden_size": 256, "intermediate_size": 512, "num_layers": 4}
-    )
+    config = tiny(hidden_size=256, intermediate_size=512, num_layers=4)
     model = SmolLM2(config)
     std = 1 / math.sqrt(256)
     assert config.init_std == pytest.approx(std)
