@@ -42,7 +42,9 @@ def test_checkpoint_from_before_the_layout_move_continues_to_the_weights_its_own
         ]
     )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == expected["continued_to"]
+    continued = read_checkpoint(last)
+    assert continued["global_step"] == expected["continued_to"]
+    assert continued["lr_schedule"]["kind"] == "cosine"  # from the stored override `schedule=cosine`
     total, absolute = state_sums(last)
     assert total == pytest.approx(expected["step4_state_dict_sum"], rel=1e-9, abs=1e-6)
     assert absolute == pytest.approx(expected["step4_state_dict_abs_sum"], rel=1e-9)

@@ -37,15 +37,23 @@ MODEL_PREFIX = "model."
 
 
 # Overrides that older checkpoints store, as today's config spells them: conf/schedule/
-# had one file per kind until it became one file with a `kind` key.
+# had one file per kind until it became one file with a `kind` key, and the periodic
+# checkpoint's interval (which last.ckpt followed) became the top-level `checkpoint_every`.
 RENAMED_OVERRIDES = {
     f"schedule={kind}": f"schedule.kind={kind}" for kind in ("constant", "cosine", "linear", "wsd")
 }
+RENAMED_KEYS = {"callbacks.model_checkpoint.every_n_train_steps": "checkpoint_every"}
 
 
 def migrate_overrides(overrides: list[str]) -> list[str]:
     """A checkpoint's stored overrides in today's config shape, so a continuation can replay them."""
-    return [RENAMED_OVERRIDES.get(override, override) for override in overrides]
+    migrated = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in RENAMED_KEYS:
+            override = f"{RENAMED_KEYS[key]}={value}"
+        migrated.append(RENAMED_OVERRIDES.get(override, override))
+    return migrated
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
