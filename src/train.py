@@ -194,6 +194,9 @@ def main() -> None:
     """The CLI. Hydra's own errors (unknown preset or key, bad syntax, an unwritable run folder)
     reach us instead of Hydra's printout, and leave as one `error:` line with exit code 2."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if "experiment=null" in sys.argv[1:]:  # Hydra cannot null a default chosen by interpolation
+        print("error: experiment=null cannot drop the recipe; use ~experiment", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     try:
         hydra_main()
     except (ConfigCompositionException, OverrideParseException) as err:

@@ -106,6 +106,7 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
     """Errors found before training starts are the only line on stderr."""
     for args, message in [
         (["model=nope"], "Could not find 'model/nope'; choose one of smollm2_1.7b, smollm2_135m"),
+        (["experiment=null"], "experiment=null cannot drop the recipe; use ~experiment"),
         (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
         ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
     ]:
