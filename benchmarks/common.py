@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from src.models.cpu_kernels import linear
+from src.kernels.linear import linear
 from src.training.hardware import keep_freed_host_memory
 
 _host_malloc = "glibc default"  # what setup() did, for machine_line
@@ -142,7 +142,7 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
 def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5) -> float:
     """Best FLOP/s of a large square matmul: the denominator for MFU on this machine and dtype.
 
-    The best of PyTorch's matmul and ours (`cpu_kernels.linear`, oneDNN for fp32 on CPU),
+    The best of PyTorch's matmul and ours (`src.kernels.linear.linear`, oneDNN for fp32 on CPU),
     so that MFU is against the fastest kernel this machine has, not the one PyTorch picks.
     """
     a = torch.randn(size, size, device=device, dtype=dtype)

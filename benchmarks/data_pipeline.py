@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import torch
 
 from src.data.stream_datamodule import StreamDataModule
+from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2, SmolLM2Config
-from src.models.loss import lm_cross_entropy
 
 WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an "
@@ -78,14 +79,14 @@ def stream_tokens_per_s(data_files: str, workers: int, seq_len: int, batch_size:
 def train_tokens_per_s(seq_len: int, batch_size: int, steps: int) -> float:
     """One AdamW step of smollm2_135m under bf16 autocast on the CPU, after one warm-up step."""
     config = SmolLM2Config.from_preset("smollm2_135m")
-    model = SmolLM2(config)
+    model = apply_cpu_kernels(SmolLM2(config), KERNELS)  # as training runs by default
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1))
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = model.hidden_states(batch[:, :-1])  # (B, T, C)
-            loss = lm_cross_entropy(hidden, model.lm_head.weight, batch[:, 1:])
+            loss = lm_cross_entropy(hidden, model.lm_head.weight, batch[:, 1:], onednn=True)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

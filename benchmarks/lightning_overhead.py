@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import add_common_args, machine_line, markdown_table, setup
 from src.callbacks.throughput import ThroughputLogger
+from src.kernels import KERNELS
 from src.models import SmolLM2Config
 from src.tracking.csv_logger import ContinuingCSVLogger
 from src.training.lit_module import SmolLM2LitModule
@@ -39,7 +40,8 @@ def make_module(preset: str, steps: int) -> SmolLM2LitModule:
     torch.manual_seed(0)
     optimizer = functools.partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     schedule = LRSchedule(kind="wsd", warmup_steps=1, total_steps=steps)
-    return SmolLM2LitModule(SmolLM2Config.from_preset(preset), optimizer=optimizer, schedule=schedule)
+    config = SmolLM2Config.from_preset(preset)
+    return SmolLM2LitModule(config, optimizer=optimizer, schedule=schedule, kernels=KERNELS)
 
 
 class StepClock(L.Callback):

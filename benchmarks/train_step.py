@@ -28,8 +28,10 @@ from benchmarks.common import (
     setup,
     time_interleaved,
 )
-from src.models import SmolLM2, SmolLM2Config, cpu_kernels
-from src.models.loss import lm_cross_entropy
+from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels.loss import lm_cross_entropy
+from src.models import SmolLM2, SmolLM2Config
+from src.training.parallelize import apply_compile
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
 
 PYTORCH_KERNELS = "ours, PyTorch kernels"
@@ -46,19 +48,20 @@ def loss_fns(
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
-    The compiled model gets the compiled loss, as `compile=true` training does (src/training/lit_module.py).
+    The compiled model gets the compiled loss, as `compile=true` training does (src/training/lit_module.py);
+    the loss's matmuls use oneDNN unless the model is the one with PyTorch kernels.
     """
     compiled_cross_entropy = torch.compile(lm_cross_entropy)
 
-    def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor], onednn: bool) -> torch.Tensor:
         hidden = model.hidden_states(inputs)  # (B, T, C)
-        return cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size)
+        return cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size, onednn=onednn)
 
     def loss_fn(name: str, model: nn.Module) -> Callable[[], torch.Tensor]:
         if name == "transformers":
             return lambda: model(input_ids=inputs, labels=inputs).loss
         cross_entropy = compiled_cross_entropy if name == COMPILED else lm_cross_entropy
-        return lambda: ours(model, cross_entropy)
+        return lambda: ours(model, cross_entropy, onednn=name != PYTORCH_KERNELS)
 
     return {name: loss_fn(name, model) for name, model in models.items()}
 
@@ -77,16 +80,6 @@ def make_step(
     return step
 
 
-def with_pytorch_kernels(step: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """The step with `src.models.cpu_kernels` switched off: what the model gets from PyTorch alone."""
-
-    def step_with_pytorch_kernels() -> torch.Tensor:
-        with cpu_kernels.disabled():
-            return step()
-
-    return step_with_pytorch_kernels
-
-
 def adamw(model: nn.Module) -> torch.optim.Optimizer:
     # Small LR: the weights barely move, so every repeat times the same model.
     return torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
@@ -99,24 +92,27 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2_135m")
     parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
     parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
-    parser.add_argument("--compile", action="store_true", help="add a row for our model.compile()")
+    parser.add_argument("--compile", action="store_true", help="add a row for ours compiled per block")
     parser.add_argument(
-        "--pytorch-kernels", action="store_true", help="add a row for ours with cpu_kernels switched off"
+        "--pytorch-kernels",
+        action="store_true",
+        help="add a row for ours without the CPU kernels (kernels=[])",
     )
     add_common_args(parser, repeats=5)
     args = parser.parse_args()
     device = setup(args)
 
     torch.manual_seed(0)
-    ours = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
-    theirs = llama_twin(ours).to(device).train()
+    plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
+    ours = apply_cpu_kernels(copy.deepcopy(plain), KERNELS)  # as training runs by default
+    theirs = llama_twin(plain).to(device).train()
     config, num_params = ours.config, ours.num_parameters()
     models = {"ours": ours, "transformers": theirs}
     if args.compile:
         models[COMPILED] = copy.deepcopy(ours)
-        models[COMPILED].compile()  # in place, per block: state_dict keys stay the same
+        apply_compile(models[COMPILED])  # in place, per block: state_dict keys stay the same
     if args.pytorch_kernels:
-        models[PYTORCH_KERNELS] = copy.deepcopy(ours)
+        models[PYTORCH_KERNELS] = plain
     optimizers = {name: adamw(model) for name, model in models.items()}
 
     print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
@@ -136,8 +132,6 @@ def main() -> None:
 
             losses = loss_fns(models, inputs, targets, args.chunk_size)
             steps = {name: make_step(fn, optimizers[name], device, dtype) for name, fn in losses.items()}
-            if PYTORCH_KERNELS in steps:
-                steps[PYTORCH_KERNELS] = with_pytorch_kernels(steps[PYTORCH_KERNELS])
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
             memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}

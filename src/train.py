@@ -27,7 +27,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
-from src.models import cpu_kernels
 from src.tracking.loggers import build_loggers, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
@@ -137,6 +136,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         tokenizer=cfg.data.tokenizer,
         compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing,
+        kernels=list(cfg.kernels),
         wandb_run_id=run_id,
         cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
         nonfinite=cfg.nonfinite,
@@ -146,7 +146,6 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     enable_tf32()
-    cpu_kernels.set_enabled(cfg.cpu_kernels)
     if cfg.cpu_malloc_cache and not uses_cuda(cfg.trainer.accelerator):
         keep_freed_host_memory()
     trainer = hydra.utils.instantiate(

@@ -53,6 +53,10 @@ def bad_files(tmp):
         (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
         (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
+        (
+            ["kernels=[rms_norm,flash]"],
+            "unknown kernels flash; choose from causal_attention, rms_norm, onednn",
+        ),
         (["precision=16-mixed"], "precision=16-mixed needs a GPU"),
         (["paths.output_dir={tmp}/empty.txt/run"], r"cannot write to the run folder .*Not a directory"),
     ],

@@ -180,8 +180,8 @@ def test_resume_with_another_model_says_which_fields_differ(tmp_path, text):
 
 
 def step0_loss(config) -> float:
+    from src.kernels.loss import lm_cross_entropy
     from src.models import SmolLM2
-    from src.models.loss import lm_cross_entropy
 
     model = SmolLM2(config)
     batch = torch.randint(0, config.vocab_size, (4, 129))
@@ -249,6 +249,15 @@ def test_tensorboard_logger_writes_events(tmp_path, text):
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=3", "logger=tensorboard", "eval_every=3"))
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
+
+
+def test_plain_pytorch_trains_the_losses_of_the_default_kernels(tmp_path, text):
+    """`kernels=[]` swaps nothing into the model; in fp32 the run is the same within rounding."""
+    run_training(fast_overrides(tmp_path / "kernels", text, "trainer.max_steps=5"))
+    run_training(fast_overrides(tmp_path / "plain", text, "trainer.max_steps=5", "kernels=[]"))
+    default, plain = (logged(tmp_path / name / "run", "train/loss") for name in ("kernels", "plain"))
+    assert sorted(plain) == sorted(default) == list(range(5))
+    assert [plain[s] for s in range(5)] == pytest.approx([default[s] for s in range(5)], rel=1e-4)
 
 
 def test_compiled_training_matches_eager_and_resumes_with_compile_off(tmp_path, text):

@@ -12,21 +12,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from src.errors import UserError
 from src.models.config import SmolLM2Config
-from src.models.cpu_kernels import Linear, causal_attention, rms_norm, use_causal_attention
 from src.models.kv_cache import KVCache, LayerKVCache
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm, computed in fp32 as Llama does, then cast back.
-
-    Its output only feeds matmuls, so under autocast it is cast to the autocast dtype
-    here, once, instead of by each of the projections that read it (q, k, v or gate,
-    up): the same values, one cast and one saved copy instead of three.
-    """
+    """Root-mean-square norm, computed in fp32 as Llama does, then cast back."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -34,22 +27,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype, device = x.dtype, x.device.type
-        out_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else dtype
-        if dtype == torch.float32:  # the same math as below, with the weight in one pass
-            return rms_norm(x, self.weight, self.eps, out_dtype)
-        x = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x / sqrt(mean(x²) + eps)
-        return (self.weight * x.to(dtype)).to(out_dtype)
+        normed = F.rms_norm(x.float(), x.shape[-1:], eps=self.eps)  # x / sqrt(mean(x²) + eps)
+        return self.weight * normed.to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for every position, cached once as non-persistent buffers.
-
-    Llama rotates x by `x * cos + rotate_half(x) * sin`, with rotate_half(x) =
-    cat(-x2, x1). The sin table here carries that sign (-sin on the first half), so
-    the rotation is `x * cos + roll(x, D/2) * sin`: one roll instead of a negate and
-    a concatenation (the same values; -35% RoPE time).
-    """
+    """cos/sin tables for every position, cached once as non-persistent buffers."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float) -> None:
         super().__init__()
@@ -65,8 +48,7 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(self.max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)  # (max_positions, D/2)
         angles = torch.cat((freqs, freqs), dim=-1)  # (max_positions, D)
-        sign = torch.cat((-torch.ones_like(inv_freq), torch.ones_like(inv_freq)))  # (D,): -1 then +1
-        return angles.cos(), angles.sin() * sign
+        return angles.cos(), angles.sin()
 
     def reset_tables(self) -> None:
         """Recompute the tables, e.g. after the model was built on the meta device."""
@@ -82,13 +64,31 @@ class RotaryEmbedding(nn.Module):
         return self.cos[start : start + length], self.sin[start : start + length]
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (i, i + D/2) of x (B, T, heads, D) by position-dependent angles.
 
-    `sin` is RotaryEmbedding's signed table, so roll(x, D/2) * sin == rotate_half(x) * sin.
+    `x * cos + rotate_half(x) * sin`, as in Llama; the multiply-add is one addcmul, whose
+    rounding (not quite that of `*` then `+`) this model has always had.
     """
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)  # (T, 1, D), broadcast over B, heads
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+    return torch.addcmul(x * cos, rotate_half(x), sin)
+
+
+class ScaledDotProductAttention(nn.Module):
+    """Causal attention of q (B, H, T, D) over k, v (B, K, T, D) -> (B, H, T, D).
+
+    A module of its own, without parameters, so that a converter can swap in another
+    implementation of the same function.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):
@@ -99,10 +99,11 @@ class Attention(nn.Module):
         self.num_heads, self.num_kv_heads = config.num_heads, config.num_kv_heads
         self.head_dim = config.head_dim
         c, kv = config.hidden_size, config.num_kv_heads * config.head_dim
-        self.q_proj = Linear(c, c)
-        self.k_proj = Linear(c, kv)
-        self.v_proj = Linear(c, kv)
-        self.o_proj = Linear(c, c)
+        self.q_proj = nn.Linear(c, c, bias=False)
+        self.k_proj = nn.Linear(c, kv, bias=False)
+        self.v_proj = nn.Linear(c, kv, bias=False)
+        self.o_proj = nn.Linear(c, c, bias=False)
+        self.sdpa = ScaledDotProductAttention()
 
     def forward(
         self,
@@ -117,31 +118,28 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, K, D)
         v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)  # (B, T, K, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is None and use_causal_attention(q):
-            y = causal_attention(q, k, v)  # (B, T, H, D), faster than SDPA on CPU
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, K, T, D)
+        if cache is None:
+            y = self.sdpa(q, k, v)  # (B, H, T, D)
         else:
-            y = self._sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache, start)
-        return self.o_proj(y.reshape(B, T, C))
+            y = self._cached(q, k, v, cache, start)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
-    def _sdpa(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache | None, start: int
+    def _cached(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache, start: int
     ) -> torch.Tensor:
-        """q (B, H, T, D), k and v (B, K, T, D), through the cache if any -> (B, T, H, D)."""
+        """The new queries attend to the cached keys and values plus their own -> (B, H, T, D)."""
         T = q.shape[2]
-        mask, is_causal = None, True
-        if cache is not None:
-            k, v = cache.update(k, v, start)  # (B, K, S, D) with S = start + T
-            if start > 0:
-                # New queries sit at positions start..start+T-1 and see every key up to their own.
-                is_causal = False
-                if T > 1:
-                    key_pos = torch.arange(start + T, device=q.device)
-                    query_pos = torch.arange(start, start + T, device=q.device)
-                    mask = key_pos[None, :] <= query_pos[:, None]  # (T, S)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.num_heads != self.num_kv_heads
-        )  # (B, H, T, D)
-        return y.transpose(1, 2)
+        k, v = cache.update(k, v, start)  # (B, K, S, D) with S = start + T
+        mask = None
+        if start > 0 and T > 1:
+            # New queries sit at positions start..start+T-1 and see every key up to their own.
+            key_pos = torch.arange(start + T, device=q.device)
+            query_pos = torch.arange(start, start + T, device=q.device)
+            mask = key_pos[None, :] <= query_pos[:, None]  # (T, S)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=start == 0, enable_gqa=self.num_heads != self.num_kv_heads
+        )
 
 
 class MLP(nn.Module):
@@ -150,9 +148,9 @@ class MLP(nn.Module):
     def __init__(self, config: SmolLM2Config) -> None:
         super().__init__()
         c, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = Linear(c, i)
-        self.up_proj = Linear(c, i)
-        self.down_proj = Linear(i, c)
+        self.gate_proj = nn.Linear(c, i, bias=False)
+        self.up_proj = nn.Linear(c, i, bias=False)
+        self.down_proj = nn.Linear(i, c, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -186,11 +184,10 @@ class SmolLM2(nn.Module):
     def __init__(self, config: SmolLM2Config) -> None:
         super().__init__()
         self.config = config
-        self.activation_checkpointing = False
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.rope = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight  # one tensor, counted once
@@ -210,16 +207,6 @@ class SmolLM2(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=out_std if is_output else std)
         self.rope.reset_tables()
 
-    def compile(self, *args, **kwargs) -> None:
-        """`torch.compile` each block in place, as torchtitan does.
-
-        In place, so the state dict keys stay those of the plain model; per block, so
-        `hidden_states` (the training path) runs compiled code too and the identical
-        blocks share one compiled graph.
-        """
-        for block in self.blocks:
-            block.compile(*args, **kwargs)
-
     def num_parameters(self) -> int:
         """Unique parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
@@ -232,11 +219,7 @@ class SmolLM2(nn.Module):
         cos, sin = self.rope(start, T)  # (T, D)
         x = self.embed(input_ids)  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            layer_cache = cache.layers[i] if cache is not None else None
-            if self.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, layer_cache, start)
+            x = block(x, cos, sin, cache.layers[i] if cache is not None else None, start)
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:

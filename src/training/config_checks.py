@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
+from src.kernels import check_kernels
 from src.models.config import SmolLM2Config
 
 POSITIVE_INTS = (
@@ -65,6 +66,7 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
         raise UserError(f"optim.lr must be positive, got {float(lr)}")
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
+    check_kernels(cfg.kernels)
     if cfg.data.seq_len > model_config.max_position_embeddings:
         raise UserError(
             f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="

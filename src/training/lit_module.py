@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from src.kernels import apply_cpu_kernels
+from src.kernels.loss import lm_cross_entropy
 from src.lightning_compat import set_logging_step
 from src.models.config import SmolLM2Config
-from src.models.loss import lm_cross_entropy
 from src.models.smollm2 import SmolLM2
 from src.training import checkpoint as ckpt
 from src.training.lr_schedule import LRSchedule
 from src.training.nonfinite import guard_step
+from src.training.parallelize import apply_activation_checkpointing, apply_compile
 
 
 class SmolLM2LitModule(L.LightningModule):
@@ -25,6 +28,7 @@ class SmolLM2LitModule(L.LightningModule):
     The LR is set before every optimizer step from `schedule(global_step)`, so the
     schedule needs no state of its own and a resumed run continues it exactly.
     `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/training/nonfinite.py).
+    `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch).
     """
 
     def __init__(
@@ -35,14 +39,16 @@ class SmolLM2LitModule(L.LightningModule):
         tokenizer: str | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
+        kernels: Sequence[str] = (),
         wandb_run_id: str | None = None,
         cli_overrides: list[str] | None = None,
         nonfinite: str = "stop",
     ) -> None:
         super().__init__()
         self.config = model_config
-        self.model = SmolLM2(model_config)
-        self.model.activation_checkpointing = activation_checkpointing
+        self.model = apply_cpu_kernels(SmolLM2(model_config), kernels)
+        if activation_checkpointing:
+            apply_activation_checkpointing(self.model)
         self.optimizer_factory, self.schedule = optimizer, schedule
         self.peak_lr = float(optimizer.keywords["lr"])
         self.nonfinite = nonfinite
@@ -51,6 +57,7 @@ class SmolLM2LitModule(L.LightningModule):
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
         self.cross_entropy = lm_cross_entropy
+        self.onednn_loss = "onednn_linear" in kernels  # the loss's matmuls follow the linear layers
         self._step_loss: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
         self._last_step = -1
@@ -58,17 +65,17 @@ class SmolLM2LitModule(L.LightningModule):
         self._val_count = 0
 
     def configure_model(self) -> None:
-        # In place, so the checkpoint keys stay those of the plain model.
+        # Lightning calls this for every fit or validate: compiling again only recompiles.
         if self.compile_model:
-            self.model.compile()
-            # The loss's softmax, gather, scatter and cast fuse into one pass per chunk:
-            # -30% loss time on the 135M model's 49,152-wide head (benchmarks/README.md).
+            apply_compile(self.model)  # in place: the checkpoint keys stay those of the plain model
+            # The loss's softmax, gather, scatter and cast fuse into one pass per chunk, a
+            # large share of the loss's time on a 49,152-wide head (benchmarks/README.md).
             self.cross_entropy = torch.compile(lm_cross_entropy)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         hidden = self.model.hidden_states(inputs)  # (B, T, C)
-        return self.cross_entropy(hidden, self.model.lm_head.weight, targets)
+        return self.cross_entropy(hidden, self.model.lm_head.weight, targets, onednn=self.onednn_loss)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

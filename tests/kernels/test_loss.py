@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src.models.loss import lm_cross_entropy
+from src.kernels.loss import lm_cross_entropy
 
 
 def plain(hidden, weight, targets):
@@ -24,11 +24,12 @@ def loss_and_grads(fn, hidden, weight, targets, **kwargs):
     return loss.detach(), hidden.grad, weight.grad
 
 
+@pytest.mark.parametrize("onednn", [False, True], ids=["pytorch", "onednn"])
 @pytest.mark.parametrize("chunk_size", [1, 5, 24, 1000])
-def test_equals_plain_cross_entropy_in_fp32(chunk_size):
+def test_equals_plain_cross_entropy_in_fp32(chunk_size, onednn):
     hidden, weight, targets = leaves()
     expected = loss_and_grads(plain, hidden, weight, targets)
-    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=chunk_size)
+    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=chunk_size, onednn=onednn)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
@@ -37,7 +38,7 @@ def test_equals_plain_cross_entropy_under_bf16_autocast():
     hidden, weight, targets = leaves(C=64, V=300)
     with torch.autocast("cpu", torch.bfloat16):
         expected = loss_and_grads(plain, hidden, weight, targets)
-        got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=7)
+        got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=7, onednn=True)
     assert got[1].dtype == got[2].dtype == torch.float32
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)

@@ -6,13 +6,17 @@ The plain way, `F.cross_entropy(F.linear(hidden, W).float(), targets)`, keeps th
 chunks and, when gradients are wanted, each chunk's gradients are computed right away in
 the forward pass: the loss ends the graph, so backward only has to scale the stored (N, C)
 and (V, C) gradients by the incoming scalar. No logits are kept and no matmul is redone.
+With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py).
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
-from src.models.cpu_kernels import linear, weight_grad
+import torch
+import torch.nn.functional as F
+
+from src.kernels.linear import linear, weight_grad
 
 ROWS_PER_SOFTMAX_PASS_CPU = 8  # (8, 49152) fp32 log-probs = 1.5 MB: each pass stays in L2
 
@@ -25,9 +29,9 @@ def _target_log_probs(
 
     On CPU, eagerly, this goes a few rows at a time: the fp32 log-probs, softmax and
     gradient of those rows stay in cache instead of making four 200 MB passes over memory
-    per 1024 tokens, and no fp32 (n, V) tensor is allocated (a 135M bf16 step at 2x1024:
-    -1% time, -510 MiB). Elsewhere one pass: kernel launches (CUDA) or graph size
-    (torch.compile, which fuses these ops itself) cost more there than memory traffic.
+    per 1024 tokens, and no fp32 (n, V) tensor is allocated. Elsewhere one pass: kernel
+    launches (CUDA) or graph size (torch.compile, which fuses these ops itself) cost more
+    there than memory traffic.
     """
     eager_cpu = logits.device.type == "cpu" and not torch.compiler.is_compiling()
     step = ROWS_PER_SOFTMAX_PASS_CPU if eager_cpu else logits.shape[0]
@@ -43,12 +47,20 @@ def _target_log_probs(
     return picked.squeeze(1)
 
 
+def _matmuls(onednn: bool) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """`x @ w.T` and the weight gradient `grad_y.T @ x`: oneDNN's for fp32 on CPU, or PyTorch's."""
+    if onednn:
+        return linear, weight_grad
+    return F.linear, lambda grad_y, x: grad_y.t() @ x
+
+
 def _chunked_loss(
     x: torch.Tensor,
     w: torch.Tensor,
     targets: torch.Tensor,
     chunk_size: int,
     ignore_index: int,
+    onednn: bool,
     grad_x: torch.Tensor | None = None,
     grad_w: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -56,6 +68,7 @@ def _chunked_loss(
 
     Matmuls run in x's dtype, softmax and loss in fp32, as under autocast.
     """
+    matmul, matmul_weight_grad = _matmuls(onednn)
     count = (targets != ignore_index).sum().clamp(min=1)
     want_grad = grad_x is not None or grad_w is not None
     loss = torch.zeros((), device=x.device, dtype=torch.float32)
@@ -66,12 +79,12 @@ def _chunked_loss(
         safe = tc.masked_fill(~valid, 0)[:, None]  # (n, 1)
         # d(mean loss)/d(logits) = (softmax - one_hot) / count, zero on ignored rows.
         grad_scale = (valid / count)[:, None] if want_grad else None
-        logits = linear(xc, w)  # (n, V), becomes its own gradient
+        logits = matmul(xc, w)  # (n, V), becomes its own gradient
         loss -= (_target_log_probs(logits, safe, grad_scale) * valid).sum()
         if grad_x is not None:
-            grad_x[rows] = linear(logits, w.t())  # grad @ w
+            grad_x[rows] = matmul(logits, w.t())  # grad @ w
         if grad_w is not None:
-            grad_w += weight_grad(logits, xc)  # grad.T @ xc
+            grad_w += matmul_weight_grad(logits, xc)  # grad.T @ xc
     return loss / count
 
 
@@ -79,11 +92,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Loss with its gradients computed in forward; backward just scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype):
+    def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn):
         x, w = hidden.to(dtype), weight.to(dtype)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, C)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
-        loss = _chunked_loss(x, w, targets, chunk_size, ignore_index, grad_x, grad_w)
+        loss = _chunked_loss(x, w, targets, chunk_size, ignore_index, onednn, grad_x, grad_w)
         ctx.save_for_backward(grad_x, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
@@ -94,7 +107,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = ctx.dtypes
         grad_hidden = None if grad_x is None else (grad_x * grad_loss).to(hidden_dtype)
         grad_weight = None if grad_w is None else (grad_w * grad_loss).to(weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def lm_cross_entropy(
@@ -104,12 +117,13 @@ def lm_cross_entropy(
     *,
     chunk_size: int = 1024,
     ignore_index: int = -100,
+    onednn: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of (B, T, C) hidden states against (B, T) target ids, in fp32.
 
     Equals `F.cross_entropy(F.linear(hidden, head_weight).float(), targets)` in value and
     gradients (under autocast too: the head matmul runs in the autocast dtype) while only
-    `chunk_size` tokens' logits exist at a time.
+    `chunk_size` tokens' logits exist at a time. `onednn`: fp32 CPU matmuls through oneDNN.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -118,5 +132,5 @@ def lm_cross_entropy(
     x, t = hidden.flatten(0, -2), targets.flatten()  # (N, C), (N,)
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-            return _LinearCrossEntropy.apply(x, head_weight, t, chunk_size, ignore_index, dtype)
-        return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index)
+            return _LinearCrossEntropy.apply(x, head_weight, t, chunk_size, ignore_index, dtype, onednn)
+        return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index, onednn)

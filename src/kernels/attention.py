@@ -1,0 +1,148 @@
+"""Causal grouped-query attention computed one block of queries at a time; for CPU tensors.
+
+SDPA's CPU flash-attention kernel runs at a fraction of the machine's matmul rate.
+`causal_attention` computes the same function with batched matmuls and a fused softmax,
+one block of queries at a time. The query heads that share a key/value head are folded
+into the rows of one matmul, so K and V are never repeated. Backward recomputes each
+block's probabilities, as flash attention does, so only q, k and v are kept and the
+memory is that of SDPA; for short 16-bit sequences it keeps them instead, which is faster
+(`keeps_probabilities`). Scores are rounded to the input dtype before the fp32 softmax,
+as in transformers' eager attention. Under `torch.compile` the autograd.Function is
+traced like any other.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from src.models.smollm2 import ScaledDotProductAttention
+
+# Queries per block: the fastest sizes measured in a 135M training step (benchmarks/README.md),
+# one for each backward policy.
+BLOCK_RECOMPUTED, BLOCK_KEPT = 96, 128
+KEEP_PROBABILITIES_MAX_TOKENS = 1024  # see keeps_probabilities
+
+
+def _probabilities(q_rows: torch.Tensor, k_t: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Softmax of q_rows (BK, n*G, D) against the first keys k_t (BK, D, S), causal."""
+    scores = torch.bmm(q_rows, k_t)  # (BK, n*G, S)
+    scores[:, :, start:] += mask[: q_rows.shape[1], : k_t.shape[2] - start]  # the diagonal block
+    return torch.softmax(scores, dim=-1)
+
+
+def _causal_mask(block: int, group: int, like: torch.Tensor) -> torch.Tensor:
+    """(block*G, block): -inf where a key of the diagonal block lies after the row's query, else 0.
+
+    Rows are ordered (query, head in group), so row r is query r // G of the block.
+    """
+    query = torch.arange(block * group, device=like.device) // group
+    after = torch.arange(block, device=like.device)[None, :] > query[:, None]
+    return torch.zeros(after.shape, dtype=like.dtype, device=like.device).masked_fill_(after, float("-inf"))
+
+
+def _row_layouts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, T, H, D) queries, scaled by 1/sqrt(D) -> (B*K, T*G, D) rows ordered (query, head
+    in group); (B, T, K, D) keys and values -> (B*K, T, D)."""
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    q_rows = (q * D**-0.5).view(B, T, K, H // K, D).transpose(1, 2)  # (B, K, T, G, D)
+    return (
+        q_rows.reshape(B * K, T * (H // K), D),
+        k.transpose(1, 2).reshape(B * K, T, D),
+        v.transpose(1, 2).reshape(B * K, T, D),
+    )
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, keep: bool
+    ) -> torch.Tensor:
+        B, T, H, D = q.shape
+        K, G = k.shape[2], H // k.shape[2]
+        kept = []  # each block's probabilities, if backward is to reuse them
+        with torch.autocast("cpu", enabled=False):
+            qr, kr, vr = _row_layouts(q, k, v)
+            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T): its slices need no copy in bmm
+            mask = _causal_mask(block, G, q)
+            out = torch.empty_like(qr)  # (BK, T*G, D)
+            for start in range(0, T, block):
+                end = min(start + block, T)
+                rows = slice(start * G, end * G)
+                probs = _probabilities(qr[:, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
+                out[:, rows] = torch.bmm(probs, vr[:, :end])
+                if keep:
+                    kept.append(probs)
+        # The row layouts replace q, k and v (same memory): backward does not redo them.
+        ctx.save_for_backward(qr, kr, vr, *kept)
+        ctx.block, ctx.shape = block, (B, T, H, D)
+        return out.view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        qr, kr, vr, *kept = ctx.saved_tensors
+        block, (B, T, H, D) = ctx.block, ctx.shape
+        K = kr.shape[0] // B
+        G = H // K
+        with torch.autocast("cpu", enabled=False):
+            if not kept:
+                kr_t, mask = kr.transpose(1, 2).contiguous(), _causal_mask(block, G, qr)
+            vr_t = vr.transpose(1, 2).contiguous()  # (BK, D, T)
+            grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
+            grad_q = torch.empty_like(qr)  # (BK, T*G, D)
+            grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=kr.device)  # summed over blocks
+            grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=vr.device)
+            for i, start in enumerate(range(0, T, block)):
+                end = min(start + block, T)
+                rows = slice(start * G, end * G)
+                q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
+                probs = kept[i] if kept else _probabilities(q_rows, kr_t[:, :, :end], mask, start)
+                grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
+                grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
+                grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+                grad_q[:, rows] = torch.bmm(grad_scores, kr[:, :end])
+                grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
+        scale = D**-0.5
+        grad_q = grad_q.mul_(scale).view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+        grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(kr.dtype)
+        grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(vr.dtype)
+        return grad_q, grad_k, grad_v, None, None
+
+
+def keeps_probabilities(q: torch.Tensor) -> bool:
+    """Whether backward reuses the forward's attention probabilities for these queries.
+
+    Reusing them saves a QK^T matmul and a softmax per block (the flash-style recompute);
+    keeping them costs H·T²/2 values per sequence and layer, which grows with T² while the
+    other activations grow with T. Kept for 16-bit inputs up to 1024 tokens, where a
+    SmolLM2-135M step was measured faster and stayed below transformers' memory
+    (benchmarks/README.md). fp32 (twice the bytes) and longer sequences recompute.
+    """
+    return q.element_size() == 2 and q.shape[1] <= KEEP_PROBABILITIES_MAX_TOKENS
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int | None = None, keep: bool | None = None
+) -> torch.Tensor:
+    """Causal grouped-query attention: q (B, T, H, D), k and v (B, T, K, D) -> (B, T, H, D).
+
+    Equals `F.scaled_dot_product_attention(..., is_causal=True, enable_gqa=True)` on the
+    (B, heads, T, D) transposes, with scale 1/sqrt(D). `keep`: whether backward reuses
+    the probabilities instead of recomputing them; by default `keeps_probabilities(q)`.
+    """
+    if keep is None:
+        keep = keeps_probabilities(q)
+    keep = keep and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if block is None:
+        block = BLOCK_KEPT if keep else BLOCK_RECOMPUTED
+    return _CausalAttention.apply(q, k, v, block, keep)
+
+
+class BlockwiseCausalAttention(ScaledDotProductAttention):
+    """The model's attention function computed by `causal_attention` on CPU; SDPA elsewhere."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if q.device.type != "cpu":
+            return super().forward(q, k, v)
+        y = causal_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, T, H, D)
+        return y.transpose(1, 2)  # (B, H, T, D)

@@ -1,0 +1,56 @@
+"""Swap modules of a built SmolLM2 for faster CPU implementations of the same functions.
+
+As torchtitan's float8 converter does for `nn.Linear`: the model file stays plain
+PyTorch, and a run picks its kernels by name (config `kernels`). Each replacement is a
+subclass of the module it replaces that shares its parameters, so ties, state-dict keys
+and checkpoints are those of the plain model; each falls back to the plain computation
+where it does not apply (CUDA tensors, and the cases its module names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from src.errors import UserError
+from src.kernels.attention import BlockwiseCausalAttention
+from src.kernels.linear import OneDNNLinear
+from src.kernels.rms_norm import FusedRMSNorm
+from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
+
+# name -> (the plain module type it replaces, how to build the replacement from it)
+_SWAPS: dict[str, tuple[type[nn.Module], Callable[[nn.Module], nn.Module]]] = {
+    "causal_attention": (ScaledDotProductAttention, lambda _: BlockwiseCausalAttention()),
+    "rms_norm": (RMSNorm, FusedRMSNorm.from_norm),
+    "onednn_linear": (nn.Linear, OneDNNLinear.from_linear),
+}
+KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
+
+
+def check_kernels(kernels: Sequence[str]) -> None:
+    """Reject anything but a list of known kernel names, in one line."""
+    if isinstance(kernels, str) or not isinstance(kernels, Sequence):
+        raise UserError(f"kernels must be a list such as [{', '.join(KERNELS)}] or [], got {kernels!r}")
+    unknown = [name for name in kernels if name not in _SWAPS]
+    if unknown:
+        raise UserError(
+            f"unknown kernels {', '.join(map(str, unknown))}; choose from {', '.join(KERNELS)} "
+            "(kernels=[] for plain PyTorch)"
+        )
+
+
+def apply_cpu_kernels(model: nn.Module, kernels: Sequence[str]) -> nn.Module:
+    """Replace, in place, the plain modules of `model` that the named kernels implement.
+
+    Apply it to a freshly built model, before compile or hooks: replaced modules do not
+    carry hooks over. Applying it again changes nothing. Returns `model`.
+    """
+    check_kernels(kernels)
+    swaps = [_SWAPS[name] for name in kernels]
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            for plain, replacement in swaps:
+                if type(child) is plain:
+                    setattr(parent, name, replacement(child).train(child.training))
+    return model
