@@ -160,6 +160,8 @@ def test_overrides_stored_by_older_code_are_migrated():
         "schedule.warmup_steps=1",
         "schedule=default",
         "callbacks.model_checkpoint.every_n_train_steps=7",
+        "cpu_kernels=true",
+        "cpu_kernels=false",
     ]
     assert migrate_overrides(stored) == [
         "model=tiny",
@@ -167,6 +169,7 @@ def test_overrides_stored_by_older_code_are_migrated():
         "schedule.warmup_steps=1",
         "schedule=default",
         "checkpoint_every=7",
+        "kernels=[]",
     ]
 
 

@@ -36,11 +36,14 @@ SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
 MODEL_PREFIX = "model."
 
 
-# Overrides that older checkpoints store, as today's config spells them: conf/schedule/
-# had one file per kind until it became one file with a `kind` key, and the periodic
-# checkpoint's interval (which last.ckpt followed) became the top-level `checkpoint_every`.
-RENAMED_OVERRIDES = {
-    f"schedule={kind}": f"schedule.kind={kind}" for kind in ("constant", "cosine", "linear", "wsd")
+# Overrides that older checkpoints store, as today's config spells them (None: drop it, it
+# is today's default). conf/schedule/ had one file per kind until it became one file with
+# a `kind` key; the periodic checkpoint's interval, which last.ckpt followed, became the
+# top-level `checkpoint_every`; the process-wide `cpu_kernels` switch became the `kernels` list.
+RENAMED_OVERRIDES: dict[str, str | None] = {
+    **{f"schedule={kind}": f"schedule.kind={kind}" for kind in ("constant", "cosine", "linear", "wsd")},
+    "cpu_kernels=false": "kernels=[]",
+    "cpu_kernels=true": None,
 }
 RENAMED_KEYS = {"callbacks.model_checkpoint.every_n_train_steps": "checkpoint_every"}
 
@@ -52,7 +55,9 @@ def migrate_overrides(overrides: list[str]) -> list[str]:
         key, _, value = override.partition("=")
         if key in RENAMED_KEYS:
             override = f"{RENAMED_KEYS[key]}={value}"
-        migrated.append(RENAMED_OVERRIDES.get(override, override))
+        override = RENAMED_OVERRIDES.get(override, override)
+        if override is not None:
+            migrated.append(override)
     return migrated
 
 
