@@ -44,7 +44,7 @@ def bad_files(tmp):
         (["ckpt_path={tmp}/junk.ckpt"], "junk.ckpt: not a readable checkpoint"),
         (["ckpt_path={tmp}/foreign.ckpt"], "foreign.ckpt: not a checkpoint written by src.train"),
         (["model.vocab_size=1000"], "tokenizer has 49152 tokens but model.vocab_size=1000; set model.voc"),
-        (["data.seq_len=4096"], "data.seq_len=4096 exceeds model.max_position_embeddings=2048"),
+        (["data.seq_len=4096"], "data.seq_len=4096 exceeds the model's context of 2048 tokens"),
         (["data.batch_size=0"], "data.batch_size must be a positive integer, got 0"),
         (["trainer.max_steps=-5"], "trainer.max_steps must be a positive integer, got -5"),
         (["data.seq_len=abc"], "data.seq_len must be a positive integer, got 'abc'"),

@@ -69,6 +69,14 @@ class SmolLM2Config:
         if self.init_std is None:
             self.init_std = 1.0 / math.sqrt(self.hidden_size)
 
+    def check_context(self, num_tokens: int, what: str, fix: str) -> None:
+        """The one check that `what`, `num_tokens` positions long, fits the context window."""
+        if num_tokens > self.max_position_embeddings:
+            raise UserError(
+                f"{what} exceeds the model's context of {self.max_position_embeddings} tokens "
+                f"(model.max_position_embeddings): {fix}"
+            )
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads

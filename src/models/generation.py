@@ -36,6 +36,15 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def check_generation_fits(model: SmolLM2, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Prompt and new tokens must fit the context window, checked before any text is produced."""
+    model.config.check_context(
+        prompt_tokens + max_new_tokens,
+        f"prompt ({prompt_tokens} tokens) + max_new_tokens ({max_new_tokens})",
+        "shorten the prompt or lower max_new_tokens",
+    )
+
+
 def _last_logits(model: SmolLM2, ids: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
     """Logits (B, V) of the last position only: the prompt's other rows never need the head."""
     return model.lm_head(model.hidden_states(ids, cache, start)[:, -1])
@@ -60,12 +69,8 @@ def generate_tokens(
     B, T = input_ids.shape
     if T == 0:
         raise UserError("the prompt is empty: give at least one token")
+    check_generation_fits(model, T, max_new_tokens)
     total = T + max_new_tokens
-    if total > model.config.max_position_embeddings:
-        raise UserError(
-            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-            f"context of {model.config.max_position_embeddings} tokens"
-        )
     generator = None
     if seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(seed)

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.errors import UserError
 from src.models.config import SmolLM2Config
 from src.models.kv_cache import KVCache, LayerKVCache
 
@@ -56,11 +55,6 @@ class RotaryEmbedding(nn.Module):
         self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
 
     def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if start + length > self.max_positions:
-            raise UserError(
-                f"sequence of {start + length} tokens exceeds the model's "
-                f"max_position_embeddings={self.max_positions}"
-            )
         return self.cos[start : start + length], self.sin[start : start + length]
 
 
@@ -216,6 +210,7 @@ class SmolLM2(nn.Module):
     ) -> torch.Tensor:
         """The trunk: (B, T) token ids -> (B, T, C) normed hidden states, before the LM head."""
         T = input_ids.shape[1]
+        self.config.check_context(start + T, f"a sequence of {start + T} tokens", "use shorter sequences")
         cos, sin = self.rope(start, T)  # (T, D)
         x = self.embed(input_ids)  # (B, T, C)
         for i, block in enumerate(self.blocks):
@@ -228,11 +223,7 @@ class SmolLM2(nn.Module):
 
     def new_kv_cache(self, batch_size: int, max_tokens: int) -> KVCache:
         """An empty cache for `max_tokens` positions, on the model's device and dtype."""
-        if max_tokens > self.config.max_position_embeddings:
-            raise UserError(
-                f"{max_tokens} tokens exceed the model's max_position_embeddings="
-                f"{self.config.max_position_embeddings}"
-            )
+        self.config.check_context(max_tokens, f"a KV cache of {max_tokens} tokens", "ask for fewer tokens")
         weight = self.embed.weight
         return KVCache.empty(
             num_layers=self.config.num_layers,

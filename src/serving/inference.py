@@ -19,6 +19,7 @@ from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.models import SmolLM2, generate_tokens
+from src.models.generation import check_generation_fits
 from src.models.hf import load_hf_model
 from src.training import checkpoint as ckpt
 
@@ -207,11 +208,7 @@ class TextGenerator:
         if not prompt.strip():
             raise UserError("the prompt is empty: type some text to continue")
         ids = self.tokenizer.encode(prompt)
-        if len(ids) + max_new_tokens > self.context:
-            raise UserError(
-                f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                f"context of {self.context} tokens: shorten the prompt or lower max_new_tokens"
-            )
+        check_generation_fits(self.model, len(ids), max_new_tokens)
         return torch.tensor([ids], device=self.model.embed.weight.device)
 
     def complete(self, input_ids: torch.Tensor, sampling: Sampling) -> Completion:

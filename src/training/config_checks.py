@@ -67,10 +67,6 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     check_kernels(cfg.kernels)
-    if cfg.data.seq_len > model_config.max_position_embeddings:
-        raise UserError(
-            f"data.seq_len={cfg.data.seq_len} exceeds model.max_position_embeddings="
-            f"{model_config.max_position_embeddings}; lower data.seq_len"
-        )
+    model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")
     check_tokenizer_fits(cfg.data.get("tokenizer"), model_config.vocab_size)
     check_writable(Path(cfg.paths.output_dir))
