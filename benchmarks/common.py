@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from src.kernels.linear import linear
 from src.training.hardware import keep_freed_host_memory
 
-_host_malloc = "glibc default"  # what setup() did, for machine_line
+_freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -33,26 +33,27 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument(
-        "--os-malloc",
-        action="store_true",
-        help="leave glibc returning freed memory to the OS (default: keep it, as training does on CPU)",
+        "--keep-freed-host-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc keeps freed memory in the process, as CPU training does (keep_freed_host_memory)",
     )
 
 
 def setup(args: argparse.Namespace) -> torch.device:
-    """Apply --threads and --os-malloc, resolve --device ('auto' is CUDA when there is one).
+    """Apply --threads and --keep-freed-host-memory, resolve --device ('auto': CUDA if there is one).
 
-    Without --os-malloc, host memory freed by one candidate is reused by the next instead
+    With --keep-freed-host-memory, host memory freed by one candidate is reused by the next instead
     of being page-faulted in again (src.training.hardware.keep_freed_host_memory): otherwise the
     models that allocate the largest temporaries slow down with everything else the
     process holds, and the ratio would measure the OS rather than the code.
     """
     if args.threads:
         torch.set_num_threads(args.threads)
-    global _host_malloc
-    _host_malloc = "glibc default" if args.os_malloc else "freed memory kept"
-    if not args.os_malloc and not keep_freed_host_memory():
-        _host_malloc = "not glibc: OS default"
+    global _freed_host_memory
+    _freed_host_memory = "kept" if args.keep_freed_host_memory else "returned to the OS"
+    if args.keep_freed_host_memory and not keep_freed_host_memory():
+        _freed_host_memory = "returned to the OS (not glibc)"
     name = args.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,7 +76,7 @@ def machine_line(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores; {torch_part}; host malloc: {_host_malloc}"
+    return f"{cpu}, {os.cpu_count()} cores; {torch_part}; freed host memory {_freed_host_memory}"
 
 
 @dataclass

@@ -146,7 +146,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     enable_tf32()
-    if cfg.cpu_malloc_cache and not uses_cuda(cfg.trainer.accelerator):
+    if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
         keep_freed_host_memory()
     trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[ckpt.AtomicCheckpointIO()]

@@ -162,6 +162,7 @@ def test_overrides_stored_by_older_code_are_migrated():
         "callbacks.model_checkpoint.every_n_train_steps=7",
         "cpu_kernels=true",
         "cpu_kernels=false",
+        "cpu_malloc_cache=false",
     ]
     assert migrate_overrides(stored) == [
         "model=tiny",
@@ -170,6 +171,7 @@ def test_overrides_stored_by_older_code_are_migrated():
         "schedule=default",
         "checkpoint_every=7",
         "kernels=[]",
+        "keep_freed_host_memory=false",
     ]
 
 

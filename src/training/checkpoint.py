@@ -39,13 +39,17 @@ MODEL_PREFIX = "model."
 # Overrides that older checkpoints store, as today's config spells them (None: drop it, it
 # is today's default). conf/schedule/ had one file per kind until it became one file with
 # a `kind` key; the periodic checkpoint's interval, which last.ckpt followed, became the
-# top-level `checkpoint_every`; the process-wide `cpu_kernels` switch became the `kernels` list.
+# top-level `checkpoint_every`; the process-wide `cpu_kernels` switch became the `kernels` list;
+# `cpu_malloc_cache` took the name of what it does, `keep_freed_host_memory`.
 RENAMED_OVERRIDES: dict[str, str | None] = {
     **{f"schedule={kind}": f"schedule.kind={kind}" for kind in ("constant", "cosine", "linear", "wsd")},
     "cpu_kernels=false": "kernels=[]",
     "cpu_kernels=true": None,
 }
-RENAMED_KEYS = {"callbacks.model_checkpoint.every_n_train_steps": "checkpoint_every"}
+RENAMED_KEYS = {
+    "callbacks.model_checkpoint.every_n_train_steps": "checkpoint_every",
+    "cpu_malloc_cache": "keep_freed_host_memory",
+}
 
 
 def migrate_overrides(overrides: list[str]) -> list[str]:

@@ -56,9 +56,9 @@ def keep_freed_host_memory() -> bool:
     """Make glibc keep freed memory in the process, as CUDA's caching allocator does on a GPU.
 
     By default glibc returns every block over 32 MB to the OS when it is freed, so each CPU
-    training step page-faults its large temporaries (loss chunks, logits) in again; that
-    cost was 5-7% of a SmolLM2-135M step on our CPU and grew with the process's other
-    memory. Afterwards freed memory is reused and resident memory stays at its peak.
+    training step page-faults its large temporaries (loss chunks, logits) in again, at a
+    cost that grows with the process's other memory (benchmarks/README.md). Afterwards
+    freed memory is reused and resident memory stays at its peak.
     Returns False where the C library is not glibc.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
