@@ -50,6 +50,7 @@ def test_every_config_group_composes(overrides):
         assert cfg.trainer.val_check_interval == cfg.eval_every * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_continuation_is_exact(tmp_path, text, accumulation):
     """20 steps straight == 10 steps, then continue from last.ckpt to 20: same weights, same losses."""
@@ -135,7 +136,7 @@ def step0_loss(config) -> float:
         return lm_cross_entropy(model.hidden_states(batch[:, :-1]), model.lm_head.weight, batch[:, 1:]).item()
 
 
-@pytest.mark.parametrize("preset", ["tiny", "smollm2_135m"])
+@pytest.mark.parametrize("preset", ["tiny", pytest.param("smollm2_135m", marks=pytest.mark.slow)])
 def test_step0_loss_is_that_of_near_uniform_predictions(preset):
     """At SmolLM2's init (tied embedding, std 1/sqrt(C)) logits are N(0, 1) per position, so the
     loss lies between ln V and ln V + 1/2 (Jensen); shrinking init_std brings it to ln V."""
@@ -148,6 +149,7 @@ def test_step0_loss_is_that_of_near_uniform_predictions(preset):
     assert abs(step0_loss(small) - ln_v) < 0.1
 
 
+@pytest.mark.slow
 def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text):
     metrics = run_training(
         fast_overrides(
@@ -179,6 +181,7 @@ def test_tensorboard_logger_writes_events(tmp_path, text):
     assert (tmp_path / "run" / "csv" / "metrics.csv").is_file()
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_resumes_with_compile_off(tmp_path, text):
     """compile=true trains the same numbers; its checkpoint continues with compile=false."""
     common = ("schedule.total_steps=8",)
