@@ -10,7 +10,7 @@ ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv train test lint format
+.PHONY: venv train test test-fast lint format
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -22,8 +22,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m src.train $(ARGS)
 
+# The full suite, as CI runs it, with the 15 slowest tests listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest --durations=15 $(ARGS)
+
+# Everything but the tests marked slow (long end-to-end runs, the wheel install): a check while editing.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -13,12 +13,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import gradio as gr
-
-from src.cli import parse_cli
+from src.cli import command_name, parse_cli
 from src.errors import UserError, exit_on_user_error
+from src.extras import require_extra
 from src.serving.inference import ModelSource, Sampling, TextGenerator
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 EXAMPLES = [
     "Once upon a time, in a small village by the sea,",
@@ -36,6 +39,8 @@ class AppConfig(ModelSource):
 
 def build_app(generator: TextGenerator) -> gr.Blocks:
     """The page: prompt and settings on the left, streamed text and speed on the right."""
+    import gradio as gr  # an extra: main() checks for it before loading the model
+
     defaults = Sampling()
 
     def run(
@@ -98,6 +103,7 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(AppConfig, argv)
+    require_extra("gradio", "app", command_name())  # before the model load, which can take a while
     generator = TextGenerator.load(cfg)
     print(f"loaded {generator.description}", file=sys.stderr)
     try:

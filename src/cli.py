@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import OmegaConf
@@ -20,8 +21,15 @@ from src.errors import UserError
 T = TypeVar("T")
 
 
+def command_name() -> str:
+    """The command as the user typed it: `python -m src.generate`, or a console script's name
+    (`smollm2-generate`), whose `__main__` is a plain script without a module spec."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name
+
+
 def usage(schema: type) -> str:
-    lines = [f"usage: python -m {sys.modules['__main__'].__spec__.name} key=value ...", ""]
+    lines = [f"usage: {command_name()} key=value ...", ""]
     for field in dataclasses.fields(schema):
         default = field.default if field.default is not dataclasses.MISSING else "(required)"
         lines.append(f"  {field.name}={default}")

@@ -11,12 +11,16 @@ import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
 from omegaconf import MISSING
 
-from src.cli import parse_cli
+from src.cli import command_name, parse_cli
 from src.errors import UserError, exit_on_user_error
+from src.extras import require_extra
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (title, metric keys, log-scale y): a panel is drawn when one of its keys was logged.
 PANELS = [
@@ -52,6 +56,8 @@ def read_series(metrics_csv: Path) -> Series:
 
 def figure(series: Series, title: str = "") -> Figure:
     """One panel per quantity that was logged, all against the optimizer step."""
+    from matplotlib.figure import Figure  # an extra: main() checks for it first
+
     panels = [(name, [k for k in keys if k in series], log) for name, keys, log in PANELS]
     panels = [p for p in panels if p[1]]
     if not panels:
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     # A bare folder is the run folder, so `python -m src.plot logs/train/runs/<run>` works as typed.
     argv = [a if "=" in a or a.startswith("-") else f"run_dir={a}" for a in argv]
     cfg = parse_cli(PlotConfig, argv)
+    require_extra("matplotlib", "plot", command_name())
     print(f"wrote {plot_run(Path(cfg.run_dir), Path(cfg.out) if cfg.out else None)}", file=sys.stderr)
 
 

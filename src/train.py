@@ -27,7 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
-from src.tracking.loggers import build_loggers, new_run_id, run_config
+from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
 from src.training.config_checks import check_run_config
@@ -115,6 +115,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     if checkpoint is not None:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, model_config)
+    check_logger_extras(cfg.get("logger"))
 
     schedule_cfg = OmegaConf.to_container(cfg.schedule, resolve=True)
     if schedule_cfg["total_steps"] is None:

@@ -30,9 +30,13 @@ PROMPT = "Once upon a time"
 MAX_NEW_TOKENS = 24
 TIMEOUT_MS = 20_000
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(), reason=f"{CHROMIUM} not found: apt-get install -y chromium to run browser tests"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.is_file(),
+        reason=f"{CHROMIUM} not found: apt-get install -y chromium to run browser tests",
+    ),
+]
 
 
 def free_port() -> int:

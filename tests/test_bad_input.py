@@ -106,6 +106,7 @@ def cli_error(*args: str) -> str:
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_cli_config_errors_are_exactly_one_line(tmp_path):
     """Errors found before training starts are the only line on stderr."""
     for args, message in [

@@ -4,6 +4,8 @@ import pytest
 
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # each one is a separate process timing real work
+
 SMALL = {
     "benchmarks.train_step": [
         "--preset", "tiny", "--shapes", "1x32", "--dtypes", "fp32", "--warmup", "0", "--repeats", "1",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 import pytest
 from omegaconf import MISSING
 
-from src.cli import parse_cli
+from src.cli import parse_cli, usage
 from src.errors import UserError
 
 
@@ -33,3 +36,18 @@ def test_typed_fields_are_converted_and_checked():
         parse_cli(Schema, ["prompt=hi"])
     with pytest.raises(UserError, match="Key 'prompts' not in 'Schema'"):
         parse_cli(Schema, ["path=p", "prompts=hi"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "argv0", "command"),
+    [
+        (ModuleSpec("src.generate", None), "/repo/src/generate.py", "python -m src.generate"),
+        (None, "/venv/bin/smollm2-generate", "smollm2-generate"),  # a console script has no spec
+    ],
+)
+def test_usage_names_the_command_that_was_run(monkeypatch, spec, argv0, command):
+    main = ModuleType("__main__")
+    main.__spec__ = spec
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert usage(Schema).splitlines()[0] == f"usage: {command} key=value ..."

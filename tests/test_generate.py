@@ -125,6 +125,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny, capsys, args, message):
     assert captured.err.count("\n") == 1 and message in captured.err
 
 
+@pytest.mark.slow
 def test_missing_source_and_broken_checkpoint_from_the_command_line(tmp_path):
     neither = run_cli("src.generate", "prompt=Hi")
     missing = run_cli("src.generate", f"ckpt_path={tmp_path / 'nope.ckpt'}", "prompt=Hi")

@@ -13,10 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from src.train import EXIT_SIGINT, EXIT_SIGTERM
 from src.training.checkpoint import read_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.training import fast_overrides, write_text
+
+pytestmark = pytest.mark.slow
 
 
 def start(tmp: Path, *extra: str) -> subprocess.Popen:

@@ -38,6 +38,7 @@ def test_quick_start_on_tiny_shakespeare_learns(tmp_path, shakespeare_path):
         assert (run / name).is_file(), name
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
     sweep = tmp_path / "sweep"
     result = run_cli(

@@ -48,6 +48,7 @@ def train_cli(env: dict[str, str], overrides: list[str]) -> subprocess.Completed
     )
 
 
+@pytest.mark.slow
 def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env):
     text = write_text(tmp_path / "input.txt")
     common = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import string
 from typing import Any
@@ -10,6 +11,8 @@ import hydra
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from src.extras import require_extra
+
 VENDORED_TOKENIZER = "src/assets/smollm2-tokenizer"
 
 
@@ -17,6 +20,15 @@ def new_run_id() -> str:
     """An 8-character id in W&B's alphabet; saved in checkpoints so continuations log to the same run."""
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def check_logger_extras(cfg: DictConfig | None) -> None:
+    """A logger whose package is an optional extra fails at config time, before the model is built."""
+    targets = [str(logger_cfg.get("_target_", "")) for logger_cfg in (cfg or {}).values()]
+    tensorboard = any(target.endswith(".TensorBoardLogger") for target in targets)
+    # Lightning writes with the full TensorBoard when it is installed, else with tensorboardX.
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        require_extra("tensorboardX", "tensorboard", "logger=tensorboard")
 
 
 def build_loggers(cfg: DictConfig | None, run_id: str) -> list[Logger]:

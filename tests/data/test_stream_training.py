@@ -1,5 +1,6 @@
 """Training on streamed shards end to end: a continuation is the uninterrupted run, bit for bit."""
 
+import pytest
 import torch
 
 from src.training.checkpoint import read_checkpoint
@@ -7,6 +8,7 @@ from tests.data.shards import write_shards
 from tests.training import logged, run_training, stream_overrides
 
 
+@pytest.mark.slow
 def test_stream_continuation_is_exact(tmp_path):
     """2 steps straight == 1 step, then 1 more from last.ckpt: same losses, weights and documents
     (2 workers, 3 micro-batches per step: the continuation starts on batch 3, so on the second worker)."""

@@ -101,6 +101,7 @@ def test_weights_with_a_misshaped_tensor(broken_copy):
         load_pretrained(broken_copy)
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_in_one_line_and_exits_non_zero(tmp_path):
     result = run_cli("src.generate", f"hf_path={tmp_path}", "prompt=hi")
     assert result.returncode == 2
