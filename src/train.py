@@ -109,8 +109,6 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
                 f"pass trainer.max_steps > {step} to continue"
             )
 
-    recipe = applied_recipe(overrides)
-    rank_zero_info(f"recipe: {recipe}")
     model_config = hydra.utils.instantiate(cfg.model)
     if checkpoint is not None:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
@@ -127,6 +125,8 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    recipe = applied_recipe(overrides)  # printed once the config has passed every check
+    rank_zero_info(f"recipe: {recipe}")
 
     L.seed_everything(cfg.seed, workers=True)
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
