@@ -153,17 +153,6 @@ def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096
     return 2 * size**3 / min(min(t.seconds) for t in timings.values())
 
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets (SXM parts), for GPU MFU.
-DATASHEET_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "4090": 165e12}
-
-
-def datasheet_bf16_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in DATASHEET_BF16_FLOPS.items() if key in name), None)
-
-
 def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

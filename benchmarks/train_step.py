@@ -20,7 +20,6 @@ from torch import nn
 from benchmarks.common import (
     DTYPES,
     add_common_args,
-    datasheet_bf16_flops,
     machine_line,
     markdown_table,
     matmul_peak_flops,
@@ -31,16 +30,12 @@ from benchmarks.common import (
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2, SmolLM2Config
+from src.training.device_peaks import peak_flops
 from src.training.parallelize import apply_compile
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
 
 PYTORCH_KERNELS = "ours, PyTorch kernels"
 COMPILED = "ours compiled"
-
-
-def flops_per_token(config: SmolLM2Config, num_params: int, seq_len: int) -> float:
-    """6N for the weight matmuls (N includes the tied head) + 12·L·C·T for attention (PaLM, App. B)."""
-    return 6 * num_params + 12 * config.num_layers * config.hidden_size * seq_len
 
 
 def loss_fns(
@@ -122,7 +117,7 @@ def main() -> None:
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
         peak = matmul_peak_flops(dtype, device)
-        datasheet = datasheet_bf16_flops(device) if dtype == torch.bfloat16 else None
+        datasheet = peak_flops(device, "bf16-mixed") if dtype == torch.bfloat16 else None
         print(f"{dtype_name} matmul peak measured: {peak / 1e12:.2f} TFLOP/s")
         for shape in args.shapes.split(","):
             B, T = (int(n) for n in shape.split("x"))
@@ -138,7 +133,7 @@ def main() -> None:
             reference = timings["transformers"].median
             for name, timing in timings.items():
                 tokens_per_s = B * T / timing.median
-                achieved = tokens_per_s * flops_per_token(config, num_params, T)
+                achieved = tokens_per_s * config.training_flops_per_token(T)
                 mfu = f"{100 * achieved / peak:.1f}%"
                 if datasheet:
                     mfu += f" ({100 * achieved / datasheet:.1f}% of datasheet)"

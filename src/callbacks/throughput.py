@@ -1,4 +1,4 @@
-"""Tokens seen, tokens/s and MFU, read off the clock only at the log interval."""
+"""Tokens seen, tokens/s (global and per device) and MFU, read off the clock only at the log interval."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
-from src.training.hardware import peak_flops
+from src.training.device_peaks import peak_flops
 
 
 class ThroughputLogger(L.Callback):
@@ -16,8 +17,9 @@ class ThroughputLogger(L.Callback):
 
     A batch holds (B, T + 1) token windows of one shape for the whole run, so the shape
     alone gives the tokens per optimizer step; the config's seq_len and batch_size are not
-    needed. MFU uses 6N + 12·L·C·T FLOPs per token (forward + backward, attention included)
-    and the device's peak for the run's precision; it is left out where the peak is unknown.
+    needed. MFU is one device's model FLOP/s over that device's peak for the run's precision
+    (`SmolLM2Config.training_flops_per_token`, N counted from the config, so a sharded model
+    counts whole); it is left out, with one message, where the peak is unknown.
     """
 
     def __init__(self, peak_tflops: float | None = None) -> None:
@@ -26,9 +28,13 @@ class ThroughputLogger(L.Callback):
         self._step0 = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.num_parameters = sum(p.numel() for p in pl_module.model.parameters())
-        peak = self.peak_tflops or peak_flops(trainer.strategy.root_device, trainer.precision)
-        self.peak = peak * 1e12 if peak else None
+        device = trainer.strategy.root_device
+        self.peak = self.peak_tflops * 1e12 if self.peak_tflops else peak_flops(device, trainer.precision)
+        if self.peak is None and device.type == "cuda" and "32" not in str(trainer.precision):
+            rank_zero_info(
+                f"mfu: no peak known for {torch.cuda.get_device_name(device)!r}; "
+                "pass callbacks.throughput.peak_tflops=<its dense bf16 TFLOP/s> to log it"
+            )
         self._t0, self._step0 = time.perf_counter(), trainer.global_step
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -48,11 +54,14 @@ class ThroughputLogger(L.Callback):
         tokens_per_step = rows * seq_len * trainer.accumulate_grad_batches * trainer.world_size
         now = time.perf_counter()
         tokens_per_s = (step - self._step0) * tokens_per_step / (now - self._t0)
-        metrics = {"tokens_seen": float(step * tokens_per_step), "tokens_per_s": tokens_per_s}
+        per_device = tokens_per_s / trainer.world_size
+        metrics = {
+            "tokens_seen": float(step * tokens_per_step),
+            "tokens_per_s": tokens_per_s,
+            "tokens_per_s_per_device": per_device,
+        }
         if self.peak:
-            config = pl_module.config
-            flops_per_token = 6 * self.num_parameters + 12 * config.num_layers * config.hidden_size * seq_len
-            metrics["mfu"] = tokens_per_s * flops_per_token / self.peak
+            metrics["mfu"] = per_device * pl_module.config.training_flops_per_token(seq_len) / self.peak
         pl_module.log_dict(metrics, prog_bar=False)
         pl_module.log("tok/s", tokens_per_s, prog_bar=True, logger=False)
         self._t0, self._step0 = now, step

@@ -77,6 +77,22 @@ class SmolLM2Config:
                 f"(model.max_position_embeddings): {fix}"
             )
 
+    def num_parameters(self) -> int:
+        """Parameters of the decoder this config builds, counted once (a tied head is the embedding).
+
+        From the config alone, so a sharded model is counted whole.
+        """
+        c, i, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
+        attention = 2 * c * c + 2 * c * kv  # q, o and k, v projections
+        block = attention + 3 * c * i + 2 * c  # + SwiGLU's three matrices + two norms
+        embeddings = self.vocab_size * c * (1 if self.tie_embeddings else 2)
+        return embeddings + self.num_layers * block + c  # + the final norm
+
+    def training_flops_per_token(self, seq_len: int) -> int:
+        """6N for the weight matmuls (forward + backward, N with the head) plus 12·L·C·T for
+        attention's scores and weighted sums (PaLM, appendix B): the FLOPs MFU counts."""
+        return 6 * self.num_parameters() + 12 * self.num_layers * self.hidden_size * seq_len
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads

@@ -1,4 +1,4 @@
-"""What the machine can do: bf16 support, the default precision, TF32, host malloc, peak FLOP/s."""
+"""What the machine can do: bf16 support, the default precision, TF32, host memory reuse."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from pathlib import Path
 import torch
 
 from src.errors import UserError
-
-# Dense bf16/fp16 tensor-core peaks (TFLOP/s) of common training GPUs, by name fragment.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 125.0, "4090": 165.0}
 
 
 def cpu_has_bf16() -> bool:
@@ -68,11 +65,3 @@ def keep_freed_host_memory() -> bool:
     no_mmap = libc.mallopt(m_mmap_max, 0) == 1  # big blocks come from the heap too ...
     no_trim = libc.mallopt(m_trim_threshold, 2**31 - 1) == 1  # ... and stay there when freed
     return no_mmap and no_trim
-
-
-def peak_flops(device: torch.device, precision: str | int) -> float | None:
-    """Peak TFLOP/s for the device in the run's precision, if known (GPUs in bf16/fp16 only)."""
-    if device.type != "cuda" or "32" in str(precision):
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for fragment, peak in GPU_PEAK_TFLOPS.items() if fragment in name), None)
