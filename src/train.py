@@ -19,9 +19,11 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -184,9 +186,24 @@ def one_line(err: Exception) -> str:
     return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
 
 
+def check_not_a_multiprocess_sweep(mode: RunMode, trainer: DictConfig) -> None:
+    """Lightning starts the other ranks by re-running the command line: under `-m` each would
+    start the whole sweep again."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if devices == "auto":
+        devices = torch.cuda.device_count() if uses_cuda(trainer.accelerator) else 1
+    count = len(devices) if OmegaConf.is_list(devices) else int(devices)
+    if mode == RunMode.MULTIRUN and (count > 1 or nodes > 1):
+        raise UserError(
+            f"a -m sweep cannot run {count} devices x {nodes} nodes per job (each rank would restart "
+            "the sweep); sweep with trainer.devices=1, or launch each multi-device run as its own command"
+        )
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
+    check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
     train(cfg, list(HydraConfig.get().overrides.task))
 
 

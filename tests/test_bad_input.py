@@ -120,6 +120,15 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
         assert message in result.stderr
 
 
+def test_a_sweep_of_multi_process_runs_is_refused_in_one_line(tmp_path):
+    """Lightning would re-run the `-m` command line for each extra rank, restarting the sweep."""
+    line = cli_error(
+        "-m", "trainer=ddp", "trainer.accelerator=cpu", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path}"
+    )
+    assert line.startswith("error: a -m sweep cannot run 2 devices x 1 nodes per job")
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_cli_error_inside_fit_is_one_line_and_saves_nothing(tmp_path):
     text = write_text(tmp_path / "input.txt")
     bad_files(tmp_path)
