@@ -25,21 +25,22 @@ def uses_onednn(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
-def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """`x @ w.T` for x (..., in) and w (out, in), without autograd; oneDNN for fp32 on CPU."""
-    if uses_onednn(x, w):
+def linear(x: torch.Tensor, w: torch.Tensor, onednn: bool = True) -> torch.Tensor:
+    """`x @ w.T` for x (..., in) and w (out, in), without autograd; oneDNN for fp32 on CPU
+    unless `onednn` is False."""
+    if onednn and uses_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 
 
-def weight_grad(grad_y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def weight_grad(grad_y: torch.Tensor, x: torch.Tensor, onednn: bool = True) -> torch.Tensor:
     """`grad_y.T @ x` for grad_y (N, out) and x (N, in): a linear layer's weight gradient.
 
     On the oneDNN path it is computed transposed, `(x.T @ grad_y).T`, which takes the
     (N, out) operand as a plain weight: as `grad_y.T` it would be copied first, 200 MB for
     a 1024-token chunk of 49,152-wide fp32 logit gradients.
     """
-    if uses_onednn(x, grad_y):
+    if onednn and uses_onednn(x, grad_y):
         return linear(x.t(), grad_y.t()).t()
     return grad_y.t() @ x
 

@@ -11,10 +11,7 @@ With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
 from src.kernels.linear import linear, weight_grad
 
@@ -47,13 +44,6 @@ def _target_log_probs(
     return picked.squeeze(1)
 
 
-def _matmuls(onednn: bool) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
-    """`x @ w.T` and the weight gradient `grad_y.T @ x`: oneDNN's for fp32 on CPU, or PyTorch's."""
-    if onednn:
-        return linear, weight_grad
-    return F.linear, lambda grad_y, x: grad_y.t() @ x
-
-
 def _chunked_loss(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -68,7 +58,6 @@ def _chunked_loss(
 
     Matmuls run in x's dtype, softmax and loss in fp32, as under autocast.
     """
-    matmul, matmul_weight_grad = _matmuls(onednn)
     count = (targets != ignore_index).sum().clamp(min=1)
     want_grad = grad_x is not None or grad_w is not None
     loss = torch.zeros((), device=x.device, dtype=torch.float32)
@@ -79,12 +68,12 @@ def _chunked_loss(
         safe = tc.masked_fill(~valid, 0)[:, None]  # (n, 1)
         # d(mean loss)/d(logits) = (softmax - one_hot) / count, zero on ignored rows.
         grad_scale = (valid / count)[:, None] if want_grad else None
-        logits = matmul(xc, w)  # (n, V), becomes its own gradient
+        logits = linear(xc, w, onednn)  # (n, V), becomes its own gradient
         loss -= (_target_log_probs(logits, safe, grad_scale) * valid).sum()
         if grad_x is not None:
-            grad_x[rows] = matmul(logits, w.t())  # grad @ w
+            grad_x[rows] = linear(logits, w.t(), onednn)  # grad @ w
         if grad_w is not None:
-            grad_w += matmul_weight_grad(logits, xc)  # grad.T @ xc
+            grad_w += weight_grad(logits, xc, onednn)  # grad.T @ xc
     return loss / count
 
 
