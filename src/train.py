@@ -19,7 +19,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -33,6 +32,7 @@ from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id,
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
 from src.training.config_checks import check_run_config
+from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
@@ -116,6 +116,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, model_config)
     check_logger_extras(cfg.get("logger"))
+    global_batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
 
     schedule_cfg = OmegaConf.to_container(cfg.schedule, resolve=True)
     if schedule_cfg["total_steps"] is None:
@@ -129,6 +130,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     recipe = applied_recipe(overrides)  # printed once the config has passed every check
     rank_zero_info(f"recipe: {recipe}")
+    rank_zero_info(f"global batch: {global_batch}")
 
     L.seed_everything(cfg.seed, workers=True)
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
@@ -189,13 +191,10 @@ def one_line(err: Exception) -> str:
 def check_not_a_multiprocess_sweep(mode: RunMode, trainer: DictConfig) -> None:
     """Lightning starts the other ranks by re-running the command line: under `-m` each would
     start the whole sweep again."""
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-    if devices == "auto":
-        devices = torch.cuda.device_count() if uses_cuda(trainer.accelerator) else 1
-    count = len(devices) if OmegaConf.is_list(devices) else int(devices)
-    if mode == RunMode.MULTIRUN and (count > 1 or nodes > 1):
+    processes = process_count(trainer)
+    if mode == RunMode.MULTIRUN and processes > 1:
         raise UserError(
-            f"a -m sweep cannot run {count} devices x {nodes} nodes per job (each rank would restart "
+            f"a -m sweep cannot run {processes} processes per job (each rank would restart "
             "the sweep); sweep with trainer.devices=1, or launch each multi-device run as its own command"
         )
 

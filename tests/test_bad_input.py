@@ -125,7 +125,7 @@ def test_a_sweep_of_multi_process_runs_is_refused_in_one_line(tmp_path):
     line = cli_error(
         "-m", "trainer=ddp", "trainer.accelerator=cpu", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={tmp_path}"
     )
-    assert line.startswith("error: a -m sweep cannot run 2 devices x 1 nodes per job")
+    assert line.startswith("error: a -m sweep cannot run 2 processes per job")
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

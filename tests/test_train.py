@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.training.checkpoint import migrate_overrides, read_checkpoint
+from src.training.global_batch import resolve_global_batch
 from src.training.lr_schedule import LRSchedule
 from tests.conftest import REPO_ROOT
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
@@ -78,7 +79,7 @@ def test_the_recipe_is_the_experiment_named_else_the_models_own(overrides, recip
     assert (
         cfg.data.seq_len,
         cfg.data.batch_size,
-        cfg.trainer.accumulate_grad_batches,
+        resolve_global_batch(cfg, set()).accumulation,
         cfg.optim.lr,
         cfg.schedule.warmup_steps,
         cfg.eval_every,
@@ -219,7 +220,7 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text, caplog):
             "model=smollm2_135m",
             "data.seq_len=32",
             "data.batch_size=1",
-            "trainer.accumulate_grad_batches=1",
+            "tokens_per_step=64",
             "trainer.max_steps=2",
             "schedule.warmup_steps=1",
             "trainer.limit_val_batches=1",
@@ -231,6 +232,10 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text, caplog):
     assert math.isfinite(metrics["train/loss"])
     recipe = "experiment=smollm2_135m (default for model=smollm2_135m)"
     assert f"recipe: {recipe}" in caplog.messages
+    assert (
+        "global batch: 64 tokens per optimizer step = 1 sequences x 32 tokens x 2 micro-batches x 1 process(es)"
+        in caplog.messages
+    )
     assert OmegaConf.load(tmp_path / "run" / "csv" / "hparams.yaml").recipe == recipe
 
 
