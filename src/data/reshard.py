@@ -15,16 +15,12 @@ from src.errors import UserError
 
 
 def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: int) -> ReaderState:
-    """The state of reader `reader` of `num_readers`, continuing `saved` (every old reader, in order).
+    """The state of reader `reader` of `num_readers` (at most `num_files`), continuing `saved`
+    (every old reader, in order, all by files).
 
     It takes the files `f` with `f % num_readers == reader` as they stand, and the remainders
     and document counts of the old readers `g` with `g % num_readers == reader`.
     """
-    if any(state.files is None for state in saved):
-        raise UserError(
-            f"the checkpoint's data position ({len(saved)} reader(s)) is by examples, or was saved "
-            f"before elastic resume in mid-pass; resume with as many devices x data.num_workers"
-        )
     files = sorted(entry for state in saved for entry in state.files)
     if [file for file, _, _ in files] != list(range(num_files)):
         raise UserError(

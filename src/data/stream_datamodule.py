@@ -132,6 +132,11 @@ class StreamDataModule(WindowDataModule):
                 saved_at = self.restored[rank]["consumed"]
                 raise RuntimeError(f"data position after {saved_at} batches, trainer after {consumed}")
             return saved[first : first + self.num_readers]
+        if any(state.files is None for state in saved):
+            raise UserError(
+                f"the checkpoint's data position ({len(saved)} reader(s)) is by examples, or was saved "
+                "before elastic resume in mid-pass; resume with as many devices x data.num_workers"
+            )
         num_readers = world_size * self.num_readers
         if split_strategy(self.stream, num_readers, self.shard_by) != "shards":
             raise UserError(
