@@ -114,6 +114,12 @@ def reader_files(reader: int, num_readers: int, num_files: int, passes: int = 0)
     return [[file, passes, 0] for file in range(reader, num_files, num_readers)]
 
 
+def join_files(state: ReaderState, reader: int, num_readers: int, num_files: int) -> None:
+    """A state by datasets' split (fresh, or saved before files) at a pass start takes its files."""
+    if state.files is None and state.position is None and state.skip == 0:
+        state.files = reader_files(reader, num_readers, num_files, state.epoch)
+
+
 def visiting_place(passes: int, num_files: int) -> np.ndarray:
     """Each file's place in the order of pass `passes` by files: file order, then a permutation per pass."""
     if passes == 0:
@@ -219,11 +225,9 @@ class PackedStream(IterableDataset):
     def documents(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
         """Token lists (EOS included) of the reader's documents, pass after pass; `state` follows along."""
         while True:
-            at_pass_start = state.files is None and state.position is None and state.skip == 0
-            if at_pass_start and self.strategy == "shards":  # also where a position saved before files joins
+            if self.strategy == "shards":  # also where a position saved before files joins
                 n = self.num_readers
-                g, num_files = self.rank * n + reader, self.stream.num_shards
-                state.files = reader_files(g, self.world_size * n, num_files, state.epoch)
+                join_files(state, self.rank * n + reader, self.world_size * n, self.stream.num_shards)
             if state.files is not None:
                 yield from self.file_documents(reader, state)
             yield from self.split_pass(reader, state)

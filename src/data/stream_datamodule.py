@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from src.data.base import WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
 from src.data.reshard import reshard
-from src.data.stream import PackedStream, ReaderState, open_stream, split_strategy
+from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 
@@ -132,6 +132,8 @@ class StreamDataModule(WindowDataModule):
                 saved_at = self.restored[rank]["consumed"]
                 raise RuntimeError(f"data position after {saved_at} batches, trainer after {consumed}")
             return saved[first : first + self.num_readers]
+        for g, state in enumerate(saved):  # a reader that has not served a batch yet has a fresh state
+            join_files(state, g, len(saved), self.stream.num_shards)
         if any(state.files is None for state in saved):
             raise UserError(
                 f"the checkpoint's data position ({len(saved)} reader(s)) is by examples, or was saved "
