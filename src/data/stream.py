@@ -14,14 +14,29 @@ reader of one rank:
 - `shard_by=None` (default): "shards" when there are at least N files, else "examples"
   (fewer files than readers would leave readers idle).
 
-Order. Documents come in file order; each pass visits the files in a new order
-(`set_epoch(pass)`, the same permutation on every reader). There is no shuffle buffer:
-its contents cannot be saved, so a resumed run would not see the same windows.
+Order. Documents come in file order. By files, a reader keeps its files from pass to pass
+and visits them in file order in its first pass, then in a new order each pass (the files'
+ranks in a permutation seeded by the pass). By examples, each pass visits the files in a
+new order (`set_epoch(pass)`, the same permutation on every reader). There is no shuffle
+buffer: its contents cannot be saved, so a resumed run would not see the same windows.
 
-Position. Each batch carries its reader's `ReaderState` (datasets' `state_dict` at the
-start of the current read, how many of that read's documents are packed, the packer's
-remainder), taken between two windows, so a reader rebuilt from it yields exactly the
-batches that followed.
+Position. Each batch carries its reader's `ReaderState`, taken between two windows, so a
+reader rebuilt from it yields exactly the batches that followed: the packer's remainder and,
+by files, each of the reader's files' completed passes and next row (a reader reads its
+least-read file first, then by index: file order, pass after pass). By examples, and in
+positions saved before elastic resume until their pass ends, it is datasets' `state_dict`
+at the start of the current read and how many of that read's documents are packed.
+
+Elastic resume (`src/data/reshard.py`). A continuation may change the readers (devices x
+workers) when the checkpoint and the continuation both split by files. Every file keeps its
+completed passes and next row, and new reader `g` of `N'` takes the files `f` with
+`f % N' == g`, so no document is repeated or skipped: each is packed once per pass of its
+file, as without the switch. Old reader `g`'s unemitted tokens (at most `seq_len`) go to new
+reader `g % N'`, appended in order without the first token of each after the first (it was
+already its window's last target), so every token stays a prediction target exactly once; a
+new reader that gets none starts as at the beginning of a run (its first token is context
+only: `N' - N` tokens when growing). Only the order changes. By examples, readers keep one
+document in N of the whole stream and cannot be split anew: that is a one-line error.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 from packaging.version import Version
@@ -72,10 +88,8 @@ def open_stream(
     return stream.select_columns([text_column])
 
 
-def reader_split(
-    stream: datasets.IterableDataset, reader: int, num_readers: int, shard_by: str | None = None
-) -> datasets.IterableDataset:
-    """Reader `reader`'s part of `stream` (see the module docstring for the rule)."""
+def split_strategy(stream: datasets.IterableDataset, num_readers: int, shard_by: str | None = None) -> str:
+    """ "shards" or "examples" (see the module docstring for the rule)."""
     strategy = shard_by or ("shards" if stream.num_shards >= num_readers else "examples")
     if strategy not in ("shards", "examples"):
         raise UserError(f"data.shard_by must be null, 'shards' or 'examples', got {shard_by!r}")
@@ -84,18 +98,47 @@ def reader_split(
             f"{stream.num_shards} shards cannot be split among {num_readers} readers (ranks x workers); "
             "use data.shard_by=examples or fewer data.num_workers"
         )
+    return strategy
+
+
+def reader_split(
+    stream: datasets.IterableDataset, reader: int, num_readers: int, shard_by: str | None = None
+) -> datasets.IterableDataset:
+    """Reader `reader`'s part of `stream` (see the module docstring for the rule)."""
+    strategy = split_strategy(stream, num_readers, shard_by)
     return split_dataset_by_node(stream, rank=reader, world_size=num_readers, strategy=strategy)
+
+
+def reader_files(reader: int, num_readers: int, num_files: int, passes: int = 0) -> list[list[int]]:
+    """Reader `reader`'s files by the shards rule, each as `[file, passes, row]` at the start of a pass."""
+    return [[file, passes, 0] for file in range(reader, num_files, num_readers)]
+
+
+def join_files(state: ReaderState, reader: int, num_readers: int, num_files: int) -> None:
+    """A state by datasets' split (fresh, or saved before files) at a pass start takes its files."""
+    if state.files is None and state.position is None and state.skip == 0:
+        state.files = reader_files(reader, num_readers, num_files, state.epoch)
+
+
+def visiting_place(passes: int, num_files: int) -> np.ndarray:
+    """Each file's place in the order of pass `passes` by files: file order, then a permutation per pass."""
+    if passes == 0:
+        return np.arange(num_files)
+    return np.argsort(np.random.default_rng(passes).permutation(num_files))
 
 
 class ReaderState:
     """Where one reader stands, taken between two windows; plain values only, for the checkpoint.
 
-    `position` is datasets' state at the start of the current read and `skip` how many of
-    that read's documents are already packed; `remainder` is the packer's unemitted tokens.
-    A plain class, not a dataclass, so Lightning's batch utilities pass it through untouched.
+    By files, `files` holds `[file, passes, row]` for each of the reader's files: passes
+    completed and the next row (held-out rows included) of the current one. By examples
+    (`files` is None), `position` is datasets' state at the start of the current read of
+    pass `epoch` and `skip` how many of that read's documents are already packed.
+    `remainder` is the packer's unemitted tokens. A plain class, not a dataclass, so
+    Lightning's batch utilities pass it through untouched.
     """
 
-    __slots__ = ("epoch", "position", "skip", "remainder", "documents")
+    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files")
 
     def __init__(
         self,
@@ -104,13 +147,15 @@ class ReaderState:
         skip: int = 0,
         remainder: list[int] | None = None,
         documents: int = 0,
+        files: list[list[int]] | None = None,
     ) -> None:
         self.epoch, self.position, self.skip = epoch, position, skip
         self.remainder = list(remainder or [])
         self.documents = documents  # documents packed by this reader since the run began
+        self.files = None if files is None else [list(entry) for entry in files]
 
     def snapshot(self, remainder: list[int]) -> ReaderState:
-        return ReaderState(self.epoch, self.position, self.skip, remainder, self.documents)
+        return ReaderState(self.epoch, self.position, self.skip, remainder, self.documents, self.files)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -148,6 +193,7 @@ class PackedStream(IterableDataset):
         self.states, self.text_column, self.held_out, self.rotation = states, text_column, held_out, rotation
         self.rank, self.world_size, self.shard_by = rank, world_size, shard_by
         self.docs_per_read = docs_per_read
+        self.strategy = split_strategy(stream, world_size * self.num_readers, shard_by)
 
     @property
     def num_readers(self) -> int:
@@ -179,25 +225,61 @@ class PackedStream(IterableDataset):
     def documents(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
         """Token lists (EOS included) of the reader's documents, pass after pass; `state` follows along."""
         while True:
-            stream = self.reader_stream(reader)
-            stream.set_epoch(state.epoch)
-            fresh_pass = state.position is None and state.skip == 0
-            if state.position is not None:
-                stream.load_state_dict(state.position)
-            packed = 0
-            for rows in stream.iter(batch_size=self.docs_per_read):
-                texts = [text for text in rows[self.text_column] if text not in self.held_out]
-                pending = texts[state.skip :]
-                for doc in tokenize_documents(self.tokenizer, pending) if pending else []:
-                    state.skip += 1
-                    state.documents += 1
-                    packed += 1
-                    yield doc
-                state.position, state.skip = stream.state_dict(), 0
+            if self.strategy == "shards":  # also where a position saved before files joins
+                n = self.num_readers
+                join_files(state, self.rank * n + reader, self.world_size * n, self.stream.num_shards)
+            if state.files is not None:
+                yield from self.file_documents(reader, state)
+            yield from self.split_pass(reader, state)
+
+    def file_documents(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
+        """Endlessly: the least-read of the reader's files (then the first), from its next row."""
+        while True:
+            level = min(passes for _, passes, _ in state.files)
+            place = visiting_place(level, self.stream.num_shards)
+            current = sorted((entry for entry in state.files if entry[1] == level), key=lambda e: place[e[0]])
+            fresh_pass, packed = all(row == 0 for _, _, row in current), 0
+            for entry in current:
+                stream = self.stream.shard(num_shards=self.stream.num_shards, index=entry[0])
+                first = entry[2]
+                for rows in (stream.skip(first) if first else stream).iter(batch_size=self.docs_per_read):
+                    texts = enumerate(rows[self.text_column], first)
+                    kept = [(i, t) for i, t in texts if t not in self.held_out]
+                    docs = tokenize_documents(self.tokenizer, [t for _, t in kept]) if kept else []
+                    for (row, _), doc in zip(kept, docs, strict=True):
+                        entry[2] = row + 1
+                        state.documents += 1
+                        packed += 1
+                        yield doc
+                    first += len(rows[self.text_column])
+                entry[1], entry[2] = level + 1, 0
             if fresh_pass and packed == 0:
-                raise UserError(
-                    f"reader {self.rank * self.num_readers + reader} of {self.world_size * self.num_readers} "
-                    "(ranks x workers) got no training documents; use fewer data.num_workers or "
-                    "data.shard_by=examples, or a larger dataset"
-                )
-            state.epoch, state.position, state.skip = state.epoch + 1, None, 0
+                self.no_documents(reader)
+
+    def split_pass(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
+        """The rest of pass `state.epoch` of the reader's part of the stream, by datasets' split."""
+        stream = self.reader_stream(reader)
+        stream.set_epoch(state.epoch)
+        fresh_pass = state.position is None and state.skip == 0
+        if state.position is not None:
+            stream.load_state_dict(state.position)
+        packed = 0
+        for rows in stream.iter(batch_size=self.docs_per_read):
+            texts = [text for text in rows[self.text_column] if text not in self.held_out]
+            pending = texts[state.skip :]
+            for doc in tokenize_documents(self.tokenizer, pending) if pending else []:
+                state.skip += 1
+                state.documents += 1
+                packed += 1
+                yield doc
+            state.position, state.skip = stream.state_dict(), 0
+        if fresh_pass and packed == 0:
+            self.no_documents(reader)
+        state.epoch, state.position, state.skip = state.epoch + 1, None, 0
+
+    def no_documents(self, reader: int) -> None:
+        raise UserError(
+            f"reader {self.rank * self.num_readers + reader} of {self.world_size * self.num_readers} "
+            "(ranks x workers) got no training documents; use fewer data.num_workers or "
+            "data.shard_by=examples, or a larger dataset"
+        )

@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from src.data.base import WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
-from src.data.stream import PackedStream, ReaderState, open_stream
+from src.data.reshard import reshard
+from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 
@@ -65,7 +66,7 @@ class StreamDataModule(WindowDataModule):
     once; training skips every document whose text is one of them, wherever it occurs, so
     the two never overlap. The training position (every reader's state on every rank after
     the last batch of the last optimizer step) is this module's `state_dict`, stored in the
-    checkpoint; a continuation needs the same number of devices and `num_workers`.
+    checkpoint; a continuation may change devices and `num_workers` when both split by files.
     """
 
     def __init__(
@@ -116,28 +117,44 @@ class StreamDataModule(WindowDataModule):
     def num_readers(self) -> int:
         return max(1, self.num_workers)
 
-    def start(self, rank: int, world_size: int) -> tuple[int, list[ReaderState]]:
-        """Batches this rank has consumed, and its reader states: restored, or at the beginning."""
+    def start(self, rank: int, world_size: int, consumed: int) -> list[ReaderState]:
+        """This rank's reader states after `consumed` batches: restored, handed on, or at the beginning.
+
+        With the checkpoint's devices and readers, each reader continues its own state; with
+        others, `reshard` hands the position on (by files only; see src/data/stream.py).
+        """
         if self.restored is None:
-            return 0, [ReaderState() for _ in range(self.num_readers)]
-        if len(self.restored) != world_size or len(self.restored[rank]["readers"]) != self.num_readers:
-            saved = f"{len(self.restored)} device(s) x {len(self.restored[0]['readers'])} reader(s)"
+            return [ReaderState() for _ in range(self.num_readers)]
+        saved = [ReaderState.from_dict(s) for r in self.restored for s in r["readers"]]
+        first = rank * self.num_readers
+        if len(self.restored) == world_size and len(self.restored[rank]["readers"]) == self.num_readers:
+            if self.restored[rank]["consumed"] != consumed:
+                saved_at = self.restored[rank]["consumed"]
+                raise RuntimeError(f"data position after {saved_at} batches, trainer after {consumed}")
+            return saved[first : first + self.num_readers]
+        for g, state in enumerate(saved):  # a reader that has not served a batch yet has a fresh state
+            join_files(state, g, len(saved), self.stream.num_shards)
+        if any(state.files is None for state in saved):
             raise UserError(
-                f"the checkpoint's data position is for {saved}; resume with as many devices and "
-                f"data.num_workers={len(self.restored[0]['readers'])} (0 and 1 both mean one reader)"
+                f"the checkpoint's data position ({len(saved)} reader(s)) is by examples, or was saved "
+                "before elastic resume in mid-pass; resume with as many devices x data.num_workers"
             )
-        mine = self.restored[rank]
-        return mine["consumed"], [ReaderState.from_dict(s) for s in mine["readers"]]
+        num_readers = world_size * self.num_readers
+        if split_strategy(self.stream, num_readers, self.shard_by) != "shards":
+            raise UserError(
+                f"the checkpoint's data position is for {len(saved)} reader(s) (devices x workers); "
+                f"{num_readers} would split the stream by examples, which cannot continue it: resume with "
+                f"at most {self.stream.num_shards} readers and data.shard_by=null or shards"
+            )
+        mine = range(first, first + self.num_readers)
+        return [reshard(saved, g, num_readers, self.stream.num_shards) for g in mine]
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        consumed, states = self.start(rank, world_size)
-        if trainer and consumed != trainer.global_step * trainer.accumulate_grad_batches:
-            raise RuntimeError(
-                f"data position after {consumed} batches, trainer at step {trainer.global_step}"
-            )
         accumulation = trainer.accumulate_grad_batches if trainer else 1
+        consumed = trainer.global_step * accumulation if trainer else 0
+        states = self.start(rank, world_size, consumed)
         self.position = StreamPosition(states, consumed, keep=accumulation + 1)
         if self.num_workers:  # the workers are the parallelism; keep each tokenizer on one thread
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
 from itertools import islice
 
 import datasets
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from src.data.packing import tokenize_documents
-from src.data.stream import PackedStream, ReaderState, reader_split
+from src.data.stream import PackedStream, ReaderState, reader_files, reader_split
 from src.data.stream_datamodule import StreamDataModule, StreamPosition
 from src.errors import UserError
 from tests.data.shards import write_shards
@@ -154,13 +155,115 @@ def test_validation_is_the_held_out_documents_and_training_never_sees_them(shard
     assert next(iter(dm.val_dataloader())).shape == (BATCH, SEQ_LEN + 1)
 
 
-def test_resuming_with_other_workers_says_what_to_pass(shards):
-    dm = datamodule(shards, num_workers=2)
-    dm.load_state_dict({"ranks": [{"consumed": 4, "readers": [ReaderState().to_dict()] * 2}]})
-    assert dm.start(0, 1)[0] == 4
+def test_resuming_by_examples_with_other_readers_says_what_to_pass(shards):
+    dm = datamodule(shards, num_workers=2, shard_by="examples")
+    by_examples = [ReaderState(position={"epoch": 0}).to_dict()] * 2
+    dm.load_state_dict({"ranks": [{"consumed": 4, "readers": by_examples}]})
+    assert len(dm.start(0, 1, 4)) == 2
     dm.num_workers = 3
-    with pytest.raises(UserError, match=r"1 device\(s\) x 2 reader\(s\).*data.num_workers=2"):
-        dm.start(0, 1)
+    with pytest.raises(UserError, match=r"by examples.*resume with as many devices x data.num_workers"):
+        dm.start(0, 1, 4)
+
+
+def test_resuming_on_other_files_or_by_examples_with_other_readers_is_a_user_error(shards):
+    dm = datamodule(shards, num_workers=2)
+
+    def saved_by_two_ranks(num_files: int) -> dict:
+        readers = [ReaderState(files=reader_files(r, 2, num_files)).to_dict() for r in range(2)]
+        return {"ranks": [{"consumed": 4, "readers": [state]} for state in readers]}
+
+    dm.load_state_dict(saved_by_two_ranks(3))
+    with pytest.raises(UserError, match=r"covers 3 file\(s\), the dataset has 4; resume on the same"):
+        dm.start(0, 1, 4)
+    dm.load_state_dict(saved_by_two_ranks(4))
+    assert [s.files for s in dm.start(0, 1, 4)] == [[[0, 0, 0], [2, 0, 0]], [[1, 0, 0], [3, 0, 0]]]
+    dm.num_workers = 5  # more readers than files: by examples
+    with pytest.raises(UserError, match=r"5 would split the stream by examples.*at most 4 readers"):
+        dm.start(0, 1, 4)
+
+
+def test_a_position_saved_before_files_continues_its_pass_then_reads_by_files(shards):
+    """A mid-pass position of datasets' split (checkpoints before elastic resume) yields the
+    documents that followed it, into the next pass."""
+    dm = datamodule(shards)
+    dataset = packed(dm, [ReaderState()], rank=1, world=2)
+    fresh = list(islice(dataset.documents(0, ReaderState()), 24))  # reader 1 of 2: about 12 per pass
+    split = reader_split(dm.stream, 1, 2)
+    first_read = next(iter(split.iter(batch_size=dm.docs_per_read)))["text"]
+    legacy = ReaderState.from_dict({"epoch": 0, "position": split.state_dict(), "skip": 1})
+    packed_before = len([t for t in first_read if t not in dm.held_out]) + 1
+    assert list(islice(dataset.documents(0, legacy), 24 - packed_before)) == fresh[packed_before:]
+
+
+def segment_tokens(initial: list[int], windows: list[list[int]], final: list[int]) -> list[int]:
+    """One reader's tokens between two checkpoints: its initial remainder, then what it read.
+
+    Consecutive windows share a token, and the final remainder starts with the last window's last token.
+    """
+    if not windows:
+        assert final == initial
+        return list(initial)
+    tokens = list(windows[0])
+    for window in windows[1:]:
+        tokens += window[1:]
+    assert tokens[-1] == final[0]
+    tokens += final[1:]
+    assert tokens[: len(initial)] == initial
+    return tokens
+
+
+def test_two_then_one_then_three_readers_pack_every_document_once_per_pass_of_its_file(shards):
+    """2 ranks x 1 reader, then 1 x 1, then 1 rank x 3 workers, each handed the last one's
+    checkpoint. What the readers packed is, for every file, its completed passes and its prefix
+    (no document repeated or skipped at a switch), and every token they read is a target
+    exactly once, except each run-starting reader's first and the last remainders' tails."""
+    _, texts = shards
+    eos = None
+    saved, consumed = None, 0
+    documents: Counter = Counter()
+    fed = targets = fresh = 0
+    for world, num_workers, length in ((2, 0, 4), (1, 0, 5), (1, 3, 9)):
+        dm = datamodule(shards, num_workers)
+        eos = dm.tokenizer.eos_token_id
+        readers = dm.num_readers
+        if saved is not None:
+            dm.load_state_dict({"ranks": saved})
+        saved = []
+        for rank in range(world):
+            states = dm.start(rank, world, consumed)
+            position = StreamPosition(states, consumed, keep=2)
+            dataset = packed(dm, states, rank, world, rotation=consumed % readers)
+            windows: list[list[list[int]]] = [[] for _ in range(readers)]
+            loader = DataLoader(dataset, batch_size=None, num_workers=num_workers)
+            for i, batch in enumerate(islice(loader, length + 1)):  # one past the checkpoint, as in training
+                position.record(batch["state"])
+                if i < length:
+                    windows[(consumed + i) % readers] += batch["tokens"].tolist()
+            finals = position.after(consumed + length)
+            for initial, final, mine in zip(states, finals, windows, strict=True):
+                tokens = segment_tokens(initial.remainder, mine, final.remainder)
+                read = tokens[len(initial.remainder) :]
+                assert read.count(eos) == len(split_documents(read, eos)) and (not read or read[-1] == eos)
+                documents.update(split_documents(read, eos))
+                fed, targets = fed + len(read), targets + len(mine) * SEQ_LEN
+                fresh += bool(read) and not initial.remainder
+            saved.append({"consumed": consumed + length, "readers": [s.to_dict() for s in finals]})
+        consumed += length
+
+    last = [ReaderState.from_dict(s) for rank in saved for s in rank["readers"]]
+    tails = sum(len(s.remainder) - 1 for s in last if s.remainder)
+    assert targets + tails + fresh == fed
+    files = sorted(entry for s in last for entry in s.files)
+    sizes = (7, 5, 9, 7)  # write_shards' files; the last one repeats the first document
+    expected: Counter = Counter()
+    for (file, passes, row), start in zip(files, (0, 7, 12, 21), strict=True):
+        rows = texts[start : start + sizes[file]]
+        for times, part in ((passes, rows), (1, rows[:row])):
+            kept = [t for t in part if t not in dm.held_out] * times
+            docs = tokenize_documents(dm.tokenizer, kept) if kept else []
+            expected.update(tuple(doc[:-1]) for doc in docs)
+    assert max(p for _, p, _ in files) >= 1 and any(row for _, _, row in files)  # past a pass, mid-file
+    assert documents == expected
 
 
 def test_unreachable_hub_is_a_one_line_error_naming_the_dataset(monkeypatch):

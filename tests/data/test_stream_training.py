@@ -41,3 +41,23 @@ def test_stream_continuation_is_exact(tmp_path):
         straight, continued = logged(tmp_path / "a" / "run", metric), logged(tmp_path / "b" / "run", metric)
         assert straight == continued and straight, metric
     assert len(logged(tmp_path / "a" / "run", "train/loss")) == 2
+
+
+@pytest.mark.slow
+def test_a_continuation_may_change_the_dataloader_workers(tmp_path):
+    """2 workers for a step, then 1, then 3, through the CLI's checkpoints: each continuation takes
+    the position over (files' passes and rows; tested document by document in test_stream.py)."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    last = tmp_path / "run" / "run" / "checkpoints" / "last.ckpt"
+    common = ("schedule.total_steps=3", "schedule.warmup_steps=1", "checkpoint_every=1")
+    for step, workers in ((1, 2), (2, 0), (3, 3)):
+        resume = (f"ckpt_path={last}",) if step > 1 else ()
+        steps, readers = f"trainer.max_steps={step}", f"data.num_workers={workers}"
+        run_training(stream_overrides(tmp_path / "run", shards, steps, readers, *resume, *common))
+        saved = read_checkpoint(last)
+        assert saved["global_step"] == step
+        readers = saved["StreamDataModule"]["ranks"][0]["readers"]
+        assert len(readers) == max(1, workers)
+        if step > 1:  # handed on: every file, whichever reader (a reader yet to serve a batch has none)
+            assert sorted(file for state in readers for file, _, _ in state["files"]) == [0, 1, 2, 3]
