@@ -180,4 +180,9 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Called before the optimizer state is restored; a group's saved flags replace the
+        # built ones there, and a checkpoint of unfused AdamW would make it unfused again.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["fused"] = True
         self.guard = NonfiniteGuard(self.nonfinite, checkpoint.get(ckpt.SKIPPED_STEPS, 0))
