@@ -1,13 +1,15 @@
-"""A NaN loss stops the run before the weights change, or (nonfinite=skip) skips and counts the step."""
+"""A NaN loss skips its step's update exactly, on the device; `stop` then ends the run at the
+next log step with clean weights, `skip` (nonfinite=skip) carries on and counts the step."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from src.errors import UserError
 from src.training.checkpoint import read_checkpoint
 from src.training.lit_module import SmolLM2LitModule
-from src.training.nonfinite import TrainingDiverged
+from src.training.nonfinite import NonfiniteGuard, TrainingDiverged
 from tests.training import fast_overrides, logged, run_training, write_text
 
 
@@ -25,17 +27,35 @@ def poison(monkeypatch):
     return steps
 
 
-def finite(ckpt) -> bool:
-    return all(torch.isfinite(v).all() for v in read_checkpoint(ckpt)["state_dict"].values())
+def finite(checkpoint: dict) -> bool:
+    return all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values())
 
 
-def test_stop_names_the_step_and_keeps_the_last_good_state(tmp_path, poison):
-    poison.add(3)
-    overrides = fast_overrides(tmp_path, write_text(tmp_path / "input.txt"), "trainer.max_steps=8")
-    with pytest.raises(TrainingDiverged, match=r"non-finite gradients at step 4 \(loss nan.*keeps step 3"):
+def test_a_non_finite_norm_makes_fused_adamw_skip_the_step_exactly():
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    optimizer = torch.optim.AdamW([weight], lr=0.1, fused=True)
+    guard = NonfiniteGuard("skip")
+    for step, grad in enumerate([torch.randn(4, 4), torch.full((4, 4), float("nan")), torch.randn(4, 4)]):
+        before = [weight.detach().clone()] + [v.clone() for v in optimizer.state[weight].values()]
+        weight.grad = grad
+        guard.check(torch.linalg.vector_norm(grad), optimizer, step)
+        optimizer.step()
+        after = [weight.detach()] + list(optimizer.state[weight].values())  # step, exp_avg, exp_avg_sq
+        unchanged = len(before) == len(after) and all(map(torch.equal, before, after))
+        assert unchanged == (step == 1)
+    assert optimizer.state[weight]["step"].item() == 2 and guard.total() == 1
+
+
+def test_stop_names_the_step_at_the_next_log_step_and_saves_clean_weights(tmp_path, poison):
+    poison.add(5)  # step 6; the log steps are 4 and 8
+    overrides = fast_overrides(
+        tmp_path, write_text(tmp_path / "input.txt"), "trainer.max_steps=12", "trainer.log_every_n_steps=4"
+    )
+    message = r"non-finite gradients at step 6, update skipped; last.ckpt holds step 8,"
+    with pytest.raises(TrainingDiverged, match=message):
         run_training(overrides)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == 3 and finite(last)
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8 and last["nonfinite_skipped"] == 1 and finite(last)
 
 
 def test_skip_drops_the_update_and_counts_it(tmp_path, poison):
@@ -45,6 +65,11 @@ def test_skip_drops_the_update_and_counts_it(tmp_path, poison):
     run = tmp_path / "run"
     skipped = logged(run, "nonfinite_skipped")
     assert skipped[1] == 0 and skipped[2] == 1 and skipped[6] == 2  # rows are logged after each step
-    last = run / "checkpoints" / "last.ckpt"
-    assert read_checkpoint(last)["global_step"] == 7 and finite(last)
-    assert read_checkpoint(last)["nonfinite_skipped"] == 2
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 7 and last["nonfinite_skipped"] == 2 and finite(last)
+
+
+def test_an_unfused_adamw_is_refused(tmp_path):
+    overrides = fast_overrides(tmp_path, write_text(tmp_path / "input.txt"), "optim.fused=false")
+    with pytest.raises(UserError, match=r"optim.fused=false: AdamW must be fused"):
+        run_training(overrides)

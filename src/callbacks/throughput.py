@@ -62,6 +62,5 @@ class ThroughputLogger(L.Callback):
         }
         if self.peak:
             metrics["mfu"] = per_device * pl_module.config.training_flops_per_token(seq_len) / self.peak
-        pl_module.log_dict(metrics, prog_bar=False)
-        pl_module.log("tok/s", tokens_per_s, prog_bar=True, logger=False)
+        pl_module.log_dict(metrics)  # not prog_bar: Lightning would read it back every batch
         self._t0, self._step0 = now, step

@@ -64,6 +64,11 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
         raise UserError(f"optim.lr must be a number, got {lr!r}")
     if lr <= 0:
         raise UserError(f"optim.lr must be positive, got {float(lr)}")
+    if cfg.optim.get("fused") is False:
+        raise UserError(
+            "optim.fused=false: AdamW must be fused (its found_inf skips a non-finite step on the device); "
+            "drop the override"
+        )
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     check_kernels(cfg.kernels)

@@ -18,7 +18,7 @@ from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 from src.training import checkpoint as ckpt
 from src.training.lr_schedule import LRSchedule
-from src.training.nonfinite import guard_step
+from src.training.nonfinite import NonfiniteGuard
 from src.training.parallelize import apply_activation_checkpointing, apply_compile
 
 
@@ -26,7 +26,9 @@ class SmolLM2LitModule(L.LightningModule):
     """Trains a SmolLM2 decoder on (B, T + 1) token windows.
 
     The LR is set before every optimizer step from `schedule(global_step)`, so the
-    schedule needs no state of its own and a resumed run continues it exactly.
+    schedule needs no state of its own and a resumed run continues it exactly. Nothing is
+    read off the device between log intervals: the step's loss, gradient norm and
+    non-finite record stay there until a log step reduces and logs them.
     `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/training/nonfinite.py).
     `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch).
     """
@@ -52,7 +54,7 @@ class SmolLM2LitModule(L.LightningModule):
         self.optimizer_factory, self.schedule = optimizer, schedule
         self.peak_lr = float(optimizer.keywords["lr"])
         self.nonfinite = nonfinite
-        self.skipped_steps = 0
+        self.guard = NonfiniteGuard(nonfinite)
         self.tokenizer_name, self.wandb_run_id = tokenizer, wandb_run_id
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
@@ -60,7 +62,8 @@ class SmolLM2LitModule(L.LightningModule):
         self.onednn_loss = "onednn_linear" in kernels  # the loss's matmuls follow the linear layers
         self._step_loss: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
-        self._last_step = -1
+        self._lr = self.peak_lr
+        self._report_due = False
         self._val_sum: torch.Tensor | None = None
         self._val_count = 0
 
@@ -83,26 +86,6 @@ class SmolLM2LitModule(L.LightningModule):
         self._step_loss = detached if self._step_loss is None else self._step_loss + detached
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Log once per optimizer step (not per micro-batch); values stay on the device.
-
-        Under DDP the loss is averaged over ranks (an all-reduce of one scalar, no host sync),
-        so it is the loss of the global batch, as in a single-process run.
-        """
-        step = self.trainer.global_step
-        if step > self._last_step:
-            accumulation = self.trainer.accumulate_grad_batches
-            self.log("train/loss", self._step_loss / accumulation, prog_bar=True, sync_dist=True)
-            self.log("lr", self.peak_lr * self.schedule(step - 1))
-            if self._grad_norm is not None:
-                self.log("grad_norm", self._grad_norm)
-            if self.nonfinite == "skip":
-                self.log("nonfinite_skipped", float(self.skipped_steps))
-            self._step_loss, self._last_step = None, step
-
-    def on_train_start(self) -> None:
-        self._last_step = self.trainer.global_step
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         set_logging_step(self.trainer, self.trainer.global_step)
 
@@ -112,25 +95,56 @@ class SmolLM2LitModule(L.LightningModule):
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm=None,
     ) -> None:
-        """Clip by global norm, keep the norm for logging, and stop or skip on a non-finite one.
+        """Clip by global norm, keep the norm for logging, and have a non-finite one skip the step.
 
-        fp16's GradScaler finds and skips overflowing steps itself, so the guard stands aside there.
+        fp16's GradScaler finds and skips overflowing steps itself, so the guard stands aside
+        there; Lightning leaves unscaling to fused AdamW's step, so it is done here, before clipping.
         """
         if isinstance(self.trainer.strategy, FSDPStrategy):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
-        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            loss = self._step_loss / self.trainer.accumulate_grad_batches
-            if guard_step(self._grad_norm, optimizer, self.nonfinite, self.trainer.global_step, loss):
-                self.skipped_steps += 1
+        if scaler is None:
+            self.guard.check(self._grad_norm, optimizer, self.trainer.global_step)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        lr = self.peak_lr * self.schedule(self.trainer.global_step)
+        self._lr = self.peak_lr * self.schedule(self.trainer.global_step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self._lr
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        n = self.trainer.log_every_n_steps  # Lightning's rule; global_step moves after this hook
+        if n and ((self.trainer.global_step + 1) % n == 0 or self.trainer.should_stop):
+            self._log_interval()
+            self._report_due = True
+        self._step_loss = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Skipped steps reach the host here, where global_step already counts the step just made."""
+        if self._report_due:
+            self._report_due = False
+            self.guard.report(self.trainer.global_step)
+
+    def _log_interval(self) -> None:
+        """Logs this step's metrics (the loss averaged over ranks: one all-reduce per interval).
+
+        Logged here, after the update and before any callback's `on_train_batch_end`, so
+        that callbacks reading the logged values at the log step see this step's. None is
+        marked `prog_bar`: Lightning turns those into Python numbers after every batch.
+        """
+        loss = self._step_loss / self.trainer.accumulate_grad_batches
+        self.log("train/loss", self.trainer.strategy.reduce(loss, reduce_op="mean"))
+        self.log("lr", self._lr)
+        if self._grad_norm is not None:
+            self.log("grad_norm", self._grad_norm)
+        if self.nonfinite == "skip" and (skipped := self.guard.skipped()) is not None:
+            self.log("nonfinite_skipped", skipped.float())
+
+    def on_train_end(self) -> None:
+        self.guard.report(self.trainer.global_step)  # steps skipped after the last log step
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         loss = self.loss(batch).detach() * batch.shape[0]
@@ -146,16 +160,16 @@ class SmolLM2LitModule(L.LightningModule):
         self._val_sum, self._val_count = None, 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW with weight decay on 2-D weights only (not norms); fused kernels on CUDA."""
+        """AdamW with weight decay on 2-D weights only (not norms).
+
+        Fused on every device: its `found_inf` skips a non-finite step exactly, on the device.
+        """
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
             {"params": [p for p in params if p.dim() >= 2]},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        extra = {}
-        if self.optimizer_factory.keywords.get("fused") is None and self.device.type == "cuda":
-            extra["fused"] = True
-        return self.optimizer_factory(groups, **extra)
+        return self.optimizer_factory(groups, fused=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[ckpt.MODEL_CONFIG] = self.config.to_dict()
@@ -163,7 +177,12 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.WANDB_RUN_ID] = self.wandb_run_id
         checkpoint[ckpt.LR_SCHEDULE] = dataclasses.asdict(self.schedule)
         checkpoint[ckpt.OVERRIDES] = self.cli_overrides
-        checkpoint[ckpt.SKIPPED_STEPS] = self.skipped_steps
+        checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = checkpoint.get(ckpt.SKIPPED_STEPS, 0)
+        # Called before the optimizer state is restored; a group's saved flags replace the
+        # built ones there, and a checkpoint of unfused AdamW would make it unfused again.
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state["param_groups"]:
+                group["fused"] = True
+        self.guard = NonfiniteGuard(self.nonfinite, checkpoint.get(ckpt.SKIPPED_STEPS, 0))
