@@ -172,6 +172,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         success = True
+        end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
     except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
         if not trainer.interrupted:
             raise

@@ -7,6 +7,7 @@ The rank processes Lightning starts re-run the same command line from the reposi
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -37,3 +38,12 @@ class FailAt(RecordPid):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             (self.pid_dir / "failed").touch()
             raise RuntimeError(f"injected failure on rank {self.rank} after step {self.step}")
+
+
+class HangAt(FailAt):
+    """Sleeps instead of raising, outside any collective: only its own death ends it."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            (self.pid_dir / "hanging").touch()
+            time.sleep(3600)

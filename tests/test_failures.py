@@ -100,6 +100,15 @@ def test_an_exception_on_one_rank_ends_every_rank_and_keeps_the_last_good_checkp
     assert not list(last.parent.glob(".*.tmp-*"))
 
 
+def test_ranks_that_rank_0_launched_die_with_it_when_it_is_killed_outright(tmp_path):
+    """Rank 1 sleeps outside any collective, so nothing but rank 0's death could end it."""
+    proc = start(tmp_path, "HangAt", "+callbacks.test.rank=1", "+callbacks.test.step=1")
+    pids = rank_pids(tmp_path, proc)
+    wait_until((tmp_path / "pids" / "hanging").exists, proc, timeout=300)
+    os.kill(pids[0], signal.SIGKILL)  # the OOM killer, or a kill -9
+    assert all_gone_within(pids, proc, seconds=10) == -signal.SIGKILL
+
+
 @pytest.mark.parametrize(
     ("signum", "to_all_ranks", "code"),
     [

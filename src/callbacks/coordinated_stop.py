@@ -8,20 +8,23 @@ step, a Python flag. All then raise Lightning's SIGTERMException after that same
 
 Failures: an exception on one rank is not agreed, so nothing collective follows it
 (`LastCheckpoint` skips its save) and its process exits. Under Lightning's own launcher, rank 0
-ends the ranks it started when it fails (`end_child_ranks`), and Lightning's watcher on rank 0
-kills every rank when a child fails. Under torchrun or SLURM, their agent ends the job when one
-process exits non-zero.
+ends the ranks it started when it fails (`end_child_ranks`), they die with it if it is killed
+outright, and Lightning's watcher on rank 0 kills every rank when a child fails. Under torchrun
+or SLURM, their agent ends the job when one process exits non-zero.
 """
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
 from src.lightning_compat import (
@@ -34,6 +37,7 @@ from src.lightning_compat import (
 # How long rank 0 waits for the ranks it launched to exit by themselves after an agreed stop,
 # and how long Lightning's watcher lets rank 0 finish its own exit after a child exits non-zero.
 CHILD_EXIT_WAIT_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class CoordinatedStop(L.Callback):
@@ -53,6 +57,10 @@ class CoordinatedStop(L.Callback):
             signal.signal(signal.SIGINT, self._sigint_before)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.local_rank > 0 and isinstance(
+            getattr(trainer.strategy, "cluster_environment", None), LightningEnvironment
+        ):
+            die_with_parent()  # started by rank 0 through Lightning's launcher
         note_sigterm_only(trainer, self._receive)
         delay_kill_on_child_failure(CHILD_EXIT_WAIT_S)
         # A single process keeps Python's KeyboardInterrupt and saves at once: nothing to agree on.
@@ -86,6 +94,16 @@ class CoordinatedStop(L.Callback):
     def exit_code(self) -> int:
         """The shell's 128 + signal number of the agreed stop."""
         return 128 + (self.agreed or signal.SIGTERM)
+
+
+def die_with_parent() -> None:
+    """Linux sends this process SIGKILL when the one that started it dies, even by `kill -9`.
+
+    Without it a rank whose launcher was killed outright waits in NCCL's next collective for
+    the timeout (30 min in Lightning); gloo would notice the closed connection by itself.
+    """
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def end_child_ranks(trainer: L.Trainer, wait_s: float) -> list[int]:
