@@ -1,6 +1,6 @@
 """Every use of Lightning's private API, in one place.
 
-Lightning 2.6 has no public hook for the four things below. Each goes through `_private`,
+Lightning 2.6 has no public hook for the things below. Each goes through `_private`,
 which raises `LightningChanged` when the name is gone instead of silently creating a new
 attribute, and tests/test_lightning_compat.py checks each one against the installed
 Lightning, so an upgrade that breaks one fails loudly in the tests and at first use.
@@ -9,13 +9,19 @@ Lightning, so an upgrade that breaks one fails loudly in the tests and at first 
 from __future__ import annotations
 
 import csv
+import subprocess
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 WRITTEN_FOR = "lightning 2.6"
 
@@ -82,3 +88,60 @@ def wandb_init_args(logger: WandbLogger) -> dict[str, Any]:
 def wandb_run(logger: WandbLogger) -> Any:
     """The logger's W&B run if it has started one, else None (never starts one)."""
     return _private(logger, "_experiment")
+
+
+def note_sigterm_only(trainer: Trainer, handler: Callable[[int], None]) -> None:
+    """Make SIGTERM call `handler(signum)` and nothing else, and drop the per-batch SIGTERM broadcast.
+
+    Lightning's own SIGTERM handler runs `dist.broadcast` inside the signal handler (a collective
+    that can interleave with the one the interrupted code is in), and under DDP its training loop
+    broadcasts a flag and reads it on the host before every batch. The handler is looked up on
+    the signal connector when `fit` registers it, so this must run before `fit` starts.
+    """
+    connector = _private(trainer, "_signal_connector")
+    _private(connector, "_sigterm_notifier_fn")
+    connector._sigterm_notifier_fn = lambda signum, frame: handler(signum)
+    loop = trainer.fit_loop.epoch_loop
+    _private(loop, "_broadcast_sigterm_tensor")
+    loop._broadcast_sigterm_tensor = lambda: None
+
+
+def stop_after_this_batch(trainer: Trainer) -> None:
+    """Lightning raises its SIGTERMException at the end of the current training batch.
+
+    Every rank must call this after the same batch: the exception leads to a collective save.
+    """
+    connector = _private(trainer, "_signal_connector")
+    _private(connector, "received_sigterm")
+    connector.received_sigterm = True
+
+
+def child_ranks(trainer: Trainer) -> list[subprocess.Popen]:
+    """The rank processes that Lightning's own launcher started from this one (empty elsewhere).
+
+    Only local rank 0 of a run that Lightning launched itself has any; under torchrun or SLURM
+    the launcher is theirs.
+    """
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _SubprocessScriptLauncher):
+        return []
+    return list(_private(launcher, "procs"))
+
+
+def delay_kill_on_child_failure(grace_s: float) -> None:
+    """Give this process `grace_s` seconds to exit by itself when a child rank exits non-zero.
+
+    Lightning's launcher polls its children every 5 s and, on a non-zero exit, SIGKILLs every rank
+    and itself at once: right for a rank 0 stuck in a collective with a dead peer, wrong for a
+    rank 0 a moment away from its own exit with the same code (143 after SIGTERM, 2 after
+    non-finite gradients), which would die with -9 instead.
+    """
+    for thread in threading.enumerate():
+        if isinstance(thread, _ChildProcessObserver) and "_terminate_all" not in vars(thread):
+            terminate_all = _private(thread, "_terminate_all")
+
+            def after_grace(terminate_all: Callable[[], None] = terminate_all) -> None:
+                time.sleep(grace_s)  # on the watcher's thread; it dies with the process
+                terminate_all()
+
+            thread._terminate_all = after_grace

@@ -6,6 +6,7 @@ replayed under today's, so a continuation is the same run with the same config.
 
 Exit codes: 0 done; 2 bad input or a diverged run (one `error:` line on stderr); 130 after
 Ctrl-C and 143 after SIGTERM, both once `last.ckpt` is saved; anything else is a crash.
+In a multi-process run every rank exits: a failed rank ends the others (README: Reliability).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
@@ -150,11 +152,15 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
 
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    coordinated_stop = CoordinatedStop(every_n_steps=cfg.trainer.log_every_n_steps)  # not optional
     enable_tf32()
     if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
         keep_freed_host_memory()
     trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[ckpt.AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=[*callbacks, coordinated_stop],
+        logger=loggers or False,
+        plugins=[ckpt.AtomicCheckpointIO()],
     )
     rank_zero_info(
         f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
@@ -162,16 +168,27 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     )
     for logger in loggers:
         logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
-    if cfg.val_at_start and not cfg.ckpt_path:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
     success = False
     try:
+        if cfg.val_at_start and not cfg.ckpt_path:
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         success = True
+        end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
     except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
         if not trainer.interrupted:
             raise
-        sys.exit(EXIT_SIGTERM if isinstance(stop, SIGTERMException) else EXIT_SIGINT)
+        if not isinstance(stop, SIGTERMException):
+            sys.exit(EXIT_SIGINT)  # a Ctrl-C not agreed on: Lightning has killed the other ranks
+        code = coordinated_stop.exit_code()  # every rank stopped after the same step, saved, and exits
+        others = end_child_ranks(trainer, CHILD_EXIT_WAIT_S)
+        if any(other != code for other in others):
+            print(f"error: the other ranks exited with {others}, not {code}", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code)
+    except BaseException:
+        end_child_ranks(trainer, 0)  # they may wait for this rank in a collective that never ends
+        raise
     finally:
         for logger in loggers:
             if isinstance(logger, RunWandbLogger):

@@ -1,9 +1,16 @@
 """Each private Lightning name in src/lightning_compat.py still exists and still does its job."""
 
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
+from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -11,8 +18,12 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from src.lightning_compat import (
     AppendingExperimentWriter,
     LightningChanged,
+    child_ranks,
+    delay_kill_on_child_failure,
     mark_step_saved,
+    note_sigterm_only,
     set_logging_step,
+    stop_after_this_batch,
     wandb_init_args,
     wandb_run,
 )
@@ -73,3 +84,45 @@ def test_wandb_init_args_and_run_are_readable_before_a_run_starts(tmp_path):
     init = wandb_init_args(logger)
     assert (init["mode"], init["id"], init["dir"]) == ("offline", "abc12345", str(tmp_path))
     assert wandb_run(logger) is None
+
+
+def test_sigterm_only_calls_the_handler_and_the_loop_no_longer_broadcasts_per_batch():
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    received = []
+    note_sigterm_only(trainer, received.append)
+    connector = trainer._signal_connector
+    connector.register_signal_handlers()  # what fit does: looks the handler up now
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        connector.teardown()
+    assert received == [signal.SIGTERM] and not trainer.received_sigterm  # no stop until agreed
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor()  # a no-op now: no collective, no read
+    stop_after_this_batch(trainer)
+    assert trainer.received_sigterm  # what Lightning's loop checks after each batch
+
+
+def test_child_ranks_are_the_processes_lightnings_own_launcher_started():
+    trainer = L.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False)
+    launcher = trainer.strategy.launcher
+    assert child_ranks(trainer) == [] and launcher.procs == []
+    launcher.procs.append("rank 1")  # filled by launch(); child_ranks reads this very list
+    assert child_ranks(trainer) == ["rank 1"]
+    assert child_ranks(L.Trainer(accelerator="cpu", logger=False)) == []
+
+
+def test_a_failed_child_kills_every_rank_only_after_the_grace(monkeypatch):
+    events = []
+
+    class Observer(_ChildProcessObserver):
+        def _terminate_all(self) -> None:  # Lightning's SIGKILLs every rank and this process
+            events.append("kill")
+
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    failed.wait()
+    observer = Observer(main_pid=os.getpid(), child_processes=[failed])
+    monkeypatch.setattr(threading, "enumerate", lambda: [observer])
+    monkeypatch.setattr(time, "sleep", lambda seconds: events.append(f"sleep {seconds}"))
+    delay_kill_on_child_failure(30)
+    assert observer._run()  # one poll of Lightning's watcher: it sees the exit code 3
+    assert events == ["sleep 30", "kill"]

@@ -1,4 +1,11 @@
-"""Keep `last.ckpt` current: every N steps, and whenever fit ends (max_steps, Ctrl-C, SIGTERM, a crash)."""
+"""Keep `last.ckpt` current: every N steps, and whenever fit ends (max_steps, Ctrl-C, SIGTERM, a crash).
+
+In a multi-process run a save is collective (barriers, the data position gathered from every
+rank), so on the way out it happens only for a stop every rank takes after the same step: an
+agreed SIGTERM or Ctrl-C (`CoordinatedStop`) or non-finite gradients, which every rank sees
+alike. After any other exception the ranks are at different places, one of them maybe gone,
+and a save would hang: `last.ckpt` keeps the last periodic save.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,12 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from src.training.nonfinite import TrainingDiverged
+
+# Exceptions every rank raises after the same step, so that a collective save is safe.
+AGREED_STOPS = (SIGTERMException, TrainingDiverged)
 
 
 class LastCheckpoint(L.Callback):
@@ -49,5 +62,11 @@ class LastCheckpoint(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if self._started:
-            self._save(trainer, f"stopped by {type(exception).__name__}")
+        if not self._started:
+            return
+        reason = f"stopped by {type(exception).__name__}"
+        if trainer.world_size == 1 or isinstance(exception, AGREED_STOPS):
+            self._save(trainer, reason)
+        else:
+            held = f"holds step {self._saved_step}" if self._saved_step >= 0 else "was not written yet"
+            rank_zero_info(f"{reason}: not saved, a save needs every rank; {self.path} {held}")
