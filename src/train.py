@@ -29,6 +29,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
+from src.callbacks.last_checkpoint import AGREED_STOPS
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
@@ -186,8 +187,10 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
             print(f"error: the other ranks exited with {others}, not {code}", file=sys.stderr)
             sys.exit(1)
         sys.exit(code)
-    except BaseException:
-        end_child_ranks(trainer, 0)  # they may wait for this rank in a collective that never ends
+    except BaseException as err:
+        # Ranks that stopped together (non-finite gradients) exit by themselves; others may wait
+        # for this rank in a collective that never ends.
+        end_child_ranks(trainer, CHILD_EXIT_WAIT_S if isinstance(err, AGREED_STOPS) else 0)
         raise
     finally:
         for logger in loggers:
