@@ -1,8 +1,9 @@
 """trainer=fsdp (FSDP2) on 2 CPU processes (gloo) against one process with the global batch.
 
 One reference run (1 process, batch 8, 4 steps) and three sharded runs (2 processes, batch 4
-each): 2 steps, their continuation to 4, and 4 straight; then the step-2 checkpoint continued
-by 1 process with batch 8. All in fp32 with the default CPU kernels and a weight decay of 1.0,
+each): 2 steps, their continuation to 4, and 4 straight with activation checkpointing; then
+the step-2 checkpoint continued by 1 process accumulating 2 batches of 4. All in fp32 with
+the default CPU kernels (so they work sharded) and a weight decay of 1.0,
 so a decay missing on either side would move the weights by about lr x decay = 0.1-0.3% per
 step, far outside the tolerance (rtol 1e-4, atol 1e-5: sharding changes only the order of
 the gradient sums). The loss is that of the global batch on every side.
@@ -50,12 +51,16 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     step2 = split / "run" / "checkpoints" / "step_0000002.ckpt"
     last = split / "run" / "checkpoints" / "last.ckpt"
     train_cli(*fast_overrides(split, text, *FSDP, *COMMON, "trainer.max_steps=4", f"ckpt_path={last}"))
-    train_cli(*fast_overrides(straight, text, *FSDP, *COMMON, "trainer.max_steps=4"))
+    train_cli(
+        *fast_overrides(
+            straight, text, *FSDP, *COMMON, "trainer.max_steps=4", "activation_checkpointing=true"
+        )
+    )
     # The step-2 checkpoint continued by one process with the same global batch.
     train_cli(
         *fast_overrides(shrunk, text, *FSDP, *COMMON, "trainer.max_steps=4", f"ckpt_path={step2}"),
         "trainer.devices=1",
-        "data.batch_size=8",
+        "trainer.accumulate_grad_batches=2",
     )
     return SimpleNamespace(
         tmp=tmp, one=one / "run", split=split / "run", straight=straight / "run", shrunk=shrunk / "run"
@@ -81,7 +86,8 @@ def test_sharded_losses_and_weights_equal_one_process_with_the_global_batch(runs
 
 @pytest.mark.slow
 def test_a_sharded_continuation_is_exact_at_the_same_and_at_another_world_size(runs):
-    """2 + 2 steps at 2 processes equal 4 straight bit for bit; 2 at 2 + 2 at 1 matches one process."""
+    """2 + 2 steps at 2 processes equal 4 straight (recomputing activations) bit for bit; 2 steps at
+    2 processes + 2 at 1 match one process."""
     split, straight = final_weights(runs.split), final_weights(runs.straight)
     for key, value in straight.items():
         assert torch.equal(split[key], value), key
