@@ -83,12 +83,12 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
 
     `weights=False` may leave out `state_dict` (a sharded folder's tensors are then not read).
     """
-    if path.is_dir():
-        if not is_sharded(path):
-            raise UserError(f"{path}: a folder without {SHARDED_CHECKPOINT_METADATA}, not a checkpoint")
+    if is_sharded(path):
         checkpoint = _read_sharded(path, weights)
     elif path.is_file():
         checkpoint = _load(path, mmap=True)  # mmap: weights are only read when used
+    elif path.is_dir():
+        raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_CHECKPOINT_METADATA})")
     else:
         raise UserError(f"{path}: checkpoint not found")
     if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint:
