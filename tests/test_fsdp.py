@@ -34,6 +34,7 @@ COMMON = (
     "callbacks.text_samples.every_n_steps=2",
 )
 FSDP = ("trainer=fsdp", "trainer.devices=2", "data.batch_size=4")
+NAMES = ("one", "split", "straight", "shrunk", "bf16")
 
 
 def train_cli(*overrides: str) -> None:
@@ -45,7 +46,7 @@ def train_cli(*overrides: str) -> None:
 def runs(tmp_path_factory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("fsdp")
     text = write_text(tmp / "input.txt")
-    one, split, straight, shrunk = (tmp / name for name in ("one", "split", "straight", "shrunk"))
+    one, split, straight, shrunk, bf16 = (tmp / name for name in NAMES)
     run_training(fast_overrides(one, text, "trainer.max_steps=4", "data.batch_size=8", *COMMON))
     train_cli(*fast_overrides(split, text, *FSDP, *COMMON, "trainer.max_steps=2"))
     step2 = split / "run" / "checkpoints" / "step_0000002.ckpt"
@@ -62,9 +63,13 @@ def runs(tmp_path_factory) -> SimpleNamespace:
         "trainer.devices=1",
         "trainer.accumulate_grad_batches=2",
     )
-    return SimpleNamespace(
-        tmp=tmp, one=one / "run", split=split / "run", straight=straight / "run", shrunk=shrunk / "run"
+    # bf16-mixed, as precision=auto trains on bf16 hardware; no validation first, so the step-0
+    # samples come from a model whose weights were never gathered yet.
+    train_cli(
+        *fast_overrides(bf16, text, *FSDP, *COMMON, "trainer.max_steps=2", "val_at_start=false"),
+        "precision=bf16-mixed",
     )
+    return SimpleNamespace(tmp=tmp, **{name: tmp / name / "run" for name in NAMES})
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -103,6 +108,19 @@ def test_every_rank_samples_and_rank_zero_writes_the_text_of_one_process(runs):
 
     assert [row["step"] for row in rows(runs.split)] == [0, 0, 2, 2, 4, 4]
     assert rows(runs.split) == rows(runs.one)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_computes_in_bf16_and_keeps_fp32_weights(runs):
+    """The FSDP2 policy gathers bf16 weights (no autocast on top); the sharded ones stay fp32."""
+    expected = list(logged(runs.one, "train/loss").values())[:2]
+    assert list(logged(runs.bf16, "train/loss").values()) == pytest.approx(expected, rel=2e-2)
+    weights = final_weights(runs.bf16)
+    assert {value.dtype for value in weights.values()} == {torch.float32}
+    reference = final_weights(runs.one)
+    assert any(not torch.equal(weights[key], value) for key, value in reference.items())  # bf16 compute
+    samples = (runs.bf16 / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in samples] == [0, 0, 2, 2]
 
 
 @pytest.mark.slow

@@ -68,7 +68,12 @@ class TextSamples(L.Callback):
         was_training = model.training
         model.eval()
         if sharded:
-            model.unshard()  # the root's weights (embedding = head), whole and in the compute dtype
+            # Gather every module's weights here, outside generate's inference mode, where FSDP2
+            # cannot make a module's first gather (its reusable buffers would be inference tensors).
+            # The root (embedding = head) then also stays whole, in the dtype the KV cache takes.
+            for module in model.modules():
+                if isinstance(module, FSDPModule):
+                    module.unshard()
         rows = []
         try:
             for prompt in self.prompts:
