@@ -21,6 +21,7 @@ import torch
 
 from src.errors import UserError
 from src.export import export_checkpoint
+from src.serving import load_pretrained
 from src.training import checkpoint as ckpt
 from src.training.fsdp_strategy import point_link_at
 from tests.helpers import run_cli
@@ -130,10 +131,10 @@ def test_a_sharded_checkpoint_exports_to_transformers_with_the_same_logits(runs)
     last = runs.split / "checkpoints" / "last.ckpt"
     export_checkpoint(last, runs.tmp / "hf")
     hf = LlamaForCausalLM.from_pretrained(runs.tmp / "hf", local_files_only=True).eval()
-    model, _ = ckpt.model_from_checkpoint(ckpt.read_checkpoint(last))
+    model = load_pretrained(last)  # what src.generate and src.app load
     x = torch.randint(0, model.config.vocab_size, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(hf(x).logits, model.eval()(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -39,9 +39,6 @@ class ShardedMixedPrecision(Precision):
 class FSDP2Strategy(ModelParallelStrategy):
     """Fully sharded data parallel (FSDP2) over all `devices x num_nodes` processes."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(save_distributed_checkpoint=True, **kwargs)
-
     def setup_environment(self) -> None:
         precision = self.precision_plugin.precision
         if precision not in PRECISIONS:
