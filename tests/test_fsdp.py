@@ -161,3 +161,24 @@ def test_a_new_checkpoint_folder_replaces_the_old_in_one_rename_and_a_killed_one
     point_link_at(link, new)
     assert link.is_symlink() and link.resolve() == new.resolve()
     assert sorted(p.name for p in tmp_path.iterdir()) == [new.name, "last.ckpt"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sharded_training_on_one_gpu_continues_and_exports(tmp_path):
+    """NCCL, bf16-mixed and fused AdamW on DTensors: paths the CPU runs above do not take."""
+    from transformers import LlamaForCausalLM
+
+    text = write_text(tmp_path / "input.txt")
+    gpu = ("trainer=fsdp", "trainer.accelerator=gpu", "trainer.devices=1", "precision=bf16-mixed", *COMMON)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    train_cli(*fast_overrides(tmp_path, text, "trainer.max_steps=2"), *gpu)
+    train_cli(*fast_overrides(tmp_path, text, "trainer.max_steps=4", f"ckpt_path={last}"), *gpu)
+    assert len(logged(tmp_path / "run", "train/loss")) == 4
+    assert ckpt.read_checkpoint(last, weights=False)["global_step"] == 4
+    export_checkpoint(last, tmp_path / "hf")
+    hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
+    model = load_pretrained(last)
+    x = torch.randint(0, model.config.vocab_size, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, model(x), rtol=1e-5, atol=1e-5)
