@@ -1,6 +1,9 @@
 """Export a training checkpoint as a Hugging Face folder that `from_pretrained` loads offline.
 
 python -m src.export ckpt_path=<run>/checkpoints/last.ckpt out_dir=<dir>
+
+A sharded checkpoint (trainer=fsdp: `last.ckpt` is a folder) exports the same way, in one
+process: its shards are gathered on the CPU.
 """
 
 from __future__ import annotations

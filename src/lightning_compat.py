@@ -17,10 +17,12 @@ from typing import Any
 
 import lightning
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning.fabric.utilities import load as fabric_load
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
 WRITTEN_FOR = "lightning 2.6"
@@ -56,6 +58,21 @@ def mark_step_saved(callback: ModelCheckpoint, step: int) -> None:
     """Tell a ModelCheckpoint that `step` is already on disk (a resumed run's first step)."""
     _private(callback, "_last_global_step_saved")
     callback._last_global_step_saved = step
+
+
+def set_mesh_sizes(strategy: ModelParallelStrategy, data_parallel: int, tensor_parallel: int) -> None:
+    """The device mesh a ModelParallelStrategy builds in `setup_environment`.
+
+    Its `"auto"` data-parallel size is the number of nodes, and the sizes are fixed at
+    construction, before the number of processes is known.
+    """
+    _private(strategy, "_data_parallel_size")
+    _private(strategy, "_tensor_parallel_size")
+    strategy._data_parallel_size, strategy._tensor_parallel_size = data_parallel, tensor_parallel
+
+
+# The file in a sharded checkpoint's folder that holds everything but the tensors.
+SHARDED_CHECKPOINT_METADATA: str = _private(fabric_load, "_METADATA_FILENAME")
 
 
 class AppendingExperimentWriter(ExperimentWriter):

@@ -101,7 +101,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Build everything from `cfg` and fit; returns the final logged metrics."""
     checkpoint = None
     if cfg.ckpt_path:
-        checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path))
+        checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
         overrides = replay_overrides(ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, [])), overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps

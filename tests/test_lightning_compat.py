@@ -14,6 +14,7 @@ from lightning.fabric.strategies.launchers.subprocess_script import _ChildProces
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from src.lightning_compat import (
     AppendingExperimentWriter,
@@ -23,6 +24,7 @@ from src.lightning_compat import (
     mark_step_saved,
     note_sigterm_only,
     set_logging_step,
+    set_mesh_sizes,
     stop_after_this_batch,
     wandb_init_args,
     wandb_run,
@@ -50,6 +52,14 @@ def test_mark_step_saved_sets_the_step_model_checkpoint_compares_against(tmp_pat
     trainer = SimpleNamespace(global_step=10, fast_dev_run=False, sanity_checking=False)
     trainer.state = SimpleNamespace(fn="fit")
     assert callback._should_skip_saving_checkpoint(trainer)  # Lightning's own check now skips step 10
+
+
+def test_mesh_sizes_replace_lightnings_auto_which_is_the_node_count():
+    strategy = ModelParallelStrategy()
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == ("auto", "auto")
+    set_mesh_sizes(strategy, data_parallel=4, tensor_parallel=1)
+    # What setup_environment passes to _setup_device_mesh (tests/test_fsdp.py runs it on 2 processes).
+    assert (strategy._data_parallel_size, strategy._tensor_parallel_size) == (4, 1)
 
 
 def write_metrics(path):

@@ -233,8 +233,8 @@ def test_smollm2_135m_recipe_starts_on_cpu_and_steps(tmp_path, text, caplog):
     recipe = "experiment=smollm2_135m (default for model=smollm2_135m)"
     assert f"recipe: {recipe}" in caplog.messages
     assert (
-        "global batch: 64 tokens per optimizer step = 1 sequences x 32 tokens x 2 micro-batches x 1 process(es)"
-        in caplog.messages
+        "global batch: 64 tokens per optimizer step = "
+        "1 sequences x 32 tokens x 2 micro-batches x 1 process(es)" in caplog.messages
     )
     assert OmegaConf.load(tmp_path / "run" / "csv" / "hparams.yaml").recipe == recipe
 

@@ -26,10 +26,11 @@ class LastCheckpoint(L.Callback):
 
     The state saved is that of the last completed optimizer step; a half-accumulated step
     is redone after the resume, because the data position follows the optimizer step.
-    Files are written atomically by `AtomicCheckpointIO`, so a kill leaves the previous
-    `last.ckpt` whole. An exception before training starts (bad data, a failed restore)
-    saves nothing: the trainer then holds an untrained model, and on a continuation
-    `last.ckpt` is the very file the run was asked to continue from.
+    Files are written atomically by `AtomicCheckpointIO`, and sharded folders (trainer=fsdp)
+    by `FSDP2Strategy`, so a kill leaves the previous `last.ckpt` whole. An exception before
+    training starts (bad data, a failed restore) saves nothing: the trainer then holds an
+    untrained model, and on a continuation `last.ckpt` is the very file the run was asked to
+    continue from.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 0, filename: str = "last.ckpt") -> None:

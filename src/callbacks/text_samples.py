@@ -7,7 +7,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.fsdp import FSDPModule
 
 from src.data.tokenizer import load_tokenizer
 from src.models.generation import generate_tokens
@@ -19,6 +20,10 @@ class TextSamples(L.Callback):
     Each sample is appended to `<run>/samples.jsonl` as {step, prompt, completion} and
     handed to every logger that has a `log_text_samples` method. The tokenizer is the
     module's own (`tokenizer_name`, the one its checkpoints record).
+
+    Rank 0 samples alone, except from a sharded model (trainer=fsdp): each forward gathers
+    weights from every rank, so every rank runs the same generation with the same seed,
+    and only rank 0 writes and logs.
     """
 
     def __init__(
@@ -53,15 +58,22 @@ class TextSamples(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.sample(trainer, pl_module)
 
-    @rank_zero_only
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = trainer.global_step
-        if step == self._last_step or not self.prompts:
+        step, model = trainer.global_step, pl_module.model
+        sharded = isinstance(model, FSDPModule)
+        if step == self._last_step or not self.prompts or not (sharded or trainer.is_global_zero):
             return
         self._last_step = step
-        tokenizer, model = load_tokenizer(pl_module.tokenizer_name), pl_module.model
+        tokenizer = load_tokenizer(pl_module.tokenizer_name)
         was_training = model.training
         model.eval()
+        if sharded:
+            # Gather every module's weights here, outside generate's inference mode, where FSDP2
+            # cannot make a module's first gather (its reusable buffers would be inference tensors).
+            # The root (embedding = head) then also stays whole, in the dtype the KV cache takes.
+            for module in model.modules():
+                if isinstance(module, FSDPModule):
+                    module.unshard()
         rows = []
         try:
             for prompt in self.prompts:
@@ -79,6 +91,8 @@ class TextSamples(L.Callback):
                 rows.append({"step": step, "prompt": prompt, "completion": completion})
         finally:
             model.train(was_training)
+        if not trainer.is_global_zero:
+            return
         self.out_file.parent.mkdir(parents=True, exist_ok=True)
         with self.out_file.open("a") as f:
             for row in rows:

@@ -89,12 +89,13 @@ def ready_for_inference(model: SmolLM2, device: torch.device | str, dtype: torch
 def load_pretrained(
     path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> SmolLM2:
-    """Our model ready for inference, from a Hugging Face SmolLM2/Llama folder or one of our `.ckpt` files."""
+    """Our model ready for inference, from a Hugging Face SmolLM2/Llama folder or one of our
+    checkpoints (a `.ckpt` file, or a sharded `.ckpt` folder of trainer=fsdp)."""
     path = Path(path)
-    if path.is_dir():
-        model = load_hf_model(path)
-    elif path.is_file():
+    if path.is_file() or ckpt.is_sharded(path):
         model, _ = ckpt.model_from_checkpoint(ckpt.read_checkpoint(path))
+    elif path.is_dir():
+        model = load_hf_model(path)
     else:
         raise UserError(f"{path}: no such file or folder (give a Hugging Face model folder or a .ckpt)")
     return ready_for_inference(model, device, dtype)

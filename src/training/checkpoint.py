@@ -4,6 +4,10 @@ A checkpoint is Lightning's (weights under `state_dict`, optimizer, loops, callb
 position) plus the run facts below, which let a file be used on its own: rebuild the
 model, detokenize, continue the same W&B run, LR schedule and config. Files are written
 atomically: a temporary file in the same folder, fsync, rename.
+
+Under trainer=fsdp a checkpoint is a folder instead (Lightning's sharded format): each
+rank's shards in torch.distributed.checkpoint files, everything else in one small file
+(`meta.pt`). The readers here take either, and gather a sharded model's weights whole.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import pickle
 import signal
 import threading
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from src.errors import UserError
+from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 
@@ -65,17 +73,63 @@ def migrate_overrides(overrides: list[str]) -> list[str]:
     return migrated
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with a one-line error for a missing, truncated or foreign file."""
-    if not path.is_file():
+def is_sharded(path: Path) -> bool:
+    """Whether `path` is a sharded checkpoint's folder (trainer=fsdp) rather than a file."""
+    return path.is_dir() and (path / SHARDED_CHECKPOINT_METADATA).is_file()
+
+
+def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
+    """A `.ckpt` file or sharded folder, with a one-line error for a missing, truncated or foreign one.
+
+    `weights=False` may leave out `state_dict` (a sharded folder's tensors are then not read).
+    """
+    if is_sharded(path):
+        checkpoint = _read_sharded(path, weights)
+    elif path.is_file():
+        checkpoint = _load(path, mmap=True)  # mmap: weights are only read when used
+    elif path.is_dir():
+        raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_CHECKPOINT_METADATA})")
+    else:
         raise UserError(f"{path}: checkpoint not found")
+    if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint:
+        raise UserError(f"{path}: not a checkpoint written by src.train (no model config)")
+    if weights and "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not a checkpoint written by src.train (no state_dict)")
+    return checkpoint
+
+
+def _load(path: Path, **kwargs: Any) -> Any:
     try:
         # Our own checkpoints hold plain Python objects next to tensors (loop and data state).
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
         raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({err})") from None
-    if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint or "state_dict" not in checkpoint:
-        raise UserError(f"{path}: not a checkpoint written by src.train (no model config or state_dict)")
+
+
+def _read_sharded(path: Path, weights: bool) -> dict[str, Any]:
+    """A sharded folder's metadata, plus with `weights` its `state_dict` gathered whole on the CPU.
+
+    Only the model's tensors are read (not the optimizer's), in this one process.
+    """
+    checkpoint = _load(path / SHARDED_CHECKPOINT_METADATA)
+    if not weights:
+        return checkpoint
+    try:
+        reader = dcp.FileSystemReader(path)
+        stored = reader.read_metadata().state_dict_metadata
+        state = {
+            key.removeprefix("state_dict."): torch.empty(meta.size, dtype=meta.properties.dtype)
+            for key, meta in stored.items()
+            if key.startswith("state_dict.") and isinstance(meta, TensorStorageMetadata)
+        }
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"state_dict": state}, storage_reader=reader, no_dist=True)
+    except (dcp.CheckpointException, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        if isinstance(err, dcp.CheckpointException):  # one per rank that failed, here the one process
+            err = next(iter(err.failures.values()))[0]
+        raise UserError(f"{path}: not a readable sharded checkpoint, it may be truncated ({err})") from None
+    checkpoint["state_dict"] = state
     return checkpoint
 
 

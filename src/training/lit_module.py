@@ -9,7 +9,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from src.kernels import apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
@@ -19,7 +20,7 @@ from src.models.smollm2 import SmolLM2
 from src.training import checkpoint as ckpt
 from src.training.lr_schedule import LRSchedule
 from src.training.nonfinite import NonfiniteGuard
-from src.training.parallelize import apply_activation_checkpointing, apply_compile
+from src.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
 
 
 class SmolLM2LitModule(L.LightningModule):
@@ -51,6 +52,8 @@ class SmolLM2LitModule(L.LightningModule):
         self.model = apply_cpu_kernels(SmolLM2(model_config), kernels)
         if activation_checkpointing:
             apply_activation_checkpointing(self.model)
+        # Decided here, on the whole model: a sharded run's optimizer sees the same names.
+        self.no_decay = {name for name, p in self.named_parameters() if p.dim() < 2}  # norms
         self.optimizer_factory, self.schedule = optimizer, schedule
         self.peak_lr = float(optimizer.keywords["lr"])
         self.nonfinite = nonfinite
@@ -68,12 +71,21 @@ class SmolLM2LitModule(L.LightningModule):
         self._val_count = 0
 
     def configure_model(self) -> None:
-        # Lightning calls this for every fit or validate: compiling again only recompiles.
+        """Compile, then under trainer=fsdp shard (Lightning then sets `device_mesh`).
+
+        Lightning calls this for every fit or validate: compiling again only recompiles, and
+        a sharded model stays as it is.
+        """
+        if isinstance(self.model, FSDPModule):
+            return
         if self.compile_model:
             apply_compile(self.model)  # in place: the checkpoint keys stay those of the plain model
             # The loss's softmax, gather, scatter and cast fuse into one pass per chunk, a
             # large share of the loss's time on a 49,152-wide head (benchmarks/README.md).
             self.cross_entropy = torch.compile(lm_cross_entropy)
+        if self.device_mesh is not None:
+            param_dtype = torch.bfloat16 if self.trainer.precision == "bf16-mixed" else None
+            apply_fsdp(self.model, self.device_mesh["data_parallel"], param_dtype)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
@@ -100,14 +112,13 @@ class SmolLM2LitModule(L.LightningModule):
         fp16's GradScaler finds and skips overflowing steps itself, so the guard stands aside
         there; Lightning leaves unscaling to fused AdamW's step, so it is done here, before clipping.
         """
-        if isinstance(self.trainer.strategy, FSDPStrategy):
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             scaler.unscale_(optimizer)
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         self._grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if isinstance(self._grad_norm, DTensor):  # trainer=fsdp: the norm over every rank's shards
+            self._grad_norm = self._grad_norm.full_tensor()
         if scaler is None:
             self.guard.check(self._grad_norm, optimizer, self.trainer.global_step)
 
@@ -160,14 +171,14 @@ class SmolLM2LitModule(L.LightningModule):
         self._val_sum, self._val_count = None, 0
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW with weight decay on 2-D weights only (not norms).
+        """AdamW with weight decay on matrices only (not norms), groups named before sharding.
 
         Fused on every device: its `found_inf` skips a non-finite step exactly, on the device.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.dim() >= 2]},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for name, p in params if name not in self.no_decay]},
+            {"params": [p for name, p in params if name in self.no_decay], "weight_decay": 0.0},
         ]
         return self.optimizer_factory(groups, fused=True)
 

@@ -1,8 +1,8 @@
 """Training-time transformations of a built model, applied from outside it as torchtitan does.
 
-Both work in place, block by block, so the module tree and the state-dict keys stay
-those of the plain model: a checkpoint written with either loads into a plain model,
-and a run can resume with them switched on or off.
+All work in place, block by block, so the module tree and the state-dict keys stay those of
+the plain model: a checkpoint written with any of them loads into a plain model, and a run
+can resume with them switched on or off. Order: activation checkpointing, compile, FSDP2.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.utils.checkpoint import checkpoint
 
 from src.models.kv_cache import LayerKVCache
@@ -54,3 +56,24 @@ def apply_activation_checkpointing(model: SmolLM2) -> None:
     """
     for block in model.blocks:
         block.forward = functools.partial(_checkpointed, block.forward)
+
+
+def apply_fsdp(model: SmolLM2, mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> None:
+    """Shard each block, then the rest (embedding = tied head, final norm) as the root, with FSDP2.
+
+    `param_dtype` (bf16 for bf16-mixed) is the dtype the gathered weights compute in, while the
+    sharded fp32 weights are what the optimizer updates and gradients are reduced in fp32.
+    Training calls `hidden_states` and then reads `lm_head.weight` in the loss, outside any
+    forward: `hidden_states` is registered as a forward method, and the root keeps its
+    gathered weights after forward, so the tied head is whole in the loss and its gradient
+    reaches the same reduce-scatter as the embedding's. The last block stays gathered too,
+    as backward needs it at once. A model already sharded is left as it is.
+    """
+    if isinstance(model, FSDPModule):
+        return
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    last = len(model.blocks) - 1
+    for i, block in enumerate(model.blocks):
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+    register_fsdp_forward_method(model, "hidden_states")
