@@ -24,7 +24,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -97,6 +97,16 @@ def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path
         )
 
 
+def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
+    """Only the sharding strategy reads a sharded folder (Lightning's others fail on a directory)."""
+    strategy = OmegaConf.select(trainer, "strategy._target_", default=None) or ""
+    if ckpt.is_sharded(Path(ckpt_path)) and not strategy.endswith(".FSDP2Strategy"):
+        raise UserError(
+            f"{ckpt_path} is a sharded checkpoint (trainer=fsdp); continue it with trainer=fsdp, "
+            "on any number of devices, or python -m src.export it for other uses"
+        )
+
+
 def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Build everything from `cfg` and fit; returns the final logged metrics."""
     checkpoint = None
@@ -104,6 +114,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
         overrides = replay_overrides(ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, [])), overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
+        check_strategy_reads(cfg.ckpt_path, cfg.trainer)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
         if max_steps == step:
             rank_zero_info(f"{cfg.ckpt_path} is already at step {step} = trainer.max_steps: nothing to do")
@@ -127,6 +138,11 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         schedule_cfg["total_steps"] = saved.get("total_steps", cfg.trainer.max_steps)
     schedule = hydra.utils.instantiate(schedule_cfg)
     assert isinstance(schedule, LRSchedule)
+    if schedule.warmup_steps > schedule.total_steps:  # a short trial run: allowed, but say so
+        rank_zero_warn(
+            f"schedule.warmup_steps={schedule.warmup_steps} exceeds the schedule's {schedule.total_steps} "
+            "steps: the LR never reaches optim.lr in them (lower schedule.warmup_steps if that is not meant)"
+        )
 
     datamodule = hydra.utils.instantiate(cfg.data)
     with open_dict(cfg):

@@ -18,6 +18,7 @@ SMALL = {
         "--steps", "3", "--warmup", "1", "--repeats", "1", "--seq-len", "16", "--batch-size", "2",
         "--dtypes", "fp32",
     ],
+    "benchmarks.optimizer_step": ["--preset", "tiny", "--warmup", "0", "--repeats", "1"],
     "benchmarks.data_pipeline": [
         "--docs", "60", "--shards", "2", "--seq-len", "64", "--batch-size", "2", "--batches", "3",
         "--workers", "0", "--train-tokens-per-s", "1000",

@@ -148,6 +148,17 @@ def test_a_sharded_checkpoint_missing_a_shard_is_a_one_line_error(runs, tmp_path
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
+def test_a_sharded_checkpoint_under_another_strategy_is_a_one_line_error(runs, tmp_path):
+    last = runs.split / "checkpoints" / "last.ckpt"
+    result = run_cli("src.train", f"ckpt_path={last}", "trainer=ddp", "trainer.max_steps=6")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {last} is a sharded checkpoint (trainer=fsdp); continue it with trainer=fsdp, "
+        "on any number of devices, or python -m src.export it for other uses"
+    ]
+
+
 def test_a_new_checkpoint_folder_replaces_the_old_in_one_rename_and_a_killed_ones_leftovers_go(tmp_path):
     link = tmp_path / "last.ckpt"
     old, killed, new = (tmp_path / f".last.ckpt-{n}" for n in (1, 2, 3))

@@ -31,8 +31,14 @@ def test_schedule_depends_on_its_own_horizon_not_on_how_long_a_run_is():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(kind="step"), dict(warmup_steps=200, total_steps=100), dict(min_lr_ratio=2.0)]
+    "kwargs", [dict(kind="step"), dict(warmup_steps=-1), dict(total_steps=0), dict(min_lr_ratio=2.0)]
 )
 def test_bad_schedules_are_rejected(kwargs):
     with pytest.raises(UserError):
         LRSchedule(**kwargs)
+
+
+def test_a_horizon_shorter_than_the_warmup_stays_in_warmup():
+    """A 4-step trial of a recipe with 100 warmup steps trains, at the warmup's LR."""
+    schedule = LRSchedule(warmup_steps=100, total_steps=4)
+    assert [schedule(s) for s in range(6)] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05, 0.06])

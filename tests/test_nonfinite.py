@@ -46,6 +46,33 @@ def test_a_non_finite_norm_makes_fused_adamw_skip_the_step_exactly():
     assert optimizer.state[weight]["step"].item() == 2 and guard.total() == 1
 
 
+def test_the_skip_is_exact_on_sharded_parameters_too(tmp_path):
+    """trainer=fsdp: fused AdamW over DTensor shards honours `found_inf` (a 1-process gloo mesh)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+        fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+        guard = NonfiniteGuard("skip")
+        for step, scale in enumerate([1.0, float("nan"), 1.0]):
+            before = [p.full_tensor().clone() for p in model.parameters()]
+            model(torch.randn(2, 4)).sum().mul(scale).backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).full_tensor()
+            guard.check(norm, optimizer, step)
+            optimizer.step()
+            optimizer.zero_grad()
+            after = [p.full_tensor() for p in model.parameters()]
+            assert all(map(torch.equal, before, after)) == (step == 1)
+            assert all(torch.isfinite(p).all() for p in after)
+        assert guard.total() == 1
+    finally:
+        dist.destroy_process_group()
+
+
 def test_stop_names_the_step_at_the_next_log_step_and_saves_clean_weights(tmp_path, poison):
     poison.add(5)  # step 6; the log steps are 4 and 8
     overrides = fast_overrides(

@@ -32,10 +32,10 @@ class LRSchedule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UserError(f"schedule.kind={self.kind!r} is unknown; choose one of {list(KINDS)}")
-        if self.warmup_steps < 0 or self.total_steps <= 0 or self.warmup_steps > self.total_steps:
+        if self.warmup_steps < 0 or self.total_steps <= 0:
             raise UserError(
-                f"schedule needs 0 <= warmup_steps ({self.warmup_steps}) <= "
-                f"total_steps ({self.total_steps}); lower schedule.warmup_steps"
+                f"schedule needs warmup_steps >= 0 ({self.warmup_steps}) and total_steps > 0 "
+                f"({self.total_steps}); fix schedule.warmup_steps or schedule.total_steps"
             )
         if not 0 <= self.min_lr_ratio <= 1 or not 0 <= self.decay_fraction <= 1:
             raise UserError("schedule.min_lr_ratio and decay_fraction must be in [0, 1]")
