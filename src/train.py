@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -31,6 +32,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
 from src.callbacks.last_checkpoint import AGREED_STOPS
 from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+from src.kernels.probes import Workload
+from src.kernels.selection import choose_kernels, kept, summary
+from src.models.config import SmolLM2Config
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
@@ -52,6 +56,17 @@ def run_dir_of(ckpt_path: str | None, default: str) -> str:
         if path.parent.name == "checkpoints":
             return str(path.parent.parent)
     return default
+
+
+def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config) -> list[str]:
+    """The candidate `kernels` this run keeps (`kernels_policy`; src/kernels/selection.py),
+    printed in one line. Each rank decides alone; the first writes the timings the others read."""
+    dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
+    workload = Workload(model_config, cfg.data.batch_size, cfg.data.seq_len, dtype, training=True)
+    on_cpu = not uses_cuda(cfg.trainer.accelerator)
+    decisions = choose_kernels(list(cfg.kernels), workload, cfg.kernels_policy, on_cpu=on_cpu)
+    rank_zero_info(summary(decisions, workload))
+    return kept(decisions)
 
 
 def hydra_subdir(ckpt_path: str | None) -> str:
@@ -160,7 +175,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         tokenizer=cfg.data.tokenizer,
         compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing,
-        kernels=list(cfg.kernels),
+        kernels=cpu_kernels(cfg, model_config),
         wandb_run_id=run_id,
         cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
         nonfinite=cfg.nonfinite,

@@ -14,6 +14,13 @@ SHAKESPEARE = Path(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_timings_cache(tmp_path_factory) -> None:
+    """Kernel timings of the test runs (and their subprocesses) go to a temporary folder, not
+    the user's cache."""
+    os.environ["SMOLLM2_CACHE_DIR"] = str(tmp_path_factory.mktemp("smollm2_cache"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

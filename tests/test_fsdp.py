@@ -3,7 +3,7 @@
 One reference run (1 process, batch 8, 4 steps) and three sharded runs (2 processes, batch 4
 each): 2 steps, their continuation to 4, and 4 straight with activation checkpointing; then
 the step-2 checkpoint continued by 1 process accumulating 2 batches of 4. All in fp32 with
-the default CPU kernels (so they work sharded) and a weight decay of 1.0,
+every CPU kernel (kernels_policy=always, so they are shown to work sharded) and a weight decay of 1.0,
 so a decay missing on either side would move the weights by about lr x decay = 0.1-0.3% per
 step, far outside the tolerance (rtol 1e-4, atol 1e-5: sharding changes only the order of
 the gradient sums). The loss is that of the global batch on every side.
@@ -33,6 +33,7 @@ COMMON = (
     "checkpoint_every=2",
     "optim.weight_decay=1.0",
     "callbacks.text_samples.every_n_steps=2",
+    "kernels_policy=always",
 )
 FSDP = ("trainer=fsdp", "trainer.devices=2", "data.batch_size=4")
 NAMES = ("one", "split", "straight", "shrunk", "bf16")

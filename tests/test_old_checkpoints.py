@@ -39,6 +39,7 @@ def test_checkpoint_from_before_the_layout_move_continues_to_the_weights_its_own
             f"paths.data_dir={tmp_path / 'data'}",
             f"paths.output_dir={tmp_path / 'run'}",
             "callbacks.progress_bar.refresh_rate=0",
+            "kernels_policy=always",  # the kernels its run trained with, whatever this CPU prefers
         ]
     )
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

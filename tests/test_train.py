@@ -267,7 +267,7 @@ def test_tensorboard_logger_writes_events(tmp_path, text):
 
 def test_plain_pytorch_trains_the_losses_of_the_default_kernels(tmp_path, text):
     """`kernels=[]` swaps nothing into the model; in fp32 the run is the same within rounding."""
-    run_training(fast_overrides(tmp_path / "kernels", text, "trainer.max_steps=5"))
+    run_training(fast_overrides(tmp_path / "kernels", text, "trainer.max_steps=5", "kernels_policy=always"))
     run_training(fast_overrides(tmp_path / "plain", text, "trainer.max_steps=5", "kernels=[]"))
     default, plain = (logged(tmp_path / name / "run", "train/loss") for name in ("kernels", "plain"))
     assert sorted(plain) == sorted(default) == list(range(5))

@@ -7,6 +7,7 @@ and in the browser.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels.probes import Workload
+from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, generate_tokens
 from src.models.generation import check_generation_fits
 from src.models.hf import load_hf_model
@@ -78,11 +81,15 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def ready_for_inference(model: SmolLM2, device: torch.device | str, dtype: torch.dtype) -> SmolLM2:
-    """`model` on `device` in `dtype`, in eval mode; on CPU with every CPU kernel (fp32
-    decoding streams each weight once per token, faster through oneDNN)."""
+    """`model` on `device` in `dtype`, in eval mode; on CPU with the CPU kernels that decode
+    faster on this machine (measured once, then cached: src/kernels/selection.py), named
+    on stderr."""
     model = model.to(device=device, dtype=dtype).eval()
     if torch.device(device).type == "cpu":
-        apply_cpu_kernels(model, KERNELS)
+        workload = Workload(model.config, batch_size=1, seq_len=1, dtype=dtype, training=False)
+        decisions = choose_kernels(KERNELS, workload)
+        print(summary(decisions, workload), file=sys.stderr)
+        apply_cpu_kernels(model, kept(decisions))
     return model
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.kernels import check_kernels
+from src.kernels.selection import check_policy
 from src.models.config import SmolLM2Config
 
 POSITIVE_INTS = (
@@ -72,6 +73,7 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     check_kernels(cfg.kernels)
+    check_policy(cfg.kernels_policy)
     model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")
     check_tokenizer_fits(cfg.data.get("tokenizer"), model_config.vocab_size)
     check_writable(Path(cfg.paths.output_dir))

@@ -1,0 +1,155 @@
+"""Each CPU kernel and the PyTorch op it replaces, run on the model's own shapes.
+
+A probe is a pair of calls that do the same work, one through the kernel and one through
+PyTorch, so that timing them says which is faster on this machine for this model. They
+are kept small (one layer, one sequence, at most `LINEAR_ROWS` rows for the matmuls) so
+that deciding costs at most a few seconds for SmolLM2-135M, but each keeps the ratios of
+the real step: one layer's seven projections plus the head's share of a layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from src.kernels.attention import BlockwiseCausalAttention
+from src.kernels.linear import OneDNNLinear
+from src.kernels.rms_norm import FusedRMSNorm
+from src.models.config import SmolLM2Config
+from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
+
+LINEAR_ROWS = 512  # tokens per probed matmul in training: already past the small-matrix regime
+NORM_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the kernels would run: the model's shapes, the compute dtype, training or decoding.
+
+    `dtype` is the autocast dtype in training (float32 without autocast) and the weights'
+    dtype in decoding; decoding runs `batch_size` rows one token at a time.
+    """
+
+    config: SmolLM2Config
+    batch_size: int
+    seq_len: int
+    dtype: torch.dtype
+    training: bool
+
+    def key(self) -> str:
+        """The shapes and dtype as a string, part of a cached timing's key."""
+        c = self.config
+        mode = f"train B{self.batch_size} T{self.seq_len}" if self.training else f"decode B{self.batch_size}"
+        model = f"C{c.hidden_size} I{c.intermediate_size} H{c.num_heads} K{c.num_kv_heads}"
+        model += f" L{c.num_layers} V{c.vocab_size}"
+        return f"{mode} {model} {str(self.dtype).removeprefix('torch.')}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The same work through the kernel (`kernel`) and through PyTorch's op (`pytorch`)."""
+
+    kernel: Callable[[], None]
+    pytorch: Callable[[], None]
+
+
+def probe(kernel: str, workload: Workload) -> Probe | str:
+    """The probe of `kernel` on `workload`, or why the kernel cannot act there (a string)."""
+    return _PROBES[kernel](workload)
+
+
+def _training_step(
+    fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], dtype: torch.dtype, params=()
+) -> Callable[[], None]:
+    """Forward and backward of `fn(*inputs)`, under bf16 autocast if `dtype` is bf16; the
+    gradients of inputs and `params` (a module's own, by default) are dropped after each
+    call, as `zero_grad(set_to_none=True)` does."""
+    params = list(fn.parameters()) if isinstance(fn, nn.Module) else list(params)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = fn(*inputs)
+        y.backward(torch.ones_like(y))
+        for t in [*inputs, *params]:
+            t.grad = None
+
+    return step
+
+
+def _attention(w: Workload) -> Probe | str:
+    if not w.training:
+        return "unused by cached decoding"
+    c = w.config
+    shape = (1, w.seq_len, c.num_heads, c.head_dim)  # one sequence, laid out as the model's q
+    q = torch.randn(shape, dtype=w.dtype).requires_grad_()
+    k = torch.randn(*shape[:2], c.num_kv_heads, c.head_dim, dtype=w.dtype).requires_grad_()
+    v = torch.randn(k.shape, dtype=w.dtype).requires_grad_()
+
+    def step(attention: nn.Module) -> Callable[[], None]:
+        # The model hands attention (B, H, T, D) views of (B, T, H, D) tensors.
+        return _training_step(lambda *qkv: attention(*(t.transpose(1, 2) for t in qkv)), [q, k, v], w.dtype)
+
+    return Probe(step(BlockwiseCausalAttention()), step(ScaledDotProductAttention()))
+
+
+def _rms_norm(w: Workload) -> Probe | str:
+    if not w.training:
+        return "acts only when gradients are wanted"
+    c = w.config
+    x = torch.randn(min(w.batch_size * w.seq_len, NORM_ROWS), c.hidden_size).requires_grad_()
+    plain = RMSNorm(c.hidden_size, c.rms_norm_eps)
+    fused = FusedRMSNorm.from_norm(plain)
+    # The plain norm's output is cast by the projections that read it: counted here as one cast.
+    return Probe(
+        _training_step(fused, [x], w.dtype),
+        _training_step(lambda x: plain(x).to(w.dtype), [x], w.dtype, params=[plain.weight]),
+    )
+
+
+def _layer_and_head_linears(c: SmolLM2Config) -> list[nn.Linear]:
+    """One layer's seven projections and a slice of the LM head of 1/num_layers its width:
+    the head's share of a layer, so the mix of shapes is that of a whole step."""
+    kv = c.num_kv_heads * c.head_dim
+    shapes = [(c.hidden_size, c.hidden_size)] * 2 + [(c.hidden_size, kv)] * 2
+    shapes += [(c.hidden_size, c.intermediate_size)] * 2 + [(c.intermediate_size, c.hidden_size)]
+    shapes.append((c.hidden_size, max(c.vocab_size // c.num_layers, 1)))
+    return [nn.Linear(i, o, bias=False) for i, o in shapes]
+
+
+def _onednn_linear(w: Workload) -> Probe | str:
+    if w.dtype != torch.float32:
+        return "acts on fp32 only"
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN"
+    plain = _layer_and_head_linears(w.config)
+    ours = [OneDNNLinear.from_linear(layer) for layer in plain]
+    rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else w.batch_size
+    inputs = {
+        n: torch.randn(rows, n).requires_grad_(w.training) for n in {layer.in_features for layer in plain}
+    }
+
+    def run(layers: list[nn.Linear]) -> Callable[[], None]:
+        steps = [_training_step(layer, [inputs[layer.in_features]], w.dtype) for layer in layers]
+
+        def call() -> None:
+            if w.training:
+                for step in steps:
+                    step()
+                return
+            with torch.inference_mode():
+                for layer in layers:
+                    layer(inputs[layer.in_features])
+
+        return call
+
+    return Probe(run(ours), run(plain))
+
+
+_PROBES: dict[str, Callable[[Workload], Probe | str]] = {
+    "causal_attention": _attention,
+    "rms_norm": _rms_norm,
+    "onednn_linear": _onednn_linear,
+}

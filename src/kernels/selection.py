@@ -1,0 +1,161 @@
+"""Which CPU kernels a run keeps: those that beat PyTorch's own op on this machine.
+
+A kernel tuned on one CPU can lose on another: oneDNN's fp32 matmul ran 1.67x MKL's speed
+in a training step on AMD Zen 5 and 0.70x on an Intel Xeon, where MKL already runs
+AVX-512 and AMX. So under `kernels_policy=measure` (the default) each candidate is timed
+against the op it replaces on the model's own shapes (src/kernels/probes.py) and kept
+only if it is at least `MARGIN` faster; the timings are cached per CPU model and PyTorch
+version (src/kernels/timing_cache.py), so only a machine's first run pays for them.
+`always` keeps every candidate. Where a probe cannot run, `rule_keeps` decides from
+the CPU's vendor and family alone.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from src.errors import UserError
+from src.kernels.probes import Probe, Workload, probe
+from src.kernels.timing_cache import TimingCache
+
+POLICIES = ("measure", "always")
+MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
+PROBE_BUDGET_S = 0.5  # timing rounds per kernel stop after this much time, once MIN_ROUNDS ran
+MIN_ROUNDS, MAX_ROUNDS = 3, 20
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether a kernel is kept, and why: its time over PyTorch's, or a reason without one."""
+
+    kernel: str
+    keep: bool
+    ratio: float | None = None  # kernel seconds / PyTorch seconds, where timed
+    reason: str = ""
+    cached: bool = False
+
+    def describe(self) -> str:
+        if self.ratio is not None:
+            return f"{self.kernel} {self.ratio:.2f}x" + (" (cached)" if self.cached else "")
+        return f"{self.kernel} ({self.reason})"
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise UserError(f"kernels_policy={policy!r}: use measure (keep what is faster here) or always")
+
+
+def time_pair(pair: Probe) -> tuple[float, float]:
+    """Best seconds per call of the kernel and of PyTorch's op, called alternately after one
+    warm-up call each: the best of several calls is the least disturbed by other processes."""
+    calls = (pair.kernel, pair.pytorch)
+    for call in calls:
+        call()
+    best, spent, rounds = [math.inf, math.inf], 0.0, 0
+    while rounds < MIN_ROUNDS or (spent < PROBE_BUDGET_S and rounds < MAX_ROUNDS):
+        for i, call in enumerate(calls):
+            start = time.perf_counter()
+            call()
+            elapsed = time.perf_counter() - start
+            best[i], spent = min(best[i], elapsed), spent + elapsed
+        rounds += 1
+    return best[0], best[1]
+
+
+def _cpu_identity() -> tuple[str, int, set[str]]:
+    """(vendor, family, flags) from /proc/cpuinfo; ("", 0, set()) where there is none."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU is enough
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
+    except OSError:
+        pass
+    family = fields.get("cpu family", "0")
+    return (
+        fields.get("vendor_id", ""),
+        int(family) if family.isdigit() else 0,
+        set(fields.get("flags", "").split()),
+    )
+
+
+def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> bool:
+    """The kernels kept without measuring: only where each was measured to win
+    (benchmarks/README.md). AMD Zen 4 (family 25 with AVX-512) and Zen 5 (family 26 and up)
+    keep causal_attention and rms_norm; only Zen 5 keeps onednn_linear (1.67x MKL there,
+    1.02x on Zen 4). Intel CPUs, with AMX or AVX-512 or neither, AVX2-only CPUs and other
+    architectures keep none: MKL already runs AVX-512 and AMX on Intel (the oneDNN linear
+    was 0.70x there), and PyTorch's ops cannot be slower than themselves.
+    """
+    vendor, family, flags = cpu or _cpu_identity()
+    zen4_or_later = vendor == "AuthenticAMD" and (family >= 26 or (family == 25 and "avx512f" in flags))
+    if kernel == "onednn_linear":
+        return vendor == "AuthenticAMD" and family >= 26
+    return zen4_or_later
+
+
+def choose_kernels(
+    candidates: Sequence[str],
+    workload: Workload,
+    policy: str = "measure",
+    cache: TimingCache | None = None,
+    timer: Callable[[Probe], tuple[float, float]] = time_pair,
+    on_cpu: bool = True,
+) -> list[Decision]:
+    """A decision for each candidate kernel, in order. Off the CPU none is kept (each would
+    run PyTorch's op anyway). `cache`: None reads and writes the default folder."""
+    check_policy(policy)
+    if policy == "always":
+        return [Decision(name, True, reason="kernels_policy=always") for name in candidates]
+    if not on_cpu:
+        return [Decision(name, False, reason="not a CPU run") for name in candidates]
+    if cache is None and candidates:
+        cache = TimingCache()
+    decisions = []
+    for name in candidates:
+        timings = cache.get(name, workload.key())
+        cached = timings is not None
+        if timings is None:
+            try:
+                with torch.random.fork_rng(devices=[]):  # a run's seeded weights never depend on the cache
+                    pair = probe(name, workload)
+                    if isinstance(pair, str):
+                        decisions.append(Decision(name, False, reason=pair))
+                        continue
+                    timings = timer(pair)
+            except RuntimeError as err:  # e.g. out of memory: decide as the rule does
+                keep = rule_keeps(name)
+                decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))
+                continue
+            cache.put(name, workload.key(), timings)
+        ratio = timings[0] / timings[1]
+        decisions.append(Decision(name, ratio <= 1 - MARGIN, ratio=ratio, cached=cached))
+    return decisions
+
+
+def kept(decisions: Sequence[Decision]) -> list[str]:
+    return [d.kernel for d in decisions if d.keep]
+
+
+def summary(decisions: Sequence[Decision], workload: Workload) -> str:
+    """One line: which kernels were kept and dropped, and why."""
+    if not decisions:
+        return "CPU kernels: none (kernels=[])"
+    kept_ = ", ".join(d.describe() for d in decisions if d.keep) or "none"
+    dropped = ", ".join(d.describe() for d in decisions if not d.keep) or "none"
+    line = f"CPU kernels: kept {kept_}; dropped {dropped}"
+    if any(d.ratio is not None for d in decisions):
+        mode = "training" if workload.training else "decoding"
+        dtype = str(workload.dtype).removeprefix("torch.")
+        line += (
+            f" (time over PyTorch's op on this model's {dtype} {mode} shapes; kept below {1 - MARGIN:.2f}x)"
+        )
+    return line

@@ -1,0 +1,78 @@
+"""Kernel timings measured once per machine, kept in a JSON file outside the repository.
+
+A timing holds for one CPU model and one PyTorch version (a new release can change which
+library a matmul calls), so both are part of every key: on another CPU or after an
+upgrade the key differs and the kernel is measured again. The folder is
+`$SMOLLM2_CACHE_DIR`, else `$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+FILE_NAME = "kernel_timings.json"
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def this_machine() -> str:
+    """What a timing holds for: the CPU model and the PyTorch version."""
+    return f"{cpu_name()} | torch {torch.__version__}"
+
+
+def default_cache_dir() -> Path:
+    if folder := os.environ.get("SMOLLM2_CACHE_DIR"):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smollm2"
+
+
+class TimingCache:
+    """(kernel seconds, PyTorch seconds) per kernel and workload, for `machine` (default: this one).
+
+    A missing or unreadable file is an empty cache; a folder that cannot be written keeps
+    the timings for this process only (`saved` says which).
+    """
+
+    def __init__(self, folder: Path | None = None, machine: str | None = None) -> None:
+        self.path = (folder or default_cache_dir()) / FILE_NAME
+        self.machine = machine or this_machine()
+        self.saved = True
+        self.entries = self._read()
+
+    def _read(self) -> dict[str, list[float]]:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def key(self, kernel: str, workload_key: str) -> str:
+        return f"{self.machine} | {kernel} | {workload_key}"
+
+    def get(self, kernel: str, workload_key: str) -> tuple[float, float] | None:
+        timings = self.entries.get(self.key(kernel, workload_key))
+        return (timings[0], timings[1]) if timings else None
+
+    def put(self, kernel: str, workload_key: str, timings: tuple[float, float]) -> None:
+        """Record and write the file, merged with what other runs wrote meanwhile, atomically
+        (concurrent runs never read half a file)."""
+        self.entries = {**self._read(), **self.entries, self.key(kernel, workload_key): list(timings)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as f:
+                json.dump(self.entries, f, indent=1, sort_keys=True)
+            os.replace(f.name, self.path)
+        except OSError:
+            self.saved = False

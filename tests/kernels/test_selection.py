@@ -1,0 +1,198 @@
+"""Which CPU kernels a run keeps: decisions from injected timings, the timing cache, the rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from src.errors import UserError
+from src.kernels import KERNELS
+from src.kernels.linear import OneDNNLinear
+from src.kernels.probes import Workload
+from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary
+from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
+from src.models import SmolLM2, SmolLM2Config
+from src.serving.inference import ready_for_inference
+
+TINY = SmolLM2Config.from_preset("tiny")
+FP32_TRAINING = Workload(TINY, 4, 32, torch.float32, training=True)
+INTEL_AMX = ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+INTEL_AVX512 = ("GenuineIntel", 6, {"avx2", "avx512f"})
+ZEN3_AVX2 = ("AuthenticAMD", 25, {"avx2"})
+ZEN4 = ("AuthenticAMD", 25, {"avx2", "avx512f", "avx512_bf16"})
+ZEN5 = ("AuthenticAMD", 26, {"avx2", "avx512f", "avx512_bf16"})
+
+
+class FakeTimer:
+    """Returns the given (kernel s, PyTorch s) per probed kernel, in probe order; counts calls."""
+
+    def __init__(self, *timings: tuple[float, float]) -> None:
+        self.timings, self.calls = list(timings), 0
+
+    def __call__(self, _probe) -> tuple[float, float]:
+        self.calls += 1
+        return self.timings.pop(0)
+
+
+def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
+    barely = 1 - MARGIN / 2  # inside the noise margin: PyTorch's op is kept
+    timer = FakeTimer((0.5, 1.0), (barely, 1.0), (1.4, 1.0))
+    decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert [d.kernel for d in decisions] == list(KERNELS)
+    assert kept(decisions) == ["causal_attention"]
+    assert [d.ratio for d in decisions] == [0.5, barely, 1.4]
+
+
+def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_path):
+    timer = FakeTimer((0.5, 1.0), (0.5, 1.0))
+    bf16 = Workload(TINY, 4, 32, torch.bfloat16, training=True)
+    decisions = choose_kernels(KERNELS, bf16, cache=TimingCache(tmp_path), timer=timer)
+    assert kept(decisions) == ["causal_attention", "rms_norm"]
+    assert decisions[2].reason == "acts on fp32 only" and timer.calls == 2
+
+    decoding = Workload(TINY, 1, 1, torch.float32, training=False)
+    decisions = choose_kernels(KERNELS, decoding, cache=TimingCache(tmp_path), timer=FakeTimer((0.5, 1.0)))
+    assert kept(decisions) == ["onednn_linear"]
+    assert [d.reason for d in decisions[:2]] == [
+        "unused by cached decoding",
+        "acts only when gradients are wanted",
+    ]
+
+
+def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
+    timer = FakeTimer()
+    assert kept(choose_kernels(KERNELS, FP32_TRAINING, "always", TimingCache(tmp_path), timer)) == list(
+        KERNELS
+    )
+    assert (
+        kept(choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, on_cpu=False))
+        == []
+    )
+    assert timer.calls == 0 and not (tmp_path / FILE_NAME).exists()
+    with pytest.raises(UserError, match="kernels_policy='fastest': use measure .* or always"):
+        choose_kernels(KERNELS, FP32_TRAINING, "fastest")
+
+
+def test_timings_are_cached_per_workload_and_read_back_by_the_next_run(tmp_path):
+    first = choose_kernels(
+        ["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer((0.5, 1.0))
+    )
+    timer = FakeTimer()
+    again = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert timer.calls == 0 and again[0].cached and not first[0].cached
+    assert (again[0].keep, again[0].ratio) == (first[0].keep, first[0].ratio) == (True, 0.5)
+
+    longer = Workload(TINY, 4, 64, torch.float32, training=True)  # other shapes: measured again
+    timer = FakeTimer((2.0, 1.0))
+    assert kept(choose_kernels(["rms_norm"], longer, cache=TimingCache(tmp_path), timer=timer)) == []
+    assert timer.calls == 1
+    assert len(json.loads((tmp_path / FILE_NAME).read_text())) == 2
+
+
+@pytest.mark.parametrize("machine", ["another CPU | torch 2.13.0+cpu", "same CPU | torch 2.14.0+cpu"])
+def test_timings_of_another_cpu_or_torch_version_are_not_used(tmp_path, machine):
+    cache = TimingCache(tmp_path, machine="same CPU | torch 2.13.0+cpu")
+    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))
+    timer = FakeTimer((2.0, 1.0))
+    decisions = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path, machine), timer=timer)
+    assert timer.calls == 1 and kept(decisions) == []
+
+
+def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
+    before = this_machine()
+    assert torch.__version__ in before
+    monkeypatch.setattr(torch, "__version__", "9.9.9")
+    assert this_machine() != before and this_machine().endswith("torch 9.9.9")
+
+
+def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_the_process(tmp_path):
+    (tmp_path / FILE_NAME).write_text("{not json")
+    cache = TimingCache(tmp_path)
+    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))
+    assert cache.saved and len(json.loads((tmp_path / FILE_NAME).read_text())) == 1
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    cache = TimingCache(blocked / "cache")  # its folder cannot be created
+    assert kept(choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))) == [
+        "rms_norm"
+    ]
+    assert not cache.saved and cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+
+
+def test_a_probe_that_fails_is_decided_by_the_rule_and_says_so(tmp_path, monkeypatch):
+    def out_of_memory(_probe):
+        raise RuntimeError("out of memory\nmore detail")
+
+    monkeypatch.setattr("src.kernels.selection._cpu_identity", lambda: INTEL_AMX)
+    decisions = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=out_of_memory)
+    assert kept(decisions) == [] and decisions[0].reason == "by rule, not measured: out of memory"
+    assert not (tmp_path / FILE_NAME).exists()
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [
+        (INTEL_AMX, []),
+        (INTEL_AVX512, []),
+        (ZEN3_AVX2, []),
+        (ZEN4, ["causal_attention", "rms_norm"]),
+        (ZEN5, ["causal_attention", "rms_norm", "onednn_linear"]),
+        (("", 0, set()), []),  # no /proc/cpuinfo, or not x86
+    ],
+)
+def test_the_rule_keeps_kernels_only_on_the_cpus_they_were_measured_to_win_on(cpu, expected):
+    assert [name for name in KERNELS if rule_keeps(name, cpu)] == expected
+
+
+def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_alone(tmp_path):
+    torch.manual_seed(7)
+    decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path))
+    after = torch.randn(3)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.randn(3))  # the probes' random inputs came from a forked generator
+    assert all(d.ratio is not None and d.ratio > 0 for d in decisions)
+    line = summary(decisions, FP32_TRAINING)
+    assert "\n" not in line and all(name in line for name in KERNELS)
+
+
+def test_inference_on_cpu_in_bf16_keeps_no_kernel_and_names_them_on_stderr(tmp_path, monkeypatch, capsys):
+    """bf16 decoding: no kernel can act (fp32 only, gradients only, uncached attention only)."""
+    monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path))
+    model = ready_for_inference(SmolLM2(TINY), "cpu", torch.bfloat16)
+    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    assert (
+        "CPU kernels: kept none; dropped causal_attention (unused by cached decoding)"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_it(
+    tmp_path, monkeypatch, caplog
+):
+    from tests.training import fast_overrides, run_training, write_text
+
+    monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path / "cache"))
+    text = write_text(tmp_path / "input.txt")
+    for run in ("first", "second"):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            run_training(
+                fast_overrides(
+                    tmp_path / run,
+                    text,
+                    "trainer.max_steps=2",
+                    "val_at_start=false",
+                    "schedule.warmup_steps=1",
+                )
+            )
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CPU kernels:")]
+        assert len(lines) == 1 and all(name in lines[0] for name in KERNELS)
+        assert ("(cached)" in lines[0]) == (run == "second")
+    assert len(json.loads((tmp_path / "cache" / FILE_NAME).read_text())) == len(KERNELS)
+    with pytest.raises(UserError, match="kernels_policy='sometimes': use measure"):
+        run_training(fast_overrides(tmp_path / "bad", text, "kernels_policy=sometimes"))
