@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from src.kernels.linear import linear
+from src.kernels.timing_cache import cpu_name
 from src.training.hardware import keep_freed_host_memory
 
 _freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
@@ -70,13 +70,7 @@ def machine_line(device: torch.device) -> str:
     torch_part = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}; {torch_part}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores; {torch_part}; freed host memory {_freed_host_memory}"
+    return f"{cpu_name()}, {os.cpu_count()} cores; {torch_part}; freed host memory {_freed_host_memory}"
 
 
 @dataclass

@@ -29,6 +29,8 @@ from benchmarks.common import (
 )
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
+from src.kernels.probes import Workload
+from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, SmolLM2Config
 from src.training.device_peaks import peak_flops
 from src.training.parallelize import apply_compile
@@ -39,12 +41,13 @@ COMPILED = "ours compiled"
 
 
 def loss_fns(
-    models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int
+    models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int, onednn: bool
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
     The compiled model gets the compiled loss, as `compile=true` training does (src/training/lit_module.py);
-    the loss's matmuls use oneDNN unless the model is the one with PyTorch kernels.
+    the loss's matmuls use oneDNN where `onednn` (the kept onednn_linear), except for the
+    model with PyTorch kernels.
     """
     compiled_cross_entropy = torch.compile(lm_cross_entropy)
 
@@ -56,7 +59,7 @@ def loss_fns(
         if name == "transformers":
             return lambda: model(input_ids=inputs, labels=inputs).loss
         cross_entropy = compiled_cross_entropy if name == COMPILED else lm_cross_entropy
-        return lambda: ours(model, cross_entropy, onednn=name != PYTORCH_KERNELS)
+        return lambda: ours(model, cross_entropy, onednn=onednn and name != PYTORCH_KERNELS)
 
     return {name: loss_fn(name, model) for name, model in models.items()}
 
@@ -99,16 +102,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
-    ours = apply_cpu_kernels(copy.deepcopy(plain), KERNELS)  # as training runs by default
     theirs = llama_twin(plain).to(device).train()
-    config, num_params = ours.config, ours.num_parameters()
-    models = {"ours": ours, "transformers": theirs}
-    if args.compile:
-        models[COMPILED] = copy.deepcopy(ours)
-        apply_compile(models[COMPILED])  # in place, per block: state_dict keys stay the same
-    if args.pytorch_kernels:
-        models[PYTORCH_KERNELS] = plain
-    optimizers = {name: adamw(model) for name, model in models.items()}
+    config, num_params = plain.config, plain.num_parameters()
 
     print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
     print(f"machine: {machine_line(device)}")
@@ -125,8 +120,20 @@ def main() -> None:
             inputs, targets = x[:, :T], x[:, 1:].clone()
             targets[:, -1] = -100  # transformers scores T-1 positions; so do we
 
-            losses = loss_fns(models, inputs, targets, args.chunk_size)
-            steps = {name: make_step(fn, optimizers[name], device, dtype) for name, fn in losses.items()}
+            # Ours with the kernels that training keeps for this shape and dtype (kernels_policy=measure).
+            workload = Workload(config, B, T, dtype, training=True)
+            decisions = choose_kernels(KERNELS, workload, on_cpu=device.type == "cpu")
+            print(f"{shape} {dtype_name}: {summary(decisions, workload)}")
+            ours = apply_cpu_kernels(copy.deepcopy(plain), kept(decisions))
+            models = {"ours": ours, "transformers": theirs}
+            if args.compile:
+                models[COMPILED] = copy.deepcopy(ours)
+                apply_compile(models[COMPILED])  # in place, per block: state_dict keys stay the same
+            if args.pytorch_kernels:
+                models[PYTORCH_KERNELS] = plain
+            onednn = "onednn_linear" in kept(decisions)
+            losses = loss_fns(models, inputs, targets, args.chunk_size, onednn)
+            steps = {name: make_step(fn, adamw(models[name]), device, dtype) for name, fn in losses.items()}
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
             memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
