@@ -2,9 +2,10 @@
 
 A probe is a pair of calls that do the same work, one through the kernel and one through
 PyTorch, so that timing them says which is faster on this machine for this model. They
-are kept small (one layer, one sequence, at most `LINEAR_ROWS` rows for the matmuls) so
-that deciding costs at most a few seconds for SmolLM2-135M, but each keeps the ratios of
-the real step: one layer's seven projections plus the head's share of a layer.
+are kept small (one layer, one sequence and one key/value head for attention, at most
+`LINEAR_ROWS` rows for the matmuls) so that deciding costs seconds for SmolLM2-135M, but
+each keeps the ratios of the real step: one layer's seven projections plus the head's
+share of a layer.
 """
 
 from __future__ import annotations
@@ -83,9 +84,10 @@ def _attention(w: Workload) -> Probe | str:
     if not w.training:
         return "unused by cached decoding"
     c = w.config
-    shape = (1, w.seq_len, c.num_heads, c.head_dim)  # one sequence, laid out as the model's q
-    q = torch.randn(shape, dtype=w.dtype).requires_grad_()
-    k = torch.randn(*shape[:2], c.num_kv_heads, c.head_dim, dtype=w.dtype).requires_grad_()
+    # One sequence and one group of query heads sharing a key/value head, laid out as the model's.
+    group = c.num_heads // c.num_kv_heads
+    q = torch.randn(1, w.seq_len, group, c.head_dim, dtype=w.dtype).requires_grad_()
+    k = torch.randn(1, w.seq_len, 1, c.head_dim, dtype=w.dtype).requires_grad_()
     v = torch.randn(k.shape, dtype=w.dtype).requires_grad_()
 
     def step(attention: nn.Module) -> Callable[[], None]:
