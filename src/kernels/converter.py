@@ -54,3 +54,13 @@ def apply_cpu_kernels(model: nn.Module, kernels: Sequence[str]) -> nn.Module:
                 if type(child) is plain:
                     setattr(parent, name, replacement(child).train(child.training))
     return model
+
+
+def applied_kernels(model: nn.Module) -> list[str]:
+    """The kernels swapped into `model`, in `KERNELS` order."""
+    types = {type(m) for m in model.modules()}
+    return [
+        name
+        for name, (plain, _) in _SWAPS.items()
+        if any(t is not plain and issubclass(t, plain) for t in types)
+    ]

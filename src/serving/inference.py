@@ -7,7 +7,7 @@ and in the browser.
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,13 +18,15 @@ from transformers import PreTrainedTokenizerBase
 
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
-from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels import KERNELS, applied_kernels, apply_cpu_kernels
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, generate_tokens
 from src.models.generation import check_generation_fits
 from src.models.hf import load_hf_model
 from src.training import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -82,13 +84,13 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def ready_for_inference(model: SmolLM2, device: torch.device | str, dtype: torch.dtype) -> SmolLM2:
     """`model` on `device` in `dtype`, in eval mode; on CPU with the CPU kernels that decode
-    faster on this machine (measured once, then cached: src/kernels/selection.py), named
-    on stderr."""
+    faster on this machine (measured once, then cached: src/kernels/selection.py). The
+    choice and its reasons are logged; `TextGenerator.description` names what was kept."""
     model = model.to(device=device, dtype=dtype).eval()
     if torch.device(device).type == "cpu":
         workload = Workload(model.config, batch_size=1, seq_len=1, dtype=dtype, training=False)
         decisions = choose_kernels(KERNELS, workload)
-        print(summary(decisions, workload), file=sys.stderr)
+        log.info(summary(decisions, workload))
         apply_cpu_kernels(model, kept(decisions))
     return model
 
@@ -205,7 +207,14 @@ class TextGenerator:
             model = load_pretrained(path, dtype=dtype, device=device)
             tokenizer = load_tokenizer(source.tokenizer or source.hf_path)
         params = model.num_parameters() / 1e6
-        return cls(model, tokenizer, f"{path.name} ({params:.1f}M parameters, {device.type}, {source.dtype})")
+        kernels = (
+            f", CPU kernels: {', '.join(applied_kernels(model)) or 'none'}" if device.type == "cpu" else ""
+        )
+        return cls(
+            model,
+            tokenizer,
+            f"{path.name} ({params:.1f}M parameters, {device.type}, {source.dtype}{kernels})",
+        )
 
     @property
     def context(self) -> int:

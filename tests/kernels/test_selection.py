@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-from src.kernels import KERNELS
-from src.kernels.linear import OneDNNLinear
+from src.kernels import KERNELS, applied_kernels, apply_cpu_kernels
 from src.kernels.probes import Workload
 from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary
 from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
@@ -159,16 +158,15 @@ def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_
     assert "\n" not in line and all(name in line for name in KERNELS)
 
 
-def test_inference_on_cpu_in_bf16_keeps_no_kernel_and_names_them_on_stderr(tmp_path, monkeypatch, capsys):
+def test_inference_on_cpu_in_bf16_keeps_no_kernel_and_logs_why(tmp_path, monkeypatch, caplog):
     """bf16 decoding: no kernel can act (fp32 only, gradients only, uncached attention only)."""
     monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path))
-    model = ready_for_inference(SmolLM2(TINY), "cpu", torch.bfloat16)
-    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    with caplog.at_level("INFO"):
+        model = ready_for_inference(SmolLM2(TINY), "cpu", torch.bfloat16)
+    assert applied_kernels(model) == []
     assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
-    assert (
-        "CPU kernels: kept none; dropped causal_attention (unused by cached decoding)"
-        in capsys.readouterr().err
-    )
+    assert "CPU kernels: kept none; dropped causal_attention (unused by cached decoding)" in caplog.text
+    assert applied_kernels(apply_cpu_kernels(model, ["onednn_linear"])) == ["onednn_linear"]
 
 
 def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_it(
