@@ -107,7 +107,7 @@ def test_a_training_block_compiles_into_one_graph(kernels):
     Graph breaks are found by Dynamo, and autograd.Functions traced by AOT autograd, before
     any backend compiles: `aot_eager` finds both in seconds."""
     model = apply_cpu_kernels(SmolLM2(SmolLM2Config.from_preset("tiny")), kernels)
-    block = torch.compile(model.blocks[0], fullgraph=True, backend="aot_eager")  # breaks are Dynamo's
+    block = torch.compile(model.blocks[0], fullgraph=True, backend="aot_eager")
     x = torch.randn(2, 16, model.config.hidden_size, requires_grad=True)  # (B, T, C)
     block(x, *model.rope(0, 16)).sum().backward()
     assert x.grad is not None and model.blocks[0].attn.q_proj.weight.grad is not None
