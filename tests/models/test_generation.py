@@ -103,3 +103,25 @@ def test_compiled_steps_decode_the_same_tokens_and_compile_once(model):
     # One graph, no breaks: every position and both prompts (new caches) reuse it.
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["graph_break"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_decoding_gives_the_eager_tokens_without_a_host_sync(dtype):
+    torch.manual_seed(0)
+    model = SmolLM2(SmolLM2Config.from_preset("tiny")).to("cuda", dtype).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 7), device="cuda")
+    counters.clear()
+    for sampling in [{}, dict(temperature=0.9, top_k=20, seed=3)]:
+        compiled = generate(model, prompt, 24, **sampling)  # compiled steps: the default on CUDA
+        if dtype == torch.float32:  # bf16 roundings may differ once inductor fuses the ops
+            assert torch.equal(compiled, generate(model, prompt, 24, compile_steps=False, **sampling))
+        steps = generate_tokens(model, prompt, 24, **sampling)
+        next(steps)  # the prefill
+        torch.cuda.set_sync_debug_mode("error")  # no EOS, so no stop check: nothing may sync
+        try:
+            assert len(list(steps)) == 23
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert not counters["inductor"]["cudagraph_skips"]  # the steps ran as CUDA graphs

@@ -68,3 +68,15 @@ def test_training_and_decoding_run_a_fused_kernel_not_math(monkeypatch):
         assert sdpa_kernels(lambda: model(x[:, :1], cache, torch.tensor([16]))) == {CPU_FLASH}
     monkeypatch.setattr(smollm2, "fused_kernel_takes_gqa", lambda device, dtype: False)
     assert MATH not in sdpa_kernels(lambda: model.train().hidden_states(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("bf16", "kernel"), [(True, "flash"), (False, "efficient")])
+def test_cuda_training_takes_flash_in_bf16_and_memory_efficient_attention_in_fp32(bf16, kernel):
+    model = SmolLM2(SmolLM2Config.from_preset("tiny")).cuda()
+    x = torch.randint(0, model.config.vocab_size, (2, 64), device="cuda")
+    with torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        ran = sdpa_kernels(lambda: model.hidden_states(x).float().sum().backward())
+    expected = f"aten::_scaled_dot_product_{kernel}_attention"
+    assert ran == {expected, expected + "_backward"}
