@@ -19,6 +19,9 @@ SMALL = {
         "--dtypes", "fp32",
     ],
     "benchmarks.optimizer_step": ["--preset", "tiny", "--warmup", "0", "--repeats", "1"],
+    "benchmarks.loss": [
+        "--preset", "tiny", "--tokens", "64", "--dtypes", "fp32,bf16", "--warmup", "0", "--repeats", "1",
+    ],
     "benchmarks.data_pipeline": [
         "--docs", "60", "--shards", "2", "--seq-len", "64", "--batch-size", "2", "--batches", "3",
         "--workers", "0", "--train-tokens-per-s", "1000",

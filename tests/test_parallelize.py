@@ -6,8 +6,11 @@ cache), so this runs in the default suite.
 """
 
 import functools
+import json
 
+import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
@@ -17,6 +20,7 @@ from src.training import checkpoint as ckpt
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
 from src.training.parallelize import apply_activation_checkpointing, apply_compile
+from tests.training import fast_overrides, run_training, write_text
 
 
 def loss_and_grads(model: SmolLM2, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -94,3 +98,32 @@ def test_a_checkpoint_of_a_module_with_checkpointing_and_kernels_loads_into_a_pl
     plain.load_state_dict(state)
     for (name, got), want in zip(plain.state_dict().items(), module.model.state_dict().values(), strict=True):
         assert torch.equal(got, want), name
+
+
+@pytest.mark.parametrize("kernels", [(), KERNELS], ids=["pytorch", "cpu-kernels"])
+def test_a_training_block_compiles_into_one_graph(kernels):
+    """`fullgraph=True` raises at the first graph break; plain PyTorch is what CUDA traces.
+
+    Graph breaks are found by Dynamo, and autograd.Functions traced by AOT autograd, before
+    any backend compiles: `aot_eager` finds both in seconds."""
+    model = apply_cpu_kernels(SmolLM2(SmolLM2Config.from_preset("tiny")), kernels)
+    block = torch.compile(model.blocks[0], fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, 16, model.config.hidden_size, requires_grad=True)  # (B, T, C)
+    block(x, *model.rope(0, 16)).sum().backward()
+    assert x.grad is not None and model.blocks[0].attn.q_proj.weight.grad is not None
+
+
+@pytest.mark.slow
+def test_text_samples_during_compiled_training_compile_nothing(tmp_path):
+    """Sampling decodes with a KV cache in eval mode, which a compiled block would compile again
+    for (graph breaks included). It runs eagerly, so a run compiles what it trains and
+    validates: the blocks and the loss, with and without gradients."""
+    text = write_text(tmp_path / "input.txt")
+    overrides = ["compile=true", "kernels=[]", "trainer.max_steps=2", "val_at_start=false", "eval_every=2"]
+    torch._dynamo.reset()
+    counters.clear()
+    run_training(fast_overrides(tmp_path, text, *overrides, "callbacks.text_samples.every_n_steps=1"))
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in samples] == [0, 0, 1, 1, 2, 2]  # two prompts each time
+    assert counters["stats"]["unique_graphs"] == 4
+    assert not counters["graph_break"]

@@ -24,6 +24,10 @@ class TextSamples(L.Callback):
     Rank 0 samples alone, except from a sharded model (trainer=fsdp): each forward gathers
     weights from every rank, so every rank runs the same generation with the same seed,
     and only rank 0 writes and logs.
+
+    Sampling runs eagerly even when the blocks are compiled (compile=true): decoding with a
+    cache in eval mode would otherwise compile each block again for every new case, and a
+    compiled decoding step would cost more to build than a few samples take.
     """
 
     def __init__(
@@ -74,25 +78,15 @@ class TextSamples(L.Callback):
             for module in model.modules():
                 if isinstance(module, FSDPModule):
                     module.unshard()
-        rows = []
         try:
-            for prompt in self.prompts:
-                ids = torch.tensor([tokenizer.encode(prompt)], device=pl_module.device)
-                new = generate_tokens(
-                    model,
-                    ids,
-                    self.max_new_tokens,
-                    temperature=self.temperature,
-                    top_k=self.top_k,
-                    eos_id=tokenizer.eos_token_id,
-                    seed=self.seed,
-                )
-                completion = tokenizer.decode([int(t) for t in new], skip_special_tokens=True)
-                rows.append({"step": step, "prompt": prompt, "completion": completion})
+            with torch.compiler.set_stance("force_eager"):
+                completions = [self._complete(model, tokenizer, p, pl_module.device) for p in self.prompts]
         finally:
             model.train(was_training)
         if not trainer.is_global_zero:
             return
+        pairs = zip(self.prompts, completions, strict=True)
+        rows = [{"step": step, "prompt": prompt, "completion": completion} for prompt, completion in pairs]
         self.out_file.parent.mkdir(parents=True, exist_ok=True)
         with self.out_file.open("a") as f:
             for row in rows:
@@ -102,3 +96,20 @@ class TextSamples(L.Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_text_samples"):
                 logger.log_text_samples(rows, step)
+
+    def _complete(self, model: torch.nn.Module, tokenizer, prompt: str, device: torch.device) -> str:
+        """The sampled continuation of one prompt; its tokens are read off the device once, at the end."""
+        ids = torch.tensor([tokenizer.encode(prompt)], device=device)
+        new = list(
+            generate_tokens(
+                model,
+                ids,
+                self.max_new_tokens,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                eos_id=tokenizer.eos_token_id,
+                seed=self.seed,
+                compile_steps=False,
+            )
+        )
+        return tokenizer.decode(torch.cat(new).tolist() if new else [], skip_special_tokens=True)

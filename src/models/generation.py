@@ -1,8 +1,16 @@
-"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, EOS stop."""
+"""Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, EOS stop.
+
+The prompt is prefilled once, eagerly (its length varies). Each later step feeds one token
+at a position held in a device tensor, against the whole preallocated cache: the step has
+the same shapes and reads nothing back at every position, so it can be compiled once and,
+on CUDA, replayed as a CUDA graph (`torch.compile(mode="reduce-overhead")`). The only
+host read per token is the EOS stop check.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -45,9 +53,26 @@ def check_generation_fits(model: SmolLM2, prompt_tokens: int, max_new_tokens: in
     )
 
 
-def _last_logits(model: SmolLM2, ids: torch.Tensor, cache: KVCache, start: int) -> torch.Tensor:
+def _last_logits(
+    model: SmolLM2, ids: torch.Tensor, cache: KVCache, start: int | torch.Tensor
+) -> torch.Tensor:
     """Logits (B, V) of the last position only: the prompt's other rows never need the head."""
     return model.lm_head(model.hidden_states(ids, cache, start)[:, -1])
+
+
+@functools.cache
+def compiled_step(device_type: str) -> Callable[[SmolLM2, torch.Tensor, KVCache, torch.Tensor], torch.Tensor]:
+    """The one-token step, compiled once per process; with CUDA graphs on CUDA."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    return torch.compile(_last_logits, mode=mode, fullgraph=True)
+
+
+def cache_length(total: int, context: int, compiled: bool) -> int:
+    """Positions to allocate for `total` tokens: exactly those, or for a compiled step a power
+    of two from 256 up (within the context), so that few cache shapes ever get compiled."""
+    if not compiled:
+        return total
+    return min(max(256, 1 << (total - 1).bit_length()), context)
 
 
 @torch.inference_mode()
@@ -60,24 +85,36 @@ def generate_tokens(
     top_p: float | None = None,
     eos_id: int | None = None,
     seed: int | None = None,
+    compile_steps: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next token ids (B,) one step at a time, prefilling the prompt (B, T) once.
 
     Rows that have produced `eos_id` keep yielding it; iteration ends when every row has
-    stopped or after `max_new_tokens` steps.
+    stopped or after `max_new_tokens` steps. `compile_steps`: run the one-token steps
+    through `compiled_step`; by default on CUDA only (compiling costs seconds, which a
+    CPU's decoding does not win back).
     """
     B, T = input_ids.shape
     if T == 0:
         raise UserError("the prompt is empty: give at least one token")
     check_generation_fits(model, T, max_new_tokens)
-    total = T + max_new_tokens
+    device = input_ids.device
+    if compile_steps is None:
+        compile_steps = device.type == "cuda"
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
-    cache = model.new_kv_cache(B, total)
-    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        generator = torch.Generator(device=device).manual_seed(seed)
+    context = model.config.max_position_embeddings
+    cache = model.new_kv_cache(B, cache_length(T + max_new_tokens, context, compile_steps))
+    step = _last_logits
+    if compile_steps:
+        step = compiled_step(device.type)
+        for layer in cache.layers:  # CUDA graphs write into the cache where it is, not into a copy
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
     logits = _last_logits(model, input_ids, cache, 0)  # (B, V)
-    position = T
+    position = torch.full((1,), T, device=device)  # where the next token goes, kept on the device
     for _ in range(max_new_tokens):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eos_id is not None:
@@ -86,7 +123,9 @@ def generate_tokens(
         yield token
         if eos_id is not None and bool(finished.all()):
             return
-        logits = _last_logits(model, token[:, None], cache, position)
+        if compile_steps:
+            torch.compiler.cudagraph_mark_step_begin()  # this step's logits replace the last's
+        logits = step(model, token[:, None], cache, position)
         position += 1
 
 

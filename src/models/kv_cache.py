@@ -16,8 +16,19 @@ class LayerKVCache:
     keys: torch.Tensor
     values: torch.Tensor
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, K, T, D) at positions start..start+T-1; return all S = start+T so far."""
+    def update(
+        self, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, K, T, D) at positions start..start+T-1; return all S = start+T so far.
+
+        With a tensor `start` (1 element), return the whole cache instead: the shapes then stay
+        the same at every position (compilation, CUDA graphs) and the caller masks the tail.
+        """
+        if isinstance(start, torch.Tensor):
+            positions = start + torch.arange(k.shape[2], device=start.device)  # (T,)
+            self.keys.index_copy_(2, positions, k)
+            self.values.index_copy_(2, positions, v)
+            return self.keys, self.values
         end = start + k.shape[2]
         if end > self.keys.shape[2]:
             raise UserError(f"KV cache holds {self.keys.shape[2]} tokens; position {end} does not fit")

@@ -54,7 +54,11 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._tables()
         self.cos, self.sin = cos.to(self.cos.device), sin.to(self.sin.device)
 
-    def forward(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, start: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows start..start+length-1; `start` may be a 1-element tensor on the tables' device."""
+        if isinstance(start, torch.Tensor):
+            positions = start + torch.arange(length, device=start.device)  # (T,)
+            return self.cos[positions], self.sin[positions]
         return self.cos[start : start + length], self.sin[start : start + length]
 
 
@@ -74,6 +78,45 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.addcmul(x * cos, rotate_half(x), sin)
 
 
+def fused_kernel_takes_gqa(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether SDPA's fused kernel for these inputs accepts fewer key/value heads than query heads.
+
+    CPU's flash kernel does in every dtype; on CUDA only flash does, and flash takes 16-bit
+    inputs only: fp32 with `enable_gqa` would run SDPA's slow math kernel instead of the
+    memory-efficient one. Elsewhere (MPS, XPU) nothing is assumed.
+    """
+    return device.type == "cpu" or (device.type == "cuda" and dtype in (torch.float16, torch.bfloat16))
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool) -> torch.Tensor:
+    """SDPA of q (B, H, T, D) over k, v (B, K, S, D), H/K query heads per key/value head.
+
+    Where the fused kernel takes the groups, K and V are passed as they are; elsewhere they
+    are repeated to H heads (query head h reads key/value head h // (H/K), as `enable_gqa`
+    does), which gives the same result from a fused kernel.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and not fused_kernel_takes_gqa(q.device, q.dtype):
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def masked_grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """SDPA of q (B, H, T, D) over k, v (B, K, S, D) where query t sees the keys `mask` (T, S) allows.
+
+    The H/K query heads of a group become rows of one query block (B, K, G*T, D) against
+    their shared keys: every kernel takes that, and K, V (a whole KV cache when decoding)
+    are never copied.
+    """
+    B, H, T, D = q.shape
+    groups = H // k.shape[1]
+    rows = q.reshape(B, k.shape[1], groups * T, D)  # row g*T + t: head k*G + g, query t
+    y = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask.repeat(groups, 1))  # (B, K, G*T, D)
+    return y.view(B, H, T, D)
+
+
 class ScaledDotProductAttention(nn.Module):
     """Causal attention of q (B, H, T, D) over k, v (B, K, T, D) -> (B, H, T, D).
 
@@ -82,7 +125,7 @@ class ScaledDotProductAttention(nn.Module):
     """
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        return grouped_attention(q, k, v, is_causal=True)
 
 
 class Attention(nn.Module):
@@ -105,7 +148,7 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: LayerKVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
@@ -120,20 +163,26 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _cached(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerKVCache, start: int
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: LayerKVCache,
+        start: int | torch.Tensor,
     ) -> torch.Tensor:
-        """The new queries attend to the cached keys and values plus their own -> (B, H, T, D)."""
+        """The new queries attend to the cached keys and values plus their own -> (B, H, T, D).
+
+        A tensor `start` (decoding that never reads the position on the host) attends over
+        the whole cache, its unwritten tail masked out, so every step has the same shapes.
+        """
         T = q.shape[2]
-        k, v = cache.update(k, v, start)  # (B, K, S, D) with S = start + T
-        mask = None
-        if start > 0 and T > 1:
-            # New queries sit at positions start..start+T-1 and see every key up to their own.
-            key_pos = torch.arange(start + T, device=q.device)
-            query_pos = torch.arange(start, start + T, device=q.device)
-            mask = key_pos[None, :] <= query_pos[:, None]  # (T, S)
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=start == 0, enable_gqa=self.num_heads != self.num_kv_heads
-        )
+        k, v = cache.update(k, v, start)  # (B, K, S, D): S = start + T, or the whole cache
+        if not isinstance(start, torch.Tensor) and (start == 0 or T == 1):
+            return grouped_attention(q, k, v, is_causal=start == 0)  # causal prompt, or one token seeing all
+        # New queries sit at positions start..start+T-1 and see every key up to their own.
+        key_pos = torch.arange(k.shape[2], device=q.device)
+        query_pos = start + torch.arange(T, device=q.device)
+        return masked_grouped_attention(q, k, v, key_pos[None, :] <= query_pos[:, None])  # mask (T, S)
 
 
 class MLP(nn.Module):
@@ -166,7 +215,7 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cache: LayerKVCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, start)
         return x + self.mlp(self.mlp_norm(x))
@@ -206,18 +255,25 @@ class SmolLM2(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def hidden_states(
-        self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int = 0
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0
     ) -> torch.Tensor:
-        """The trunk: (B, T) token ids -> (B, T, C) normed hidden states, before the LM head."""
+        """The trunk: (B, T) token ids -> (B, T, C) normed hidden states, before the LM head.
+
+        A tensor `start` (1 element, on the model's device) is for decoding into a cache
+        that already fits the context: the position is not read back to check it.
+        """
         T = input_ids.shape[1]
-        self.config.check_context(start + T, f"a sequence of {start + T} tokens", "use shorter sequences")
+        if not isinstance(start, torch.Tensor):
+            self.config.check_context(start + T, f"a sequence of {start + T} tokens", "use shorter sequences")
         cos, sin = self.rope(start, T)  # (T, D)
         x = self.embed(input_ids)  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache.layers[i] if cache is not None else None, start)
         return self.norm(x)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int = 0) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, start: int | torch.Tensor = 0
+    ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, V) logits. With a cache, `start` is the first token's position."""
         return self.lm_head(self.hidden_states(input_ids, cache, start))
 

@@ -37,7 +37,7 @@ def _checkpointed(
     cos: torch.Tensor,
     sin: torch.Tensor,
     cache: LayerKVCache | None = None,
-    start: int = 0,
+    start: int | torch.Tensor = 0,
 ) -> torch.Tensor:
     """`Block.forward` recomputing its activations in backward instead of keeping them.
 

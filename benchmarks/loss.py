@@ -1,0 +1,119 @@
+"""The LM loss, chunked against one pass, eager and compiled: `python -m benchmarks.loss`
+
+Training computes the loss with `src.kernels.loss.lm_cross_entropy`: chunks of 1024 tokens,
+each chunk's gradients computed in forward, so no (N, V) logits are ever kept. Compiled on
+CUDA, one pass over all N tokens (`F.cross_entropy(F.linear(h, W).float(), t)`, whose
+softmax, gather and cast inductor fuses) may be faster at the cost of memory. This times
+forward + backward of the loss alone, from the trunk's hidden states (fp32, as they leave
+the final norm) to the gradients of the hidden states and the head, under autocast for
+bf16, and the peak memory of one call; all rows in the same process, against one pass.
+Keep the chunked loss unless another row is faster at no more memory.
+
+    python -m benchmarks.loss --device cuda --dtypes bf16 --compile      # 8 x 2048 tokens
+    python -m benchmarks.loss --tokens 2048 --dtypes fp32                # a CPU-sized run
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import (
+    DTYPES,
+    add_common_args,
+    machine_line,
+    markdown_table,
+    peak_memory_bytes,
+    setup,
+    time_interleaved,
+)
+from src.kernels.loss import lm_cross_entropy
+from src.models import SmolLM2Config
+
+
+def one_pass(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The plain loss: all N x V logits at once."""
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets)
+
+
+def one_chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Ours with a single chunk: gradients in forward, one pass over all N tokens."""
+    return lm_cross_entropy(hidden, weight, targets, chunk_size=hidden.shape[0])
+
+
+def step(
+    fn: Callable[..., torch.Tensor],
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Loss and gradients of hidden and weight, the matmul in `dtype` (autocast) as training does."""
+    hidden.grad = weight.grad = None
+    with torch.autocast(hidden.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        loss = fn(hidden, weight, targets)
+    loss.backward()
+    return loss.detach()
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "chunked (ours)": lm_cross_entropy,
+    "ours, one chunk": one_chunk,
+    "one pass": one_pass,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="smollm2_135m", help="whose width and vocabulary")
+    parser.add_argument("--tokens", type=int, default=8 * 2048, help="tokens per call (batch x sequence)")
+    parser.add_argument("--compile", action="store_true", help="add each loss under torch.compile")
+    add_common_args(parser, repeats=5)
+    args = parser.parse_args()
+    device = setup(args)
+
+    config = SmolLM2Config.from_preset(args.preset)
+    torch.manual_seed(0)
+    hidden = torch.randn(args.tokens, config.hidden_size, device=device, requires_grad=True)  # (N, C)
+    weight = (torch.randn(config.vocab_size, config.hidden_size, device=device) * 0.02).requires_grad_()
+    targets = torch.randint(0, config.vocab_size, (args.tokens,), device=device)  # (N,)
+    losses = dict(LOSSES)
+    if args.compile:
+        losses.update({f"{name}, compiled": torch.compile(fn) for name, fn in LOSSES.items()})
+
+    print(f"## LM loss, forward + backward: {args.preset} head ({config.vocab_size} x {config.hidden_size})")
+    print(f"{args.tokens} tokens per call\n\nmachine: {machine_line(device)}")
+    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved)\n")
+    rows = []
+    for dtype_name in args.dtypes.split(","):
+        dtype = DTYPES[dtype_name]
+        tensors = hidden, weight, targets, dtype
+        calls = {name: functools.partial(step, fn, *tensors) for name, fn in losses.items()}
+        values = {name: float(call()) for name, call in calls.items()}  # also the compile warm-up
+        timings = time_interleaved(calls, device, args.warmup, args.repeats)
+        reference = timings["one pass"].median
+        for name, timing in timings.items():
+            peak_mb = peak_memory_bytes(calls[name], device) / 2**20
+            rows.append(
+                [
+                    dtype_name,
+                    name,
+                    timing.cell(),
+                    f"{args.tokens / timing.median:,.0f}",
+                    f"{peak_mb:,.0f}",
+                    f"{values[name]:.4f}",
+                    f"{reference / timing.median:.2f}x",
+                ]
+            )
+    headers = ["dtype", "loss", "s/call", "tokens/s", "peak MB", "loss value", "vs one pass"]
+    print(markdown_table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
