@@ -48,14 +48,14 @@ class Step:
 
 
 DRY_CAP_S = 240  # a CPU shared with other jobs; the dry run's steps take 10-60 s
-STEPS = [
+STEPS = [  # the GPU caps add up to more than the budget: a step that ends early leaves time to the next
     Step("GPU-marked tests", gpu_steps.gpu_tests, 90),
-    Step("Host-sync census of the training step", gpu_steps.sync_census, 70),
-    Step("Training step against transformers", gpu_steps.train_step, 120),
+    Step("Host-sync census of the training step", gpu_steps.sync_census, 75),
+    Step("Training step against transformers", gpu_steps.train_step, 150),
     Step("Attention kernel (SDPA backend)", gpu_steps.sdpa_backend, 45),
-    Step("100 steps of src.train, then 10 more", gpu_steps.train_run, 120),
-    Step("Generation against transformers generate", gpu_steps.generation, 75),
-    Step("trainer=fsdp on one device", gpu_steps.fsdp_run, 70),
+    Step("100 steps of src.train, then 10 more", gpu_steps.train_run, 150),
+    Step("Generation against transformers generate", gpu_steps.generation, 90),
+    Step("trainer=fsdp on one device", gpu_steps.fsdp_run, 90),
 ]
 
 

@@ -1,4 +1,9 @@
-"""The GPU check's --dry-run: every step of the prepared GPU script, end to end on the CPU."""
+"""The GPU check: its --dry-run runs every step on the CPU, and its GPU commands compose.
+
+GPU time comes in one short lease, so what can fail before a GPU is reached is checked
+here: the script end to end on the tiny model, and the GPU run's own `src.train`
+overrides (the 135M model, its shapes) through the same config checks a run makes first.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,56 @@ import re
 import subprocess
 import sys
 
+import hydra
 import pytest
 
+from benchmarks import gpu_steps
 from benchmarks.gpu_check import STEPS
+from src.train import override_key
+from src.training.config_checks import check_run_config
+from src.training.global_batch import resolve_global_batch
 from tests.conftest import REPO_ROOT
+from tests.training import compose_train, hydra_context
+
+
+class Recorded(Exception):
+    pass
+
+
+def first_command(step, tmp_path) -> list[str]:
+    """The first command a step of the GPU run would start, recorded instead of run."""
+    calls = []
+
+    def record(name: str, *args: str) -> str:
+        calls.append(list(args))
+        raise Recorded
+
+    ctx = gpu_steps.Context(
+        plan=gpu_steps.GPU, work=tmp_path, text=tmp_path / "input.txt", cuda=True, python=record
+    )
+    with pytest.raises(Recorded):
+        step(ctx)
+    return calls[0]
+
+
+@pytest.mark.parametrize(
+    "step, seq_len, batch_size, accumulation",
+    [(gpu_steps.sync_census, 512, 8, 2), (gpu_steps.train_run, 2048, 8, 4), (gpu_steps.fsdp_run, 512, 8, 1)],
+)
+def test_the_gpu_runs_training_commands_pass_the_config_checks(
+    step, seq_len, batch_size, accumulation, tmp_path
+):
+    command = first_command(step, tmp_path)
+    assert command[:2] == ["-m", "src.train"]
+    overrides = command[2:]
+    with hydra_context():
+        cfg = compose_train(overrides)
+        model_config = hydra.utils.instantiate(cfg.model)
+        check_run_config(cfg, model_config)
+        batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
+    assert model_config.hidden_size == 576  # smollm2_135m
+    assert (cfg.data.seq_len, cfg.data.batch_size, batch.accumulation) == (seq_len, batch_size, accumulation)
+    assert cfg.trainer.accelerator != "cpu"
 
 
 @pytest.mark.slow
