@@ -15,6 +15,7 @@ benchmarks/README.md ("GPU check") gives the device command and what it carries.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -91,7 +92,7 @@ class Checker:
                 proc.wait()
                 raise StepFailed(f"timed out after {timeout:.0f} s", tail(out, err)) from None
         if code:
-            raise StepFailed(f"failed: `{self.commands[-1][:80]}...` exited {code}", tail(out, err))
+            raise StepFailed(f"failed: its command {len(self.commands)} exited {code}", tail(out, err))
         return out.read_text()
 
 
@@ -220,29 +221,36 @@ def main() -> None:
     ]
     title = f"GPU check: {header[0][1].split(',')[0]}"
     chosen = {int(n) for n in args.steps.split(",")} if args.steps else set(range(1, len(STEPS) + 1))
-    for number, step in enumerate(STEPS, 1):
+    steps = [dataclasses.replace(step) for step in STEPS]
+    for number, step in enumerate(steps, 1):
+        left = budget - (time.monotonic() - started)
         if number not in chosen:
             step.status = "not selected (--steps)"
-            continue
-        left = budget - (time.monotonic() - started)
-        if left < 10:
+        elif left < 10:
             step.status = "skipped: out of the time budget"
-            continue
-        cap = DRY_CAP_S if args.dry_run else step.gpu_cap_s
-        step_start = time.monotonic()
-        checker.deadline, checker.commands = step_start + min(cap, left), []
-        try:
-            step.body, step.status = step.run(ctx), "ok"
-        except StepFailed as failed:
-            step.status, step.body = failed.status, failed.output and f"```\n{failed.output}\n```"
-        except Exception as err:  # a bug in reading a step's results must not lose the other steps
-            step.status, step.body = f"error: {type(err).__name__}: {err}".replace("\n", " "), ""
-        step.seconds = time.monotonic() - step_start
-        commands = "\n".join(checker.commands)
-        step.body = f"```\n{commands}\n```\n\n{step.body}" if commands else step.body
-        out.write_text(render(title, header, STEPS, time.monotonic() - started))
-        print(f"step {number} ({step.title}): {step.status}, {step.seconds:.0f} s", flush=True)
+        else:
+            cap = DRY_CAP_S if args.dry_run else step.gpu_cap_s
+            run_step(step, ctx, checker, deadline=time.monotonic() + min(cap, left))
+            print(f"step {number} ({step.title}): {step.status}, {step.seconds:.0f} s", flush=True)
+        out.write_text(render(title, header, steps, time.monotonic() - started))
     print(f"report: {out}")
+    if any(step.status not in ("ok", "not selected (--steps)") for step in steps):
+        sys.exit(1)
+
+
+def run_step(step: Step, ctx: Context, checker: Checker, deadline: float) -> None:
+    """Run one step to its status, seconds and body (its commands first), whatever happens in it."""
+    start = time.monotonic()
+    checker.deadline, checker.commands = deadline, []
+    try:
+        step.body, step.status = step.run(ctx), "ok"
+    except StepFailed as failed:
+        step.status, step.body = failed.status, failed.output and f"```\n{failed.output}\n```"
+    except Exception as err:  # a bug in reading a step's results must not lose the other steps
+        step.status, step.body = f"error: {type(err).__name__}: {err}".replace("\n", " "), ""
+    step.seconds = time.monotonic() - start
+    if checker.commands:
+        step.body = "```\n" + "\n".join(checker.commands) + "\n```\n\n" + step.body
 
 
 if __name__ == "__main__":

@@ -51,17 +51,26 @@ GPU = Plan(
     train_step=("--warmup", "2", "--repeats", "5"),
     train_steps=(100, 10),
     run=("model=smollm2_135m",),  # the seed recipe: 8 x 2048 micro-batches, 65,536 tokens per step
-    small_run=("model=smollm2_135m", "data.seq_len=512", "data.batch_size=8", "tokens_per_step=null"),
+    small_run=(
+        "model=smollm2_135m",
+        "data.seq_len=512",
+        "data.batch_size=8",
+        "tokens_per_step=null",
+        "callbacks.text_samples.max_new_tokens=16",
+    ),
     generation=("--new-tokens", "128", "--repeats", "3"),
 )
+# fp32 and 32-token windows, as the tests' tiny runs: on a CPU the 49,152-token vocabulary costs the
+# most, and sampling text at the start and end of every run would cost more than its steps.
+TINY = ("model=tiny", "trainer.accelerator=cpu", "precision=32-true", "data.seq_len=32", "data.batch_size=4")
 DRY_RUN = Plan(
     preset="tiny",
     device="cpu",
     shape="2x64",
     train_step=("--warmup", "1", "--repeats", "1", "--matmul-size", "1024"),
     train_steps=(20, 5),
-    run=("model=tiny", "trainer.accelerator=cpu", "data.seq_len=64", "data.batch_size=4"),
-    small_run=("model=tiny", "trainer.accelerator=cpu", "data.seq_len=64", "data.batch_size=4"),
+    run=(*TINY, "callbacks.text_samples.max_new_tokens=4"),
+    small_run=(*TINY, "callbacks.text_samples.max_new_tokens=4"),
     generation=("--new-tokens", "8", "--prompt-len", "8", "--repeats", "1"),
 )
 
@@ -257,12 +266,11 @@ def percent(fraction: str | None) -> str:
 
 
 def every_n_steps(n: int) -> tuple[str, ...]:
-    """Eval, checkpoints and text samples every n steps, on 2 validation batches and short samples."""
+    """Eval, checkpoints and text samples every n steps, on 2 validation batches."""
     return (
         f"eval_every={n}",
         f"checkpoint_every={n}",
         f"callbacks.text_samples.every_n_steps={n}",
-        "callbacks.text_samples.max_new_tokens=16",
         "trainer.limit_val_batches=2",
     )
 
