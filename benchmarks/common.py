@@ -146,15 +146,14 @@ def matmul_size(device: torch.device) -> int:
 
 
 def matmul_peak_flops(
-    dtype: torch.dtype, device: torch.device, size: int | None = None, repeats: int | None = None
+    dtype: torch.dtype, device: torch.device, size: int, repeats: int | None = None
 ) -> float:
-    """Best FLOP/s of a large square matmul: the denominator for MFU on this machine and dtype.
+    """Best FLOP/s of a large square matmul (`size`, see `matmul_size`): the denominator for MFU.
 
     The best of PyTorch's matmul and ours (`src.kernels.linear.linear`, oneDNN for fp32 on CPU),
     so that MFU is against the fastest kernel this machine has, not the one PyTorch picks.
     A GPU product takes about a millisecond: more repeats there, so its clocks ramp up first.
     """
-    size = size or matmul_size(device)
     repeats = repeats or (20 if device.type == "cuda" else 5)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
