@@ -134,16 +134,25 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return peak
 
 
-def matmul_peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5) -> float:
-    """Best FLOP/s of a large square matmul: the denominator for MFU on this machine and dtype.
+def matmul_size(device: torch.device) -> int:
+    """4096² on a CPU (seconds per product); 8192² on a GPU, where a 4096² one is too short to fill it."""
+    return 8192 if device.type == "cuda" else 4096
+
+
+def matmul_peak_flops(
+    dtype: torch.dtype, device: torch.device, size: int, repeats: int | None = None
+) -> float:
+    """Best FLOP/s of a large square matmul (`size`, see `matmul_size`): the denominator for MFU.
 
     The best of PyTorch's matmul and ours (`src.kernels.linear.linear`, oneDNN for fp32 on CPU),
     so that MFU is against the fastest kernel this machine has, not the one PyTorch picks.
+    A GPU product takes about a millisecond: more repeats there, so its clocks ramp up first.
     """
+    repeats = repeats or (20 if device.type == "cuda" else 5)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     candidates = {"torch": lambda: a @ b, "ours": lambda: linear(a, b)}
-    timings = time_interleaved(candidates, device, warmup=1, repeats=repeats)
+    timings = time_interleaved(candidates, device, warmup=repeats // 4 or 1, repeats=repeats)
     return 2 * size**3 / min(min(t.seconds) for t in timings.values())
 
 

@@ -1,11 +1,12 @@
 """Greedy decoding speed: our `generate` against transformers' `generate` on the same weights.
 
-Batch 1, a random prompt, a fixed number of new tokens (no EOS), random weights of the
-preset's size. Tokens/s counts new tokens over the whole call (prefill included). The two
-outputs are compared token by token, so the speed-up is for the same work.
+Random prompts of one length (batch 1 by default), a fixed number of new tokens (no EOS), random
+weights of the preset's size. Tokens/s counts new tokens of all rows over the whole call
+(prefill included). The two outputs are compared token by token, so the speed-up is for the
+same work.
 
     python -m benchmarks.generation                       # fp32 and bf16 weights, 128 new tokens
-    python -m benchmarks.generation --dtypes bf16 --new-tokens 256 --repeats 5
+    python -m benchmarks.generation --dtypes bf16 --new-tokens 256 --repeats 5 --batches 1,8
 """
 
 from __future__ import annotations
@@ -27,16 +28,18 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2_135m")
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batches", default="1", help="comma-separated batch sizes")
     add_common_args(parser, repeats=3)
     args = parser.parse_args()
     device = setup(args)
 
     torch.manual_seed(0)
     base = SmolLM2(SmolLM2Config.from_preset(args.preset)).eval()
-    prompt = torch.randint(0, base.config.vocab_size, (1, args.prompt_len), device=device)
+    batches = [int(b) for b in args.batches.split(",")]
+    prompts = torch.randint(0, base.config.vocab_size, (max(batches), args.prompt_len), device=device)
     n = args.new_tokens
 
-    print(f"## Greedy generation: {args.preset}, batch 1, prompt {args.prompt_len}, {n} new tokens\n")
+    print(f"## Greedy generation: {args.preset}, prompt {args.prompt_len}, {n} new tokens per row\n")
     print(f"machine: {machine_line(device)}")
     print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved)\n")
     rows = []
@@ -46,29 +49,32 @@ def main() -> None:
         ours.load_state_dict(base.state_dict())
         theirs = llama_twin(ours).to(device, dtype)
         ours = ready_for_inference(ours, device, dtype)  # as generate and the app run it
-        runs = {
-            "ours": lambda m=ours: generate(m, prompt, n),
-            "transformers": lambda m=theirs: m.generate(
-                prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
-            ),
-        }
-        with torch.inference_mode():
-            outputs = {name: run() for name, run in runs.items()}
-            timings = time_interleaved(runs, device, args.warmup, args.repeats)
-        same = outputs["ours"].tolist() == outputs["transformers"].tolist()
-        reference = timings["transformers"].median
-        for name, timing in timings.items():
-            rows.append(
-                [
-                    dtype_name,
-                    name,
-                    f"{n / timing.median:,.1f}",
-                    timing.cell(),
-                    f"{reference / timing.median:.2f}x",
-                    "yes" if same else "no",
-                ]
-            )
-    headers = ["dtype", "model", "new tokens/s", "s/call (±half spread)", "vs HF", "same tokens"]
+        for batch in batches:
+            prompt = prompts[:batch]
+            runs = {
+                "ours": lambda m=ours, p=prompt: generate(m, p, n),
+                "transformers": lambda m=theirs, p=prompt: m.generate(
+                    p, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+                ),
+            }
+            with torch.inference_mode():
+                outputs = {name: run() for name, run in runs.items()}
+                timings = time_interleaved(runs, device, args.warmup, args.repeats)
+            same = outputs["ours"].tolist() == outputs["transformers"].tolist()
+            reference = timings["transformers"].median
+            for name, timing in timings.items():
+                rows.append(
+                    [
+                        batch,
+                        dtype_name,
+                        name,
+                        f"{batch * n / timing.median:,.1f}",
+                        timing.cell(),
+                        f"{reference / timing.median:.2f}x",
+                        "yes" if same else "no",
+                    ]
+                )
+    headers = ["batch", "dtype", "model", "new tokens/s", "s/call (±half spread)", "vs HF", "same tokens"]
     print(markdown_table(headers, rows))
 
 

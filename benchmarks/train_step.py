@@ -23,6 +23,7 @@ from benchmarks.common import (
     machine_line,
     markdown_table,
     matmul_peak_flops,
+    matmul_size,
     peak_memory_bytes,
     setup,
     time_interleaved,
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2_135m")
     parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
     parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
+    parser.add_argument("--matmul-size", type=int, default=None, help="of the peak's matmul (4096, GPU 8192)")
     parser.add_argument("--compile", action="store_true", help="add a row for ours compiled per block")
     parser.add_argument(
         "--pytorch-kernels",
@@ -111,9 +113,10 @@ def main() -> None:
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
-        peak = matmul_peak_flops(dtype, device)
+        size = args.matmul_size or matmul_size(device)
+        peak = matmul_peak_flops(dtype, device, size)
         datasheet = peak_flops(device, "bf16-mixed") if dtype == torch.bfloat16 else None
-        print(f"{dtype_name} matmul peak measured: {peak / 1e12:.2f} TFLOP/s")
+        print(f"{dtype_name} matmul peak measured ({size}x{size}x{size}): {peak / 1e12:.2f} TFLOP/s")
         for shape in args.shapes.split(","):
             B, T = (int(n) for n in shape.split("x"))
             x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)

@@ -1,0 +1,89 @@
+"""The GPU check: its --dry-run runs every step on the CPU, and its GPU commands compose.
+
+GPU time comes in one short lease, so what can fail before a GPU is reached is checked
+here: the script end to end on the tiny model, and the GPU run's own `src.train`
+overrides (the 135M model, its shapes) through the same config checks a run makes first.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import hydra
+import pytest
+
+from benchmarks import gpu_steps
+from benchmarks.gpu_check import STEPS
+from src.train import override_key
+from src.training.config_checks import check_run_config
+from src.training.global_batch import resolve_global_batch
+from tests.conftest import REPO_ROOT
+from tests.training import compose_train, hydra_context
+
+
+class Recorded(Exception):
+    pass
+
+
+def first_command(step, tmp_path) -> list[str]:
+    """The first command a step of the GPU run would start, recorded instead of run."""
+    calls = []
+
+    def record(name: str, *args: str) -> str:
+        calls.append(list(args))
+        raise Recorded
+
+    ctx = gpu_steps.Context(
+        plan=gpu_steps.GPU, work=tmp_path, text=tmp_path / "input.txt", cuda=True, python=record
+    )
+    with pytest.raises(Recorded):
+        step(ctx)
+    return calls[0]
+
+
+@pytest.mark.parametrize(
+    "step, seq_len, batch_size, accumulation",
+    [(gpu_steps.sync_census, 512, 8, 2), (gpu_steps.train_run, 2048, 8, 4), (gpu_steps.fsdp_run, 512, 8, 1)],
+)
+def test_the_gpu_runs_training_commands_pass_the_config_checks(
+    step, seq_len, batch_size, accumulation, tmp_path
+):
+    command = first_command(step, tmp_path)
+    assert command[:2] == ["-m", "src.train"]
+    overrides = command[2:]
+    with hydra_context():
+        cfg = compose_train(overrides)
+        model_config = hydra.utils.instantiate(cfg.model)
+        check_run_config(cfg, model_config)
+        batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
+    assert model_config.hidden_size == 576  # smollm2_135m
+    assert (cfg.data.seq_len, cfg.data.batch_size, batch.accumulation) == (seq_len, batch_size, accumulation)
+    assert cfg.trainer.accelerator != "cpu"
+
+
+@pytest.mark.slow
+def test_the_dry_run_runs_every_step_and_writes_the_report(tmp_path):
+    report = tmp_path / "report.md"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.gpu_check",
+        "--dry-run",
+        f"--out={report}",
+        f"--work={tmp_path}",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = report.read_text()
+    statuses = re.findall(r"^\| (\d) \| (.+?) \| (.+?) \| \d+ \|$", text, flags=re.MULTILINE)
+    assert [(int(n), title, status) for n, title, status in statuses] == [
+        (n, step.title, "ok") for n, step in enumerate(STEPS, 1)
+    ], text
+    for n, step in enumerate(STEPS, 1):
+        assert f"## {n}. {step.title}" in text
+    assert "| mode | dry run on the CPU" in text
+    assert "**NOT met**" not in text  # a CPU run claims no GPU target, either way
+    assert text.count("skipped: no CUDA") >= 6  # the census, train step (3), generation, attention (2)
+    assert "zero host reads in the quiet steps [1, 2, 3, 5, 7, 9, 10, 11] (0): met" in text
