@@ -33,6 +33,7 @@ import torch
 
 from benchmarks import gpu_steps
 from benchmarks.gpu_steps import Context, StepFailed
+from src.kernels.timing_cache import cpu_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ("data/input.txt", "../shared/data/tinyshakespeare/input.txt")  # carried, then CI's
@@ -143,14 +144,6 @@ def machine_rows(commit: str) -> list[tuple[str, str]]:
         ("lightning / transformers", f"{lightning.__version__} / {transformers.__version__}"),
         ("commit", commit),
     ]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def render(title: str, header: list[tuple[str, str]], steps: list[Step], elapsed: float) -> str:
