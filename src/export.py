@@ -72,7 +72,7 @@ def write_folder_in_place(out_dir: Path, write: Callable[[Path], None]) -> None:
             except BaseException:
                 os.rename(old, out_dir)
                 raise
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)  # the new folder is in place already
         else:
             os.rename(tmp, out_dir)
     except BaseException:
@@ -80,10 +80,18 @@ def write_folder_in_place(out_dir: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def why(err: Exception) -> str:
+    """An OSError as its errno name, message and file (`ENOSPC No space left on device: <file>`)."""
+    if isinstance(err, OSError) and err.errno in errno.errorcode:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{errno.errorcode[err.errno]} {err.strerror}{where}"
+    return first_line(err)
+
+
 def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -> None:
     """Weights, config.json, generation_config.json and the run's tokenizer files into `out_dir`."""
-    out_dir, ckpt_path = out_dir.resolve(), ckpt_path.resolve()
-    check_out_dir(out_dir, ckpt_path, overwrite)
+    out_dir = out_dir.resolve()
+    check_out_dir(out_dir, ckpt_path.resolve(), overwrite)
     checkpoint = ckpt.read_checkpoint(ckpt_path)
     model, config = ckpt.model_from_checkpoint(checkpoint)
     tokenizer = load_tokenizer(checkpoint.get(ckpt.TOKENIZER))
@@ -98,14 +106,6 @@ def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -
         write_folder_in_place(out_dir, write)
     except (OSError, SafetensorError) as err:
         raise UserError(f"cannot write out_dir={out_dir} ({why(err)}); it is as it was before") from None
-
-
-def why(err: Exception) -> str:
-    """An OSError as its errno name, message and file (`ENOSPC No space left on device: <file>`)."""
-    if isinstance(err, OSError) and err.errno in errno.errorcode:
-        where = f": {err.filename}" if err.filename else ""
-        return f"{errno.errorcode[err.errno]} {err.strerror}{where}"
-    return first_line(err)
 
 
 @exit_on_user_error
