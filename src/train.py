@@ -204,7 +204,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     try:
         if cfg.val_at_start and not cfg.ckpt_path:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         success = True
         end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
     except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
