@@ -18,6 +18,7 @@ from src.serving import load_pretrained
 from src.training import checkpoint as ckpt
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_cli
+from tests.training import fast_overrides, run_training, write_text
 
 OLD_CHECKPOINT = REPO_ROOT / "tests" / "fixtures" / "tiny_step2_before_layout_move.ckpt"
 
@@ -98,3 +99,18 @@ def test_no_entry_point_runs_the_payload(payload, tmp_path, module, args):
     assert [line for line in lines if line.startswith("error:")] == lines[-1:]
     assert not marker.exists()
     assert not (tmp_path / "exported").exists()
+
+
+def test_stored_overrides_that_would_run_code_are_replayed_only_when_given_again(tmp_path):
+    """A continuation replays the checkpoint's overrides into Hydra, whose `_target_` imports and
+    calls anything: a stored one is refused (nothing is instantiated) unless passed again now."""
+    marker = tmp_path / "marker"
+    evil = ["+callbacks.evil._target_=builtins.open", f"+callbacks.evil.file={marker}"]
+    checkpoint = torch.load(OLD_CHECKPOINT, map_location="cpu", weights_only=True)
+    checkpoint[ckpt.OVERRIDES] = [*checkpoint[ckpt.OVERRIDES], *evil, "hydra.searchpath=[file:///elsewhere]"]
+    path = tmp_path / "overrides.ckpt"
+    torch.save(checkpoint, path)
+    text = write_text(tmp_path / "input.txt")
+    with pytest.raises(UserError, match=r"callbacks\.evil\._target_=builtins\.open hydra\.searchpath") as err:
+        run_training(fast_overrides(tmp_path, text, f"ckpt_path={path}", "trainer.max_steps=4"))
+    assert "file=" not in str(err.value) and not marker.exists()
