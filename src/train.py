@@ -88,6 +88,27 @@ def replay_overrides(history: list[str], current: list[str]) -> list[str]:
     return [o for o in history if override_key(o) not in current_keys] + list(current)
 
 
+# Keys by which an override makes Hydra import and call code, or look for configs elsewhere.
+CODE_KEYS = {"_target_", "_partial_", "_args_"}
+
+
+def check_replay_runs_no_code(history: list[str], current: list[str], ckpt_path: str) -> None:
+    """A checkpoint's stored overrides are data: one that would run code is replayed only when
+    given again now (same trust model as the file itself, README's Reliability)."""
+    current_keys = {override_key(o) for o in current}
+    risky = [
+        o
+        for o in history
+        if override_key(o) not in current_keys
+        and (override_key(o).startswith("hydra") or CODE_KEYS & set(override_key(o).split(".")))
+    ]
+    if risky:
+        raise UserError(
+            f"{ckpt_path}: its stored overrides would run code or read configs from elsewhere "
+            f"({' '.join(risky)}); if you trust the file, pass them again on the command line"
+        )
+
+
 def applied_recipe(overrides: list[str]) -> str:
     """Which experiment/ file the run applied: the one named by `experiment=`, else the model's
     own (train.yaml: `optional experiment: ${model}`). Hydra keeps its choices out of `cfg`."""
@@ -127,7 +148,9 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     checkpoint = None
     if cfg.ckpt_path:
         checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
-        overrides = replay_overrides(ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, [])), overrides)
+        history = ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, []))
+        check_replay_runs_no_code(history, overrides, cfg.ckpt_path)
+        overrides = replay_overrides(history, overrides)
         cfg = hydra.compose(config_name="train", overrides=overrides)
         check_strategy_reads(cfg.ckpt_path, cfg.trainer)
         step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
@@ -204,7 +227,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     try:
         if cfg.val_at_start and not cfg.ckpt_path:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         success = True
         end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
     except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import threading
 import warnings
@@ -28,7 +29,7 @@ import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
@@ -98,12 +99,38 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     return checkpoint
 
 
+# How torch.load(weights_only=True) begins its message for a file that needs more than it allows.
+WEIGHTS_ONLY_FAILED = "Weights only load failed"
+
+
 def _load(path: Path, **kwargs: Any) -> Any:
+    """A checkpoint file read with `weights_only=True`: a file that would run code is refused unread.
+
+    Ours hold only tensors, containers and plain values (loop and data state included), which
+    torch's restricted unpickler rebuilds without an allow-list.
+    """
     try:
-        # Our own checkpoints hold plain Python objects next to tensors (loop and data state).
-        return torch.load(path, map_location="cpu", weights_only=False, **kwargs)
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({err})") from None
+        if isinstance(err, pickle.UnpicklingError) and str(err).startswith(WEIGHTS_ONLY_FAILED):
+            raise UserError(
+                f"{path}: refused: it holds {_unsafe_globals(path, err)}, which only code in the file could "
+                "rebuild; src.train never writes such objects, so this is not one of our checkpoints"
+            ) from None
+        reason = first_line(err)
+        raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({reason})") from None
+
+
+def _unsafe_globals(path: Path, err: pickle.UnpicklingError) -> str:
+    """The types and functions the file would import, listed without unpickling anything."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError):
+        names = []
+    if names:
+        return ", ".join(names)
+    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(err))
+    return match.group(1).rstrip(".") if match else "objects torch's weights-only loader refuses"
 
 
 def _read_sharded(path: Path, weights: bool) -> dict[str, Any]:
@@ -171,7 +198,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     A kill mid-write leaves a `.<name>.tmp-<pid>` file behind; the next save into the same
     folder removes it (only rank 0 writes, so no live writer owns another pid's file).
+    Reading back (trainer.fit's ckpt_path) goes through `_load`: weights only, one-line errors.
     """
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: Any = None) -> Any:
+        return _load(Path(path))  # weights_only=True whatever the caller asks
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
