@@ -110,7 +110,7 @@ class RunLock:
     def refusal(self) -> str:
         owner = read_owner(self.path)
         who = f"pid {owner[0]} on {owner[1]}" if owner else "another process"
-        fix = "continue once that run has ended" if self.continuing else "pick another run_name or hydra.run.dir"
+        fix = "continue once it has ended" if self.continuing else "pick another run_name or hydra.run.dir"
         return f"{self.path.parent} is in use by a live run ({who}); {fix}"
 
     def release(self) -> None:
