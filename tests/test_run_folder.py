@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -114,6 +115,38 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_message(tmp_path, text, 
     )
     assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == 1
     assert not (folder / LOCK_NAME).exists()
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from pathlib import Path
+from src.training.run_folder import RunLock
+RunLock(Path(sys.argv[1]), continuing=False).acquire()
+child = os.fork()
+if child == 0:  # a DataLoader worker, say, that outlives a kill -9 of its parent by a while
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
+    command = [sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)]
+    owner = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    child = int(owner.stdout.readline())
+    try:
+        with pytest.raises(UserError, match="in use by a live run"):
+            RunLock(tmp_path, continuing=True).acquire()
+        owner.kill()
+        owner.wait()
+        lock = RunLock(tmp_path, continuing=True)
+        lock.acquire()  # while the forked child still sleeps
+        lock.release()
+    finally:
+        owner.kill()
+        owner.wait()
+        os.kill(child, signal.SIGKILL)
 
 
 def test_only_temp_files_of_writers_that_are_gone_are_removed(tmp_path):

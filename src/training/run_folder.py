@@ -23,6 +23,18 @@ from src.errors import UserError
 LOCK_NAME = ".lock"  # holds "<pid> <host>" of the run writing into the folder
 # File systems where flock is not available (some network and FUSE mounts).
 NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
+# Lock files held by this process. A forked child (a DataLoader worker) would share the lock
+# and keep it after this process is killed, refusing the run's continuation: it closes them.
+HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in HELD:
+        os.close(fd)
+    HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 @cache  # Hydra may resolve the run folder more than once; the claim is made once per process
@@ -101,6 +113,7 @@ class RunLock:
                 break
             os.close(fd)  # a releasing owner removed the file between our open and flock: retry
         self.fd = fd
+        HELD.add(fd)
         previous = read_owner(self.path)
         if previous is not None:
             rank_zero_info(f"taking over {self.path}: its run (pid {previous[0]} on {previous[1]}) has ended")
@@ -118,6 +131,7 @@ class RunLock:
         if self.fd is None:
             return
         self.path.unlink(missing_ok=True)
+        HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None
 
