@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,19 +44,21 @@ from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
+from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
 
 log = logging.getLogger(__name__)
 
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # the shell's 128 + signal number
 
 
-def run_dir_of(ckpt_path: str | None, default: str) -> str:
-    """A continuation writes into the run folder its checkpoint lives in."""
+def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
+    """A continuation writes into the run folder its checkpoint lives in; a fresh run into
+    `<runs>/<run_name>`, or without one into a folder no other run has."""
     if ckpt_path:
         path = Path(ckpt_path).resolve()
         if path.parent.name == "checkpoints":
             return str(path.parent.parent)
-    return default
+    return os.path.join(runs, run_name) if run_name else claim_fresh_folder(runs)
 
 
 def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config) -> list[str]:
@@ -188,9 +191,26 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     recipe = applied_recipe(overrides)  # printed once the config has passed every check
     rank_zero_info(f"recipe: {recipe}")
     rank_zero_info(f"global batch: {global_batch}")
-
-    L.seed_everything(cfg.seed, workers=True)
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
+    del checkpoint  # Lightning reads the file again to restore the full training state
+    # From here on the run writes into its folder: one run at a time.
+    lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
+    with lock if takes_the_lock() else nullcontext():
+        return fit(cfg, overrides, model_config, schedule, datamodule, run_id=run_id, recipe=recipe)
+
+
+def fit(
+    cfg: DictConfig,
+    overrides: list[str],
+    model_config: SmolLM2Config,
+    schedule: LRSchedule,
+    datamodule: L.LightningDataModule,
+    *,
+    run_id: str,
+    recipe: str,
+) -> dict[str, float]:
+    """Build the module and trainer from the checked config, and train."""
+    L.seed_everything(cfg.seed, workers=True)
     module = SmolLM2LitModule(
         model_config,
         optimizer=hydra.utils.instantiate(cfg.optim),
@@ -203,7 +223,6 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
         nonfinite=cfg.nonfinite,
     )
-    del checkpoint  # Lightning reads the file again to restore the full training state
 
     loggers = build_loggers(cfg.get("logger"), run_id)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import signal
+import socket
 import threading
 import warnings
 import zipfile
@@ -33,6 +34,7 @@ from src.errors import UserError, first_line
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
+from src.training.run_folder import pid_alive
 
 # Keys our LightningModule adds beside Lightning's own.
 MODEL_CONFIG = "model_config"  # SmolLM2Config as a dict
@@ -193,11 +195,25 @@ def sigint_deferred() -> Iterator[None]:
         previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
 
 
+TMP_MARK = ".tmp-"  # a checkpoint being written: .<name>.tmp-<host>-<pid>
+
+
+def left_by_a_dead_writer(tmp: Path) -> bool:
+    """Whether `tmp`'s writer is gone: a process of this host no longer alive. Files named by
+    pid alone (written before the host was added) count as this host's."""
+    owner = tmp.name.rsplit(TMP_MARK, 1)[1]
+    host, _, pid = owner.rpartition("-")
+    if not pid.isdigit() or host not in ("", socket.gethostname()):
+        return False
+    return not pid_alive(int(pid))
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """A kill at any moment leaves either the old file or the new one, never half of one.
 
-    A kill mid-write leaves a `.<name>.tmp-<pid>` file behind; the next save into the same
-    folder removes it (only rank 0 writes, so no live writer owns another pid's file).
+    A kill mid-write leaves a `.<name>.tmp-<host>-<pid>` file behind; a later save into the
+    same folder removes it once that process is gone. Another live process's file, or one
+    from another host (whose processes this one cannot see), is left alone.
     Reading back (trainer.fit's ckpt_path) goes through `_load`: weights only, one-line errors.
     """
 
@@ -209,9 +225,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        for stale in path.parent.glob(".*.tmp-*"):  # left by a killed writer
-            if not stale.name.endswith(f".tmp-{os.getpid()}"):
+        tmp = path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+        for stale in path.parent.glob(f".*{TMP_MARK}*"):
+            if left_by_a_dead_writer(stale):
                 stale.unlink(missing_ok=True)
         with sigint_deferred():
             try:

@@ -1,0 +1,164 @@
+"""A run folder belongs to one run: fresh folders never collide, a live run's folder is refused
+to a second run, and checkpoint temp files are removed only once their writer is gone."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+import torch
+
+from src.errors import UserError
+from src.training import run_folder
+from src.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from src.training.run_folder import LOCK_NAME, RunLock, claim_fresh_folder
+from tests.helpers import run_cli
+from tests.training import fast_overrides, run_training, write_text
+
+
+@pytest.fixture
+def text(tmp_path):
+    return write_text(tmp_path / "input.txt")
+
+
+def cli_args(tmp_path, text, *extra: str) -> list[str]:
+    """A tiny run whose folder Hydra chooses (no paths.output_dir)."""
+    return [a for a in fast_overrides(tmp_path, text, *extra) if not a.startswith("paths.output_dir=")]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+class FrozenClock(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return datetime(2026, 1, 2, 3, 4, 5)
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_folder, "datetime", FrozenClock)
+    claim = claim_fresh_folder.__wrapped__  # uncached: each call stands for another process
+    runs = tmp_path / "logs" / "train" / "runs"
+    folders = [claim(str(runs)) for _ in range(3)]
+    names = ["2026-01-02_03-04-05", "2026-01-02_03-04-05_2", "2026-01-02_03-04-05_3"]
+    assert folders == [str(runs / n) for n in names]
+    assert sorted(p.name for p in runs.iterdir()) == names
+
+
+@pytest.mark.slow
+def test_two_launches_at_once_train_into_two_folders(tmp_path, text):
+    """The default run name, two processes started together on one paths.root_dir."""
+    command = [
+        sys.executable,
+        "-m",
+        "src.train",
+        *cli_args(tmp_path, text, "trainer.max_steps=2", "val_at_start=false"),
+    ]
+    procs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [proc.communicate(timeout=300)[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], errors
+    folders = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == 2
+        assert not (folder / LOCK_NAME).exists()  # released at exit
+
+
+def test_a_second_run_on_a_live_runs_folder_is_refused_in_one_line(tmp_path, text):
+    folder = tmp_path / "busy"
+    with RunLock(folder, continuing=False):
+        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    host = socket.gethostname()
+    assert result.stderr.splitlines()[-1] == (
+        f"error: {folder} is in use by a live run (pid {os.getpid()} on {host}); "
+        "pick another run_name or hydra.run.dir"
+    )
+    assert not (folder / "checkpoints").exists()
+
+
+def test_continuing_a_run_that_is_still_going_is_refused(tmp_path, text):
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=1", "val_at_start=false")
+    run_training(overrides)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    with (
+        RunLock(tmp_path / "run", continuing=False),
+        pytest.raises(UserError, match="continue once it has ended"),
+    ):
+        run_training([*overrides, "trainer.max_steps=2", f"ckpt_path={last}"])
+    assert last.read_bytes() == before
+    run_training([*overrides, "trainer.max_steps=2", f"ckpt_path={last}"])  # once it has ended
+    assert read_checkpoint(last)["global_step"] == 2
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_message(tmp_path, text, caplog):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pid = dead_pid()
+    (folder / LOCK_NAME).write_text(f"{pid} {socket.gethostname()}\n")
+    with caplog.at_level(logging.INFO):
+        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=1", "val_at_start=false"))
+    assert (
+        f"taking over {folder / LOCK_NAME}: its run (pid {pid} on {socket.gethostname()}) has ended"
+        in caplog.text
+    )
+    assert read_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == 1
+    assert not (folder / LOCK_NAME).exists()
+
+
+HOLD_AND_FORK = """
+import os, sys, time
+from pathlib import Path
+from src.training.run_folder import RunLock
+RunLock(Path(sys.argv[1]), continuing=False).acquire()
+child = os.fork()
+if child == 0:  # a DataLoader worker, say, that outlives a kill -9 of its parent by a while
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_lock(tmp_path):
+    command = [sys.executable, "-c", HOLD_AND_FORK, str(tmp_path)]
+    owner = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    child = int(owner.stdout.readline())
+    try:
+        with pytest.raises(UserError, match="in use by a live run"):
+            RunLock(tmp_path, continuing=True).acquire()
+        owner.kill()
+        owner.wait()
+        lock = RunLock(tmp_path, continuing=True)
+        lock.acquire()  # while the forked child still sleeps
+        lock.release()
+    finally:
+        owner.kill()
+        owner.wait()
+        os.kill(child, signal.SIGKILL)
+
+
+def test_only_temp_files_of_writers_that_are_gone_are_removed(tmp_path):
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = [f".last.ckpt.tmp-{host}-{live.pid}", f".last.ckpt.tmp-other-host-{dead_pid()}"]
+        removed = [f".last.ckpt.tmp-{host}-{dead_pid()}", f".step_1.ckpt.tmp-{dead_pid()}"]  # pid only: older
+        for name in kept + removed:
+            (tmp_path / name).write_bytes(b"half a checkpoint")
+        AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(3)}, tmp_path / "last.ckpt")
+    finally:
+        live.kill()
+        live.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "last.ckpt"])
