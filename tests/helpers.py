@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from src.models import SmolLM2
+from src.models import SmolLM2, SmolLM2Config
 from src.training import checkpoint as ckpt
 from tests.conftest import REPO_ROOT
 
@@ -17,6 +17,14 @@ def write_checkpoint(model: SmolLM2, path: Path) -> None:
     """What our LightningModule puts in a .ckpt, minus the loop state that inference does not need."""
     state = {ckpt.MODEL_PREFIX + k: v for k, v in model.state_dict().items()}
     torch.save({ckpt.MODEL_CONFIG: model.config.to_dict(), ckpt.TOKENIZER: None, "state_dict": state}, path)
+
+
+def tiny_checkpoint(path: Path) -> SmolLM2:
+    """A seeded, untrained tiny model in eval mode, written as a checkpoint at `path`."""
+    torch.manual_seed(0)
+    model = SmolLM2(SmolLM2Config.from_preset("tiny")).eval()
+    write_checkpoint(model, path)
+    return model
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:

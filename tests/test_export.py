@@ -12,20 +12,17 @@ from safetensors import SafetensorError
 
 from src import export
 from src.errors import UserError
-from src.models import SmolLM2, SmolLM2Config
+from src.models import SmolLM2
 from src.serving import load_pretrained
-from tests.helpers import run_cli, write_checkpoint
+from tests.helpers import run_cli, tiny_checkpoint
 
 FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> tuple[SmolLM2, Path]:
-    torch.manual_seed(0)
-    model = SmolLM2(SmolLM2Config.from_preset("tiny")).eval()
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    write_checkpoint(model, path)
-    return model, path
+    return tiny_checkpoint(path), path
 
 
 @pytest.fixture

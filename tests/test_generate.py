@@ -6,20 +6,17 @@ import pytest
 import torch
 
 from src.generate import main
-from src.models import SmolLM2, SmolLM2Config, generate
+from src.models import SmolLM2, generate
 from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
-from tests.helpers import run_cli, write_checkpoint
+from tests.helpers import run_cli, tiny_checkpoint
 
 PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[SmolLM2, str]:
-    torch.manual_seed(0)
-    model = SmolLM2(SmolLM2Config.from_preset("tiny")).eval()
     path = tmp_path_factory.mktemp("generate") / "tiny.ckpt"
-    write_checkpoint(model, path)
-    return model, str(path)
+    return tiny_checkpoint(path), str(path)
 
 
 def expected_text(model: SmolLM2, tokenizer, prompt: str, max_new_tokens: int, **kwargs) -> str:
