@@ -21,7 +21,7 @@ import torch
 
 from src.errors import UserError
 from src.kernels.probes import Probe, Workload, probe
-from src.kernels.timing_cache import TimingCache
+from src.kernels.timing_cache import TimingCache, first_cpu_fields
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
@@ -69,16 +69,7 @@ def time_pair(pair: Probe) -> tuple[float, float]:
 
 def _cpu_identity() -> tuple[str, int, set[str]]:
     """(vendor, family, flags) from /proc/cpuinfo; ("", 0, set()) where there is none."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first CPU is enough
-                name, _, value = line.partition(":")
-                fields[name.strip()] = value.strip()
-    except OSError:
-        pass
+    fields = first_cpu_fields()
     family = fields.get("cpu family", "0")
     return (
         fields.get("vendor_id", ""),

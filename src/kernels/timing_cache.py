@@ -19,13 +19,24 @@ import torch
 FILE_NAME = "kernel_timings.json"
 
 
-def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo)."""
+def first_cpu_fields() -> dict[str, str]:
+    """The first CPU's entry of /proc/cpuinfo (`model name`, `vendor_id`, `flags`, ...); {} elsewhere."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU is enough
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo)."""
+    return first_cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def this_machine() -> str:
