@@ -126,6 +126,12 @@ def applied_recipe(overrides: list[str]) -> str:
     return f"experiment={name} (default for model={choices.model})"
 
 
+def parameters_line(count: int, reference: DictConfig) -> str:
+    """Our parameter count beside the one the reproduced run states (`reference`, set by the
+    experiment/seed*.yaml recipes), so a decoder that cannot be the seed's says by how much."""
+    return f"parameters: {count:,} ({reference.name} states {reference.params})"
+
+
 def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path: str) -> None:
     diff = [
         f"{k}: {saved.get(k)} in checkpoint, {config.get(k)} now" for k in config if saved.get(k) != config[k]
@@ -190,6 +196,8 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     recipe = applied_recipe(overrides)  # printed once the config has passed every check
     rank_zero_info(f"recipe: {recipe}")
+    if cfg.get("reference"):
+        rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
     rank_zero_info(f"global batch: {global_batch}")
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     del checkpoint  # Lightning reads the file again to restore the full training state

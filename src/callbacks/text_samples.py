@@ -37,14 +37,16 @@ class TextSamples(L.Callback):
         max_new_tokens: int = 64,
         temperature: float = 0.8,
         top_k: int | None = 50,
+        top_p: float | None = None,
         seed: int = 1234,
         out_file: str = "samples.jsonl",
     ) -> None:
         self.prompts, self.every_n_steps = list(prompts), every_n_steps
-        self.max_new_tokens, self.temperature, self.top_k, self.seed = (
+        self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed = (
             max_new_tokens,
             temperature,
             top_k,
+            top_p,
             seed,
         )
         self.out_file = Path(out_file)
@@ -107,6 +109,7 @@ class TextSamples(L.Callback):
                 self.max_new_tokens,
                 temperature=self.temperature,
                 top_k=self.top_k,
+                top_p=self.top_p,
                 eos_id=tokenizer.eos_token_id,
                 seed=self.seed,
                 compile_steps=False,
