@@ -213,7 +213,8 @@ def fit(
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train.
 
-    SIGTERM and Ctrl-C are handled from here on, in every phase (README: Reliability).
+    From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
+    included (README: Reliability); a stop outside a trainer call is reported here.
     """
     coordinated_stop = CoordinatedStop(  # not optional
         every_n_steps=cfg.trainer.log_every_n_steps, processes=process_count(cfg.trainer)
