@@ -43,7 +43,7 @@ def test_a_file_in_the_place_of_the_csv_folder_is_refused_before_training(tmp_pa
     csv = tmp_path / "run" / "csv"
     csv.parent.mkdir()
     csv.write_text("")
-    assert refusal(tmp_path).startswith(f"cannot write to the folder {csv} (File exists)")
+    assert refusal(tmp_path).startswith(f"cannot write to the folder {csv} (Not a directory)")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")

@@ -6,6 +6,7 @@ second, not a traceback after minutes of tokenization or a crash at the first ch
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -36,10 +37,16 @@ def check_positive_int(cfg: DictConfig, key: str) -> None:
 
 
 def check_writable(folder: Path, what: str = "the run folder") -> None:
-    """Fail now rather than at the first checkpoint, after the compute is spent."""
+    """Fail now rather than at the first checkpoint, after the compute is spent. A folder not
+    made yet is left unmade (a run refused later writes nothing): its nearest existing parent
+    is checked instead."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         raise UserError(
