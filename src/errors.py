@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 F = TypeVar("F", bound=Callable)
+E = TypeVar("E", bound=BaseException)
 
 
 class UserError(ValueError):
@@ -27,15 +28,20 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def find_user_error(err: BaseException | None) -> UserError | None:
-    """The UserError behind `err`, also when a library (Hydra's instantiate) wrapped it."""
+def find_cause(err: BaseException | None, kind: type[E]) -> E | None:
+    """The `kind` exception behind `err`, also when a library wrapped it or raised another
+    while handling it (Hydra's instantiate; torch's zip writer after a failed write)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
+        if isinstance(err, kind):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def find_user_error(err: BaseException | None) -> UserError | None:
+    return find_cause(err, UserError)
 
 
 def exit_on_user_error(main: F) -> F:

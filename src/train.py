@@ -4,8 +4,9 @@ Hydra composes `conf/train.yaml`; this file builds the objects and calls `traine
 With `ckpt_path=...` the run's own overrides are read back from the checkpoint and
 replayed under today's, so a continuation is the same run with the same config.
 
-Exit codes: 0 done; 2 bad input or a diverged run (one `error:` line on stderr); 130 after
-Ctrl-C and 143 after SIGTERM, both once `last.ckpt` is saved; anything else is a crash.
+Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
+`error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once
+`last.ckpt` holds the last finished step; anything else is a crash.
 In a multi-process run every rank exits: a failed rank ends the others (README: Reliability).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from contextlib import nullcontext
 from datetime import datetime
@@ -217,67 +219,92 @@ def fit(
     run_id: str,
     recipe: str,
 ) -> dict[str, float]:
-    """Build the module and trainer from the checked config, and train."""
-    L.seed_everything(cfg.seed, workers=True)
-    module = SmolLM2LitModule(
-        model_config,
-        optimizer=hydra.utils.instantiate(cfg.optim),
-        schedule=schedule,
-        tokenizer=cfg.data.tokenizer,
-        compile=cfg.compile,
-        activation_checkpointing=cfg.activation_checkpointing,
-        kernels=cpu_kernels(cfg, model_config),
-        wandb_run_id=run_id,
-        cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
-        nonfinite=cfg.nonfinite,
-    )
+    """Build the module and trainer from the checked config, and train.
 
-    loggers = build_loggers(cfg.get("logger"), run_id)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    coordinated_stop = CoordinatedStop(every_n_steps=cfg.trainer.log_every_n_steps)  # not optional
-    enable_tf32()
-    if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
-        keep_freed_host_memory()
-    trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=[*callbacks, coordinated_stop],
-        logger=loggers or False,
-        plugins=[ckpt.AtomicCheckpointIO()],
+    From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
+    included (README: Reliability); a stop outside a trainer call is reported here.
+    """
+    coordinated_stop = CoordinatedStop(  # not optional
+        every_n_steps=cfg.trainer.log_every_n_steps, processes=process_count(cfg.trainer)
     )
-    rank_zero_info(
-        f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
-        f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
-    )
-    for logger in loggers:
-        logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
+    trainer: L.Trainer | None = None
+    loggers: list = []
     success = False
     try:
-        if cfg.val_at_start and not cfg.ckpt_path:
-            trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+        with coordinated_stop.listening():
+            L.seed_everything(cfg.seed, workers=True)
+            module = SmolLM2LitModule(
+                model_config,
+                optimizer=hydra.utils.instantiate(cfg.optim),
+                schedule=schedule,
+                tokenizer=cfg.data.tokenizer,
+                compile=cfg.compile,
+                activation_checkpointing=cfg.activation_checkpointing,
+                kernels=cpu_kernels(cfg, model_config),
+                wandb_run_id=run_id,
+                cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
+                nonfinite=cfg.nonfinite,
+            )
+            loggers = build_loggers(cfg.get("logger"), run_id)
+            callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+            enable_tf32()
+            if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
+                keep_freed_host_memory()
+            trainer = hydra.utils.instantiate(
+                cfg.trainer,
+                callbacks=[*callbacks, coordinated_stop],
+                logger=loggers or False,
+                plugins=[ckpt.AtomicCheckpointIO()],
+            )
+            rank_zero_info(
+                f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
+                f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
+            )
+            for logger in loggers:
+                logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
+            if cfg.val_at_start and not cfg.ckpt_path:
+                trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         success = True
         end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
-    except SystemExit as stop:  # Lightning: Ctrl-C -> sys.exit(1), SIGTERM -> SIGTERMException
-        if not trainer.interrupted:
+    except (SystemExit, KeyboardInterrupt) as stop:
+        code = stop_code(stop, trainer, coordinated_stop)
+        if code is None:
             raise
-        if not isinstance(stop, SIGTERMException):
-            sys.exit(EXIT_SIGINT)  # a Ctrl-C not agreed on: Lightning has killed the other ranks
-        code = coordinated_stop.exit_code()  # every rank stopped after the same step, saved, and exits
-        others = end_child_ranks(trainer, CHILD_EXIT_WAIT_S)
-        if any(other != code for other in others):
-            print(f"error: the other ranks exited with {others}, not {code}", file=sys.stderr)
-            sys.exit(1)
-        sys.exit(code)
+        if trainer is None or not trainer.interrupted:  # inside a trainer call LastCheckpoint reports
+            resume = f"; continue with ckpt_path={cfg.ckpt_path}" if cfg.ckpt_path else ""
+            name = signal.Signals(code - 128).name
+            rank_zero_info(f"{name} before training started: nothing saved{resume}")
+        if isinstance(stop, SIGTERMException) and trainer is not None:  # agreed: the others exit alike
+            others = end_child_ranks(trainer, CHILD_EXIT_WAIT_S)
+            if any(other != code for other in others):
+                print(f"error: the other ranks exited with {others}, not {code}", file=sys.stderr)
+                sys.exit(1)
+        sys.exit(code)  # a Ctrl-C not agreed on: Lightning has killed the other ranks
     except BaseException as err:
         # Ranks that stopped together (non-finite gradients) exit by themselves; others may wait
         # for this rank in a collective that never ends.
-        end_child_ranks(trainer, CHILD_EXIT_WAIT_S if isinstance(err, AGREED_STOPS) else 0)
+        if trainer is not None:
+            end_child_ranks(trainer, CHILD_EXIT_WAIT_S if isinstance(err, AGREED_STOPS) else 0)
         raise
     finally:
         for logger in loggers:
             if isinstance(logger, RunWandbLogger):
                 logger.finish(success)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def stop_code(stop: BaseException, trainer: L.Trainer | None, stopper: CoordinatedStop) -> int | None:
+    """The exit code for a stop by SIGTERM or Ctrl-C (None for any other exit).
+
+    Lightning turns a Ctrl-C inside a trainer call into `sys.exit(1)` (after killing the other
+    ranks: not agreed); outside one it is still a KeyboardInterrupt.
+    """
+    if isinstance(stop, SIGTERMException):
+        return stopper.exit_code()  # SIGTERM, or a Ctrl-C every rank agreed on
+    if isinstance(stop, KeyboardInterrupt) or (trainer is not None and trainer.interrupted):
+        return EXIT_SIGINT
+    return None
 
 
 def one_line(err: Exception) -> str:

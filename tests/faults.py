@@ -6,11 +6,20 @@ The rank processes Lightning starts re-run the same command line from the reposi
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import signal as signal_module
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from src.callbacks.text_samples import TextSamples
+from src.data import text_file
+from src.training import checkpoint
 
 
 class RecordPid(L.Callback):
@@ -47,3 +56,75 @@ class HangAt(FailAt):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             (self.pid_dir / "hanging").touch()
             time.sleep(3600)
+
+
+class SignalIn(L.Callback):
+    """Sends `signal` (SIGTERM or SIGINT) to this process once, in `phase`, at optimizer step `step`.
+
+    Phases: tokenizing, validation_at_start, training (inside step `step` + 1, before its
+    update), validation, sampling and checkpoint (inside the first file write of step `step`).
+    The signal lands between two Python bytecodes of that phase, as a scheduler's would.
+    """
+
+    def __init__(self, phase: str, signal: str, step: int = 0) -> None:
+        self.phase, self.signum, self.step = phase, getattr(signal_module, signal), step
+        self._sent = False
+        self.trainer: L.Trainer | None = None
+        if phase == "tokenizing":  # before the trainer's first call, which tokenizes
+            self._wrap(text_file, "tokenize_documents", lambda: True)
+        elif phase == "checkpoint":
+            self._wrap(torch, "save", self._at_step)
+
+    def _at_step(self) -> bool:
+        return self.trainer is not None and self.trainer.global_step == self.step
+
+    def _send(self) -> None:
+        if not self._sent:
+            self._sent = True
+            os.kill(os.getpid(), self.signum)
+
+    def _wrap(self, owner: object, name: str, now) -> None:
+        """`owner.name` sends the signal first when `now()`, then runs as before."""
+        original = getattr(owner, name)
+
+        def signalling(*args, **kwargs):
+            if now():
+                self._send()
+            return original(*args, **kwargs)
+
+        setattr(owner, name, signalling)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.trainer = trainer
+        if self.phase == "sampling":
+            samples = next(c for c in trainer.callbacks if isinstance(c, TextSamples))
+            self._wrap(samples, "_complete", self._at_step)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.phase == "training" and trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        phase = "validation_at_start" if trainer.state.fn == TrainerFn.VALIDATING else "validation"
+        if self.phase == phase and trainer.global_step == self.step:
+            self._send()
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after its first 4 KiB: writes past them fail with ENOSPC."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > 4096:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+class DiskFullFrom(L.Callback):
+    """From optimizer step `step` on, the checkpoint writer's files land on a full disk."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            checkpoint.open = lambda path, mode="r", *args, **kwargs: io.BufferedWriter(FullDisk(path, mode))

@@ -6,6 +6,12 @@ small all-reduce and one host read per log interval and none in between; in one 
 step, a Python flag. All then raise Lightning's SIGTERMException after that same step, so
 `LastCheckpoint`'s collective save is of a step every rank completed.
 
+The handler is in place from before the data is tokenized to the end of training (`listening`).
+Outside an optimizer step (tokenizing, validation, sampling, the final save) one process has
+no step to finish, so SIGTERM stops it at once, as Ctrl-C does; a checkpoint being written is
+finished first (`stop_signals_deferred`). Several processes note a signal there and agree at
+the first log step of training, where the collective already is.
+
 Failures: an exception on one rank is not agreed, so nothing collective follows it
 (`LastCheckpoint` skips its save) and its process exits. Under Lightning's own launcher, rank 0
 ends the ranks it started when it fails (`end_child_ranks`), they die with it if it is killed
@@ -21,11 +27,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from src.lightning_compat import (
     child_ranks,
@@ -43,18 +52,37 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 class CoordinatedStop(L.Callback):
     """SIGTERM (and, in a multi-process run, Ctrl-C) stop all ranks after one agreed optimizer step."""
 
-    def __init__(self, every_n_steps: int) -> None:
+    def __init__(self, every_n_steps: int, processes: int = 1) -> None:
         self.every_n_steps = max(1, every_n_steps)
+        self.processes = processes
         self.received: int | None = None  # the first stop signal this process received
         self.agreed: int | None = None  # the stop signal all ranks act on (SIGTERM wins over SIGINT)
+        self.in_step = False  # from an optimizer step's first batch to its end
         self._step = -1
         self._sigint_before = None
 
+    @contextmanager
+    def listening(self) -> Iterator[None]:
+        """SIGTERM goes to `_receive` inside the block, in every phase; Lightning's trainer calls
+        chain their own handler to it and restore it after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = signal.signal(signal.SIGTERM, lambda signum, frame: self._receive(signum))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, before)
+
     def _receive(self, signum: int) -> None:
-        """A signal handler: it notes the signal and does nothing that could block."""
+        """A signal handler: it notes the signal and does nothing that could block. One process
+        outside an optimizer step stops here, with the exception Lightning raises after a step."""
         self.received = self.received or signum
         if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
             signal.signal(signal.SIGINT, self._sigint_before)
+        elif self.processes == 1 and not self.in_step and self.agreed is None:
+            self.agreed = signum
+            raise SIGTERMException()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer.local_rank > 0 and isinstance(
@@ -75,10 +103,14 @@ class CoordinatedStop(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._step = trainer.global_step
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        self.in_step = True
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
         if step == self._step:  # mid-accumulation: a stop waits for the whole optimizer step
             return
+        self.in_step = False  # this callback comes last: the step's saves and samples are done
         self._step = step
         agreed = self.received or 0
         if trainer.world_size > 1:

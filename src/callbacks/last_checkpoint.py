@@ -1,4 +1,5 @@
-"""Keep `last.ckpt` current: every N steps, and whenever fit ends (max_steps, Ctrl-C, SIGTERM, a crash).
+"""Keep `last.ckpt` current: every N steps, and whenever fit ends (max_steps, Ctrl-C, SIGTERM, a crash)
+after a step that is not saved yet.
 
 In a multi-process run a save is collective (barriers, the data position gathered from every
 rank), so on the way out it happens only for a stop every rank takes after the same step: an
@@ -15,10 +16,13 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.training.checkpoint import CheckpointWriteFailed
 from src.training.nonfinite import TrainingDiverged
 
 # Exceptions every rank raises after the same step, so that a collective save is safe.
 AGREED_STOPS = (SIGTERMException, TrainingDiverged)
+# How SIGTERM and Ctrl-C reach the trainer (src/callbacks/coordinated_stop.py).
+SIGNAL_STOPS = (SIGTERMException, KeyboardInterrupt)
 
 
 class LastCheckpoint(L.Callback):
@@ -30,7 +34,8 @@ class LastCheckpoint(L.Callback):
     by `FSDP2Strategy`, so a kill leaves the previous `last.ckpt` whole. An exception before
     training starts (bad data, a failed restore) saves nothing: the trainer then holds an
     untrained model, and on a continuation `last.ckpt` is the very file the run was asked to
-    continue from.
+    continue from. A failed write (a full disk) is not retried on the way out: the file keeps
+    the last step that was written whole.
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 0, filename: str = "last.ckpt") -> None:
@@ -45,12 +50,22 @@ class LastCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path)
             self._saved_step = step
         if reason:
-            rank_zero_info(f"{reason}: {self.path} holds step {step}; continue with ckpt_path={self.path}")
+            self._report(trainer, reason)
+
+    def _report(self, trainer: L.Trainer, reason: str) -> None:
+        """Where to continue from: this file, the checkpoint the run started from, or nowhere."""
+        if self._saved_step > 0:
+            path = self.path
+            rank_zero_info(f"{reason}: {path} holds step {self._saved_step}; continue with ckpt_path={path}")
+        elif trainer.ckpt_path:
+            rank_zero_info(f"{reason} before training resumed: continue with ckpt_path={trainer.ckpt_path}")
+        else:
+            rank_zero_info(f"{reason} before the first step: nothing saved")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = True
-        if trainer.global_step > 0:  # resumed: this step's checkpoint is the one we started from
-            self._saved_step = trainer.global_step
+        # Step 0 is the untrained model; a resumed step's checkpoint is the one we started from.
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         n = self.every_n_train_steps
@@ -63,11 +78,15 @@ class LastCheckpoint(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not self._started:
-            return
         reason = f"stopped by {type(exception).__name__}"
-        if trainer.world_size == 1 or isinstance(exception, AGREED_STOPS):
+        if not self._started:
+            if isinstance(exception, SIGNAL_STOPS):
+                self._report(trainer, reason)
+            return
+        if isinstance(exception, CheckpointWriteFailed):  # a retry would fail alike
+            self._report(trainer, reason)
+        elif trainer.world_size == 1 or isinstance(exception, AGREED_STOPS):
             self._save(trainer, reason)
         else:
-            held = f"holds step {self._saved_step}" if self._saved_step >= 0 else "was not written yet"
+            held = f"holds step {self._saved_step}" if self._saved_step > 0 else "was not written yet"
             rank_zero_info(f"{reason}: not saved, a save needs every rank; {self.path} {held}")

@@ -12,6 +12,7 @@ rank's shards in torch.distributed.checkpoint files, everything else in one smal
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import re
@@ -30,7 +31,7 @@ import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from src.errors import UserError, first_line
+from src.errors import UserError, find_cause, first_line
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
@@ -175,24 +176,33 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[SmolLM2, SmolLM2C
     return model, config
 
 
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block is done, then deliver it to the handler it would have met.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    A KeyboardInterrupt raised inside `torch.save` breaks its zip writer, which then raises
-    an unrelated RuntimeError: the run would exit 1 with a traceback instead of 130.
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then deliver them to the handlers they
+    would have met.
+
+    An exception raised inside `torch.save` breaks its zip writer, which then raises an
+    unrelated RuntimeError: the run would exit 1 with a traceback instead of 130 or 143.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received and callable(previous):
-        previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    for signum in dict.fromkeys(received):
+        signal.raise_signal(signum)  # runs the restored handler here (Ctrl-C: KeyboardInterrupt)
+
+
+class CheckpointWriteFailed(UserError):
+    """A checkpoint could not be written (a full disk, a lost mount); the previous file is intact."""
 
 
 TMP_MARK = ".tmp-"  # a checkpoint being written: .<name>.tmp-<host>-<pid>
@@ -229,12 +239,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         for stale in path.parent.glob(f".*{TMP_MARK}*"):
             if left_by_a_dead_writer(stale):
                 stale.unlink(missing_ok=True)
-        with sigint_deferred():
+        with stop_signals_deferred():
             try:
                 with open(tmp, "wb") as f:
                     torch.save(checkpoint, f)
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)  # replaces a symlink itself, never writes through it
+            except (OSError, RuntimeError) as err:
+                cause = find_cause(err, OSError)  # torch's zip writer: `unexpected pos`
+                if cause is None:
+                    raise
+                reason = f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}"
+                raise CheckpointWriteFailed(
+                    f"cannot write {path} ({reason}); the previous file is intact: make room, then continue"
+                ) from err
             finally:
                 tmp.unlink(missing_ok=True)

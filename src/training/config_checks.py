@@ -6,6 +6,8 @@ second, not a traceback after minutes of tokenization or a crash at the first ch
 
 from __future__ import annotations
 
+import errno
+import os
 import tempfile
 from pathlib import Path
 
@@ -34,16 +36,48 @@ def check_positive_int(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key} must be a positive integer, got {value!r}")
 
 
-def check_writable(folder: Path) -> None:
-    """Fail now rather than at the first checkpoint, after the compute is spent."""
+def check_writable(folder: Path, what: str = "the run folder") -> None:
+    """Fail now rather than at the first checkpoint, after the compute is spent. A folder not
+    made yet is left unmade (a run refused later writes nothing): its nearest existing parent
+    is checked instead."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as err:
         raise UserError(
-            f"cannot write to the run folder {folder} ({err.strerror}); pass a writable paths.output_dir"
+            f"cannot write to {what} {folder} ({err.strerror}); "
+            "make it writable or pass another paths.output_dir"
         ) from None
+
+
+def check_file_writable(path: Path) -> None:
+    """A file the run will create or append to: its folder is checked apart, the file here."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, where the run writes a file; move or remove it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write to {path} (read-only); make it writable or move it away")
+
+
+def written_paths(cfg: DictConfig) -> tuple[list[Path], list[Path]]:
+    """The folders and files the run writes, from its config: checkpoints, samples, logs."""
+    folders, files = [Path(cfg.paths.output_dir)], []
+    for callback in (cfg.get("callbacks") or {}).values():
+        if callback.get("dirpath"):
+            folders.append(Path(callback.dirpath))
+            if callback.get("_target_", "").endswith(".LastCheckpoint"):
+                files.append(Path(callback.dirpath) / callback.get("filename", "last.ckpt"))
+        if callback.get("out_file"):
+            files.append(Path(callback.out_file))
+            folders.append(Path(callback.out_file).parent)
+    for logger in (cfg.get("logger") or {}).values():
+        if logger.get("save_dir"):
+            folders.append(Path(logger.save_dir) / (logger.get("name") or ""))
+    return list(dict.fromkeys(folders)), files
 
 
 def check_tokenizer_fits(name: str | None, vocab_size: int) -> None:
@@ -76,4 +110,9 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     check_policy(cfg.kernels_policy)
     model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")
     check_tokenizer_fits(cfg.data.get("tokenizer"), model_config.vocab_size)
-    check_writable(Path(cfg.paths.output_dir))
+    folders, files = written_paths(cfg)
+    check_writable(folders[0])
+    for folder in folders[1:]:
+        check_writable(folder, "the folder")
+    for path in files:
+        check_file_writable(path)

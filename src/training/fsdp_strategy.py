@@ -25,7 +25,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 
 from src.errors import UserError
 from src.lightning_compat import set_mesh_sizes
-from src.training.checkpoint import sigint_deferred
+from src.training.checkpoint import stop_signals_deferred
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -52,7 +52,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         """Every rank writes its shards into a new folder; then rank 0 points `filepath` at it."""
         path = Path(self.broadcast(str(filepath)))
         folder = path.with_name(self.broadcast(f".{path.name}-{time.time_ns()}"))
-        with sigint_deferred():
+        with stop_signals_deferred():
             super().save_checkpoint(checkpoint, folder, storage_options)
             if self.is_global_zero:
                 point_link_at(path, folder)

@@ -1,0 +1,82 @@
+"""Where the run writes: every folder and file is checked before training, and a disk that
+fills up mid-run ends with one line, the last good checkpoint intact and the way to continue."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from src.errors import EXIT_USER_ERROR, UserError, find_user_error
+from src.training.checkpoint import read_checkpoint
+from tests.conftest import REPO_ROOT
+from tests.training import fast_overrides, run_training, write_text
+
+
+def refusal(tmp_path, *extra: str) -> str:
+    """The one-line error a run with `extra` stops with, having written no checkpoint or metric."""
+    text = write_text(tmp_path / "input.txt")
+    with pytest.raises(Exception) as failure:  # Hydra's instantiate may wrap it
+        run_training(fast_overrides(tmp_path, text, "trainer.max_steps=2", *extra))
+    error = find_user_error(failure.value)
+    assert isinstance(error, UserError), failure.value
+    written = [p.name for p in (tmp_path / "run").rglob("*") if p.is_file() and p.suffix in (".ckpt", ".csv")]
+    assert not written
+    return str(error)
+
+
+def test_a_folder_in_the_place_of_last_ckpt_is_refused_before_training(tmp_path):
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.mkdir(parents=True)
+    assert refusal(tmp_path).startswith(f"{last} is a folder, where the run writes a file")
+
+
+def test_a_folder_in_the_place_of_the_samples_file_is_refused_before_training(tmp_path):
+    samples = tmp_path / "run" / "samples.jsonl"
+    samples.mkdir(parents=True)
+    assert refusal(tmp_path).startswith(f"{samples} is a folder, where the run writes a file")
+
+
+def test_a_file_in_the_place_of_the_csv_folder_is_refused_before_training(tmp_path):
+    csv = tmp_path / "run" / "csv"
+    csv.parent.mkdir()
+    csv.write_text("")
+    assert refusal(tmp_path).startswith(f"cannot write to the folder {csv} (Not a directory)")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_read_only_checkpoints_folder_is_refused_before_training(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    folder.chmod(0o555)
+    try:
+        assert refusal(tmp_path).startswith(f"cannot write to the folder {folder} (Permission denied)")
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_with_one_line_and_the_last_good_checkpoint(tmp_path):
+    """The disk fills up after step 2's save; step 4's save fails and the run says where to resume."""
+    args = fast_overrides(
+        tmp_path,
+        write_text(tmp_path / "input.txt"),
+        "trainer.max_steps=6",
+        "kernels=[]",
+        "checkpoint_every=2",
+        "+callbacks.test._target_=tests.faults.DiskFullFrom",
+        "+callbacks.test.step=3",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(errors) == 1
+    assert errors[0].startswith(f"error: cannot write {last} (ENOSPC: No space left on device)")  # step 4's
+    assert f"{last} holds step 2; continue with ckpt_path={last}" in proc.stderr
+    assert read_checkpoint(last)["global_step"] == 2
+    assert not list(last.parent.glob(".*.tmp-*"))

@@ -1,0 +1,72 @@
+"""SIGTERM and Ctrl-C exit 143 and 130 in every phase of a run, with `last.ckpt` holding the
+last finished step whenever one finished since the last save (none before step 1).
+
+Real `python -m src.train` processes; `tests.faults.SignalIn` sends the signal from inside the
+phase, so each case is deterministic. Steps 2 and 4 validate and sample; step 4 saves.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.train import EXIT_SIGINT, EXIT_SIGTERM
+from src.training.checkpoint import read_checkpoint
+from tests.conftest import REPO_ROOT
+from tests.training import fast_overrides, write_text
+
+pytestmark = pytest.mark.slow
+
+CODES = {"SIGTERM": EXIT_SIGTERM, "SIGINT": EXIT_SIGINT}
+
+
+def run_signalled(tmp: Path, phase: str, signal: str, step: int, *extra: str) -> subprocess.CompletedProcess:
+    """A 6-step run that receives `signal` in `phase` at `step` (so it should never reach step 6)."""
+    args = fast_overrides(
+        tmp,
+        write_text(tmp / "input.txt"),
+        "trainer.max_steps=6",
+        "kernels=[]",
+        "eval_every=2",
+        "checkpoint_every=4",
+        "callbacks.text_samples.every_n_steps=2",
+        "+callbacks.test._target_=tests.faults.SignalIn",
+        f"+callbacks.test.phase={phase}",
+        f"+callbacks.test.signal={signal}",
+        f"+callbacks.test.step={step}",
+        *extra,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("phase", "signal", "step", "saved"),
+    [
+        ("tokenizing", "SIGTERM", 0, None),
+        ("validation_at_start", "SIGTERM", 0, None),
+        ("validation_at_start", "SIGINT", 0, None),
+        ("training", "SIGTERM", 2, 3),  # the step under way is finished first
+        ("validation", "SIGTERM", 2, 2),
+        ("sampling", "SIGTERM", 2, 2),
+        ("checkpoint", "SIGTERM", 4, 4),  # last.ckpt's write is finished, then the run stops
+        ("checkpoint", "SIGINT", 4, 4),
+    ],
+)
+def test_a_signal_in_any_phase_exits_with_its_code_and_saves_what_a_step_finished(
+    tmp_path, phase, signal, step, saved
+):
+    proc = run_signalled(tmp_path, phase, signal, step)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert proc.returncode == CODES[signal], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    if saved is None:
+        assert "nothing saved" in proc.stderr and not last.exists()
+    else:
+        assert f"{last} holds step {saved}; continue with ckpt_path={last}" in proc.stderr
+        assert read_checkpoint(last)["global_step"] == saved
+    assert not list(last.parent.glob(".*.tmp-*"))
