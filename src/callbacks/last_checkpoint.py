@@ -47,7 +47,8 @@ class LastCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer, reason: str | None = None) -> None:
         step = trainer.global_step
         if step != self._saved_step:
-            trainer.save_checkpoint(self.path)
+            # The full training state; left unset, Lightning logs a misleading "weights_only ... False".
+            trainer.save_checkpoint(self.path, weights_only=False)
             self._saved_step = step
         if reason:
             self._report(trainer, reason)
