@@ -19,6 +19,7 @@ class UserError(ValueError):
 
 
 EXIT_USER_ERROR = 2
+EXIT_SIGINT, EXIT_SIGPIPE = 130, 141  # the shell's 128 + signal number, for a quiet exit
 
 
 def first_line(err: BaseException) -> str:
