@@ -51,6 +51,11 @@ def bad_files(tmp):
         (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be a positive integer"),
         (["eval_every=0"], "eval_every must be a positive integer, got 0"),
         (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0, got -1"),
+        (
+            ["trainer.devices=0"],
+            "trainer.devices must be a positive count, -1 \\(all\\), a list of indices or auto, got 0",
+        ),
         (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
         (
@@ -114,6 +119,7 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
         (["experiment=null"], "experiment=null cannot drop the recipe; use ~experiment"),
         (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
         ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
+        ([f"paths.root_dir={tmp_path}", "trainer.devices=0"], "trainer.devices must be a positive count"),
     ]:
         result = run_cli("src.train", *args)
         assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
