@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from src.errors import UserError, find_user_error
+from tests.data.shards import corrupt_second_row_group, write_shards
 from tests.helpers import run_cli
-from tests.training import fast_overrides, run_training, write_text
+from tests.training import fast_overrides, run_training, stream_overrides, write_text
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,22 @@ def test_cli_error_inside_fit_is_one_line_and_saves_nothing(tmp_path):
     line = cli_error(*fast_overrides(tmp_path, text, f"data.path={tmp_path}/latin1.txt"))
     assert line.startswith("error: ") and "not UTF-8" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_shard_failing_mid_training_is_one_line_and_the_run_continues_past_it(tmp_path):
+    """Read by a dataloader worker, whose error torch re-raises with the worker's traceback."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    corrupt_second_row_group(shards / "train-00002-of-00004.parquet")
+    args = stream_overrides(
+        tmp_path, shards, "data.num_workers=2", "trainer.max_steps=6", "checkpoint_every=1"
+    )
+    line = cli_error(*args)
+    assert "train-00002-of-00004.parquet: cannot read it (" in line
+    assert line.endswith("pass data.skip_bad_files=true to train without it")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = run_cli("src.train", *args, f"ckpt_path={last}", "data.skip_bad_files=true")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"skipping {shards / 'train-00002-of-00004.parquet'}: cannot read it" in log

@@ -12,7 +12,7 @@ import pytest
 
 from src.data.stream import ReaderState
 from src.errors import UserError
-from tests.data.shards import write_shards
+from tests.data.shards import corrupt_second_row_group, write_shards
 from tests.data.test_stream import assert_resumes_exactly, datamodule, packed
 
 SIZES = (7, 5, 9, 6)
@@ -25,14 +25,6 @@ def shard(folder: Path, index: int) -> Path:
 def truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-
-
-def corrupt_second_row_group(path: Path) -> None:
-    """The footer stays valid, so the file passes the setup check and fails when it is read."""
-    offset = pq.ParquetFile(path).metadata.row_group(1).column(1).data_page_offset
-    data = bytearray(path.read_bytes())
-    data[offset : offset + 24] = b"\xff" * 24
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture
