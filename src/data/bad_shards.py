@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
 
 import datasets
 import pyarrow as pa
@@ -67,3 +68,28 @@ def bad_shard(name: str, problem: str, skip: bool) -> None:
     if not skip:
         raise UserError(f"{name}: {problem}; {SKIP_HINT}")
     log.warning(f"skipping {name}: {problem} (data.skip_bad_files=true)")
+
+
+def read_batches(
+    batches: Iterator[dict[str, list]], failed: Callable[[Exception], None]
+) -> Iterator[dict[str, list]]:
+    """`batches` until they end, or until reading fails: then `failed(error)` raises or records it."""
+    while True:
+        try:
+            rows = next(batches, None)
+        except UserError:
+            raise
+        except READ_ERRORS as err:
+            failed(err)
+            return
+        if rows is None:
+            return
+        yield rows
+
+
+def unreadable_by_examples(err: Exception) -> None:
+    """Readers by examples read from every file at once: they can neither name nor skip the bad one."""
+    raise UserError(
+        f"a parquet shard of the stream cannot be read ({first_line(err)}); read whole files per reader "
+        "(data.shard_by=shards) to have it named, and skipped with data.skip_bad_files=true"
+    )

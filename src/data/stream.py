@@ -52,7 +52,7 @@ from packaging.version import Version
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from src.data.bad_shards import READ_ERRORS, bad_shard, find_bad_shards
+from src.data.bad_shards import bad_shard, find_bad_shards, read_batches, unreadable_by_examples
 from src.data.packing import WindowPacker, tokenize_documents
 from src.errors import UserError, first_line
 
@@ -301,20 +301,15 @@ class PackedStream(IterableDataset):
         if file in state.skipped:
             return
         stream = self.stream.shard(num_shards=self.stream.num_shards, index=file)
-        batches = (stream.skip(first) if first else stream).iter(batch_size=self.docs_per_read)
-        while True:
-            try:
-                rows = next(batches, None)
-            except UserError:
-                raise
-            except READ_ERRORS as err:
-                name = self.file_names[file] if self.file_names else f"file {file} of the dataset"
-                bad_shard(name, f"cannot read it ({first_line(err)})", self.skip_bad_files)
-                state.skipped = sorted([*state.skipped, file])
-                return
-            if rows is None:
-                return
-            yield rows
+
+        def failed(err: Exception) -> None:
+            name = self.file_names[file] if self.file_names else f"file {file} of the dataset"
+            bad_shard(name, f"cannot read it ({first_line(err)})", self.skip_bad_files)
+            state.skipped = sorted([*state.skipped, file])
+
+        yield from read_batches(
+            (stream.skip(first) if first else stream).iter(batch_size=self.docs_per_read), failed
+        )
 
     def split_pass(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
         """The rest of pass `state.epoch` of the reader's part of the stream, by datasets' split."""
@@ -324,7 +319,7 @@ class PackedStream(IterableDataset):
         if state.position is not None:
             stream.load_state_dict(state.position)
         packed = 0
-        for rows in stream.iter(batch_size=self.docs_per_read):
+        for rows in read_batches(stream.iter(batch_size=self.docs_per_read), unreadable_by_examples):
             texts = [text for text in rows[self.text_column] if text not in self.held_out]
             pending = texts[state.skip :]
             for doc in tokenize_documents(self.tokenizer, pending) if pending else []:

@@ -82,3 +82,17 @@ def test_a_shard_failing_mid_read_stops_with_the_continue_hint_or_is_skipped_and
     dm = datamodule((tmp, None), skip_bad_files=True)
     final = assert_resumes_exactly(dm, num_workers=0)
     assert final[0].skipped == [2] and dm.skip_files == frozenset()
+
+
+def test_readers_by_examples_cannot_skip_a_shard_and_say_to_read_by_files(folder):
+    tmp, _ = folder
+    corrupt_second_row_group(shard(tmp, 2))
+    dm = datamodule((tmp, None), shard_by="examples")
+    with pytest.raises(
+        UserError, match=r"a parquet shard of the stream cannot be read .*data.shard_by=shards"
+    ):
+        list(islice(packed(dm, [ReaderState()]), 40))
+    truncate(shard(tmp, 1))
+    dm = datamodule((tmp, None), shard_by="examples", skip_bad_files=True)
+    with pytest.raises(UserError, match="data.skip_bad_files skips whole files, which needs"):
+        packed(dm, [ReaderState()])
