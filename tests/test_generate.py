@@ -159,8 +159,12 @@ def test_unreadable_prompt_file_and_config_json_are_one_line_naming_the_file(tin
     _, ckpt = tiny
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café\n".encode("latin-1"))
-    as_list, string_width = tmp_path / "list", tmp_path / "string"
-    for folder, config in [(as_list, [1, 2]), (string_width, {"model_type": "llama", "hidden_size": "64"})]:
+    as_list, string_width, string_theta = tmp_path / "list", tmp_path / "string", tmp_path / "theta"
+    for folder, config in [
+        (as_list, [1, 2]),
+        (string_width, {"model_type": "llama", "hidden_size": "64"}),
+        (string_theta, {"model_type": "llama", "rope_parameters": {"rope_theta": "big"}}),
+    ]:
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(config))
     for args, message in [
@@ -173,6 +177,7 @@ def test_unreadable_prompt_file_and_config_json_are_one_line_naming_the_file(tin
             (f"hf_path={string_width}", "prompt=Hi"),
             "string/config.json: hidden_size must be an integer, got '64'",
         ),
+        ((f"hf_path={string_theta}", "prompt=Hi"), "rope_parameters.rope_theta must be a number, got 'big'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(list(args))

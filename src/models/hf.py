@@ -156,6 +156,9 @@ def check_hf_types(hf: Any, source: str) -> None:
             not isinstance(value, kinds) or (kinds is not bool and isinstance(value, bool))
         ):
             raise UserError(f"{source}: {name} must be {what}, got {value!r}")
+    theta = (hf.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
+        raise UserError(f"{source}: rope_parameters.rope_theta must be a number, got {theta!r}")
 
 
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> SmolLM2Config:
