@@ -5,23 +5,27 @@ python -m src.app hf_path=<dir> host=0.0.0.0 port=8080
 
 Greedy decoding is the "Greedy" checkbox: it ignores temperature, top-k and top-p, and
 gives the same text as `python -m src.generate ... temperature=0`. Top-p 1.0 means no
-nucleus filter. A bad prompt shows its error in the page; the app keeps serving.
+nucleus filter. A bad prompt or setting shows its error in the page; the app keeps serving.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from src.cli import command_name, parse_cli
-from src.errors import UserError, exit_on_user_error
+from src.errors import UserError, exit_on_user_error, first_line
 from src.extras import require_extra
 from src.serving.inference import ModelSource, Sampling, TextGenerator
 
 if TYPE_CHECKING:
     import gradio as gr
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = [
     "Once upon a time, in a small village by the sea,",
@@ -35,6 +39,66 @@ EXAMPLES = [
 class AppConfig(ModelSource):
     host: str = "127.0.0.1"
     port: int = 7860
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"port={self.port}: use a TCP port in 0..65535 (0 picks a free one)")
+
+
+def number(label: str, value: float | None) -> float:
+    """A slider's or box's value as sent: the browser's checks do not stop NaN, inf or an empty box."""
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+    ):
+        raise UserError(f"{label} is {value!r}; enter a finite number")
+    return value
+
+
+def read_sampling(
+    greedy: bool, temperature: float, max_new_tokens: float, top_k: float, top_p: float, seed: float | None
+) -> Sampling:
+    """The page's settings, checked as `Sampling` checks the command line's."""
+    top_p = number("top-p", top_p)
+    return Sampling(
+        max_new_tokens=int(number("max new tokens", max_new_tokens)),
+        temperature=0.0 if greedy else number("temperature", temperature),
+        top_k=int(number("top-k", top_k)),
+        top_p=None if top_p >= 1 else top_p,
+        seed=None if seed is None else int(number("seed", seed)),
+    )
+
+
+def reply(generator: TextGenerator, prompt: str, *settings) -> Iterator[tuple[str, str]]:
+    """(output, status) as the text streams; every path ends on a status that is not "generating..."."""
+    import gradio as gr
+
+    text = ""
+    try:
+        sampling = read_sampling(*settings)
+        input_ids = generator.encode(prompt, sampling.max_new_tokens)
+        completion = generator.complete(input_ids, sampling)
+        yield text, "generating..."
+        for _ in completion:
+            text = completion.text
+            yield text, "generating..."
+    except UserError as err:
+        # A toast that catches the eye, and the same message kept in place of the speed line.
+        gr.Warning(str(err))
+        yield text, f"**Cannot generate:** {err}"
+        return
+    except Exception as err:  # the app keeps serving; the traceback goes to the server's log
+        log.exception("generation failed")
+        gr.Warning(first_line(err))
+        yield text, f"**Generation failed:** {first_line(err)}"
+        return
+    yield (
+        completion.text,
+        f"{completion.num_tokens} tokens in {completion.seconds:.2f} s, "
+        f"{completion.tokens_per_second:.1f} tokens/s",
+    )
 
 
 def build_app(generator: TextGenerator) -> gr.Blocks:
@@ -52,35 +116,19 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
         top_p: float,
         seed: float | None,
     ) -> Iterator[tuple[str, str]]:
-        try:
-            sampling = Sampling(
-                max_new_tokens=int(max_new_tokens),
-                temperature=0.0 if greedy else temperature,
-                top_k=int(top_k),
-                top_p=None if top_p >= 1 else top_p,
-                seed=None if seed is None else int(seed),
-            )
-            input_ids = generator.encode(prompt, sampling.max_new_tokens)
-        except UserError as err:
-            # A toast that catches the eye, and the same message kept in place of the speed line.
-            gr.Warning(str(err))
-            yield "", f"**Cannot generate:** {err}"
-            return
-        completion = generator.complete(input_ids, sampling)
-        yield "", "generating..."
-        for _ in completion:
-            yield completion.text, "generating..."
-        yield (
-            completion.text,
-            f"{completion.num_tokens} tokens in {completion.seconds:.2f} s, "
-            f"{completion.tokens_per_second:.1f} tokens/s",
-        )
+        yield from reply(generator, prompt, greedy, temperature, max_new_tokens, top_k, top_p, seed)
 
     with gr.Blocks(title="SmolLM2 demo", analytics_enabled=False) as app:
         gr.Markdown(f"## SmolLM2 demo\n{generator.description}, context {generator.context} tokens")
         with gr.Row():
             with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", lines=4, max_lines=12, elem_id="prompt")
+                prompt = gr.Textbox(
+                    label="Prompt",
+                    lines=4,
+                    max_lines=12,
+                    max_length=generator.max_prompt_chars,
+                    elem_id="prompt",
+                )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 greedy = gr.Checkbox(label="Greedy (ignores temperature, top-k, top-p)", elem_id="greedy")
                 temperature = gr.Slider(0.1, 2.0, defaults.temperature, step=0.05, label="Temperature")
@@ -89,7 +137,9 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
                 )
                 top_k = gr.Slider(1, 100, defaults.top_k, step=1, label="Top-k")
                 top_p = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Top-p (1.0 = off)")
-                seed = gr.Number(defaults.seed, precision=0, label="Seed (empty = random)")
+                seed = gr.Number(
+                    defaults.seed, precision=0, label="Seed (empty = random, else 0 to 2**64 - 1)"
+                )
                 gr.Examples(EXAMPLES, inputs=prompt)
             with gr.Column(scale=1):
                 output = gr.Textbox(label="Output", lines=16, elem_id="output")

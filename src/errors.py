@@ -20,6 +20,7 @@ class UserError(ValueError):
 
 
 EXIT_USER_ERROR = 2
+EXIT_SIGINT, EXIT_SIGPIPE = 130, 141  # the shell's 128 + signal number, for a quiet exit
 
 
 def first_line(err: BaseException) -> str:
@@ -44,6 +45,15 @@ def find_user_error(err: BaseException | None) -> UserError | None:
     return find_cause(err, UserError)
 
 
+def user_message(err: UserError) -> str:
+    """The error's one line; a UserError that torch's DataLoader re-raised from a worker
+    carries the worker's traceback, whose last line ends with the original message."""
+    text = str(err)
+    if text.startswith(f"Caught {UserError.__name__} "):
+        return text.strip().splitlines()[-1].split(f"{UserError.__name__}: ", 1)[-1]
+    return text
+
+
 def exit_on_user_error(main: F) -> F:
     """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2."""
 
@@ -55,7 +65,7 @@ def exit_on_user_error(main: F) -> F:
             cause = find_user_error(err)
             if cause is None:
                 raise
-            print(f"error: {cause}", file=sys.stderr)
+            print(f"error: {user_message(cause)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]

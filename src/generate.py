@@ -8,18 +8,22 @@ completions (a prompt file, num_samples > 1) are separated by a line `---`. A pr
 file holds one prompt per line; blank lines are skipped. Sample i uses seed + i, so the
 first sample of any run equals a one-sample run with the same seed. Tokens/s and other
 diagnostics go to stderr.
+
+Exit codes: 0 when done, 2 on bad input (one `error:` line), 130 after Ctrl-C and 141 when
+the reader of stdout went away (`| head -c3`), as if killed by SIGPIPE; the last two quietly.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from src.cli import parse_cli
-from src.errors import UserError, exit_on_user_error
-from src.serving.inference import ModelSource, Sampling, TextGenerator
+from src.errors import EXIT_SIGINT, EXIT_SIGPIPE, UserError, exit_on_user_error
+from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed
 
 SEPARATOR = "---\n"
 
@@ -34,6 +38,8 @@ class GenerateConfig(Sampling, ModelSource):
         super().__post_init__()
         if self.num_samples < 1:
             raise UserError(f"num_samples={self.num_samples}: ask for at least 1 sample")
+        if self.seed is not None and self.num_samples > 1:
+            check_seed(self.seed + self.num_samples - 1, "seed + num_samples - 1")
 
 
 def read_prompts(cfg: GenerateConfig) -> list[str]:
@@ -47,14 +53,30 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     path = Path(cfg.prompt_file)
     if not path.is_file():
         raise UserError(f"{path}: prompt file not found")
-    prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 (byte {err.start}); convert it with iconv -t utf-8") from None
+    prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"{path}: no prompts (write one prompt per line)")
     return prompts
 
 
-@exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    """The CLI: `generate`, with Ctrl-C and a closed stdout ending it without a traceback."""
+    try:
+        generate(argv)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_SIGINT)
+    except BrokenPipeError:
+        # Python flushes stdout again at exit, which would fail and print; write to nowhere instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_SIGPIPE)
+
+
+@exit_on_user_error
+def generate(argv: list[str] | None = None) -> None:
     cfg = parse_cli(GenerateConfig, argv)
     prompts = read_prompts(cfg)
     generator = TextGenerator.load(cfg)

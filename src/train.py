@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
 from src.callbacks.last_checkpoint import AGREED_STOPS
-from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+from src.errors import EXIT_SIGINT, EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models.config import SmolLM2Config
@@ -49,8 +49,6 @@ from src.training.lr_schedule import LRSchedule
 from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
 
 log = logging.getLogger(__name__)
-
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # the shell's 128 + signal number
 
 
 def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:

@@ -1,11 +1,17 @@
-"""`python -m src.app` start-up failures: a one-line error and exit 2 instead of a traceback."""
+"""`python -m src.app`: one-line start-up errors (exit 2); bad page input is a message, not a stuck status."""
 
 from __future__ import annotations
 
+import math
 import socket
+import tracemalloc
 
+import pytest
+
+from src.app import main, reply
 from src.models import SmolLM2, SmolLM2Config
-from tests.helpers import run_cli, write_checkpoint
+from src.serving.inference import ModelSource, TextGenerator
+from tests.helpers import run_cli, tiny_checkpoint, write_checkpoint
 
 
 def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
@@ -22,3 +28,69 @@ def test_busy_port_is_one_line_and_exit_2(tmp_path):
         result = run_cli("src.app", f"ckpt_path={tmp_path / 'tiny.ckpt'}", f"port={taken.getsockname()[1]}")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].startswith("error: cannot serve on 127.0.0.1:")
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory) -> TextGenerator:
+    path = tmp_path_factory.mktemp("app") / "tiny.ckpt"
+    tiny_checkpoint(path)
+    return TextGenerator.load(ModelSource(ckpt_path=str(path)))
+
+
+SETTINGS = {"greedy": False, "temperature": 0.8, "max_new_tokens": 5, "top_k": 50, "top_p": 1.0, "seed": 1}
+
+
+def statuses(generator: TextGenerator, prompt: str, **changes) -> list[tuple[str, str]]:
+    """What the page shows, step by step, for `prompt` and the default settings with `changes`."""
+    return list(reply(generator, prompt, *{**SETTINGS, **changes}.values()))
+
+
+def test_a_good_prompt_streams_and_ends_on_the_speed_line(generator):
+    shown = statuses(generator, "Once upon a time")
+    assert shown[0] == ("", "generating...") and shown[-1][1].endswith("tokens/s")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"temperature": math.nan}, "temperature is nan; enter a finite number"),
+        ({"max_new_tokens": math.nan}, "max new tokens is nan"),
+        ({"max_new_tokens": math.inf}, "max new tokens is inf"),
+        ({"top_k": None}, "top-k is None"),
+        ({"top_p": math.nan}, "top-p is nan"),
+        ({"seed": math.nan}, "seed is nan"),
+        ({"seed": 2.0**64}, "seed=18446744073709551616: use an integer in [0, 2**64)"),
+        ({"seed": -1}, "seed=-1"),
+        ({"temperature": 1e-45}, "temperature=1e-45: use 0 for greedy"),
+    ],
+)
+def test_bad_settings_end_on_a_message_not_an_exception(generator, changes, message):
+    [(output, status)] = statuses(generator, "Hello", **changes)
+    assert output == "" and status.startswith(f"**Cannot generate:** {message}"), status
+
+
+def test_a_huge_prompt_is_refused_before_tokenizing(generator):
+    """30 MB, as one request once sent: refused by its length, allocating nothing like its size."""
+    prompt = "word " * 6_000_000
+    tracemalloc.start()
+    shown = statuses(generator, prompt)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(shown) == 1 and f"limit of {generator.max_prompt_chars:,}" in shown[0][1]
+    assert peak < 1_000_000
+
+
+def test_a_failure_inside_generation_ends_on_a_message(generator, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+
+    monkeypatch.setattr(generator.model.embed, "forward", broken)
+    shown = statuses(generator, "Hello")
+    assert shown[-1][1] == "**Generation failed:** probability tensor contains either inf, nan or element < 0"
+
+
+def test_a_port_out_of_range_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["ckpt_path=any.ckpt", "port=-1"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: port=-1: use a TCP port in 0..65535 (0 picks a free one)\n"

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from src.errors import UserError, find_user_error
+from tests.data.shards import corrupt_second_row_group, write_shards
 from tests.helpers import run_cli
-from tests.training import fast_overrides, run_training, write_text
+from tests.training import fast_overrides, run_training, stream_overrides, write_text
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,11 @@ def bad_files(tmp):
         (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be a positive integer"),
         (["eval_every=0"], "eval_every must be a positive integer, got 0"),
         (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0, got -1"),
+        (
+            ["trainer.devices=0"],
+            "trainer.devices must be a positive count, -1 \\(all\\), a list of indices or auto, got 0",
+        ),
         (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
         (
@@ -114,6 +120,7 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
         (["experiment=null"], "experiment=null cannot drop the recipe; use ~experiment"),
         (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
         ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
+        ([f"paths.root_dir={tmp_path}", "trainer.devices=0"], "trainer.devices must be a positive count"),
     ]:
         result = run_cli("src.train", *args)
         assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
@@ -135,3 +142,22 @@ def test_cli_error_inside_fit_is_one_line_and_saves_nothing(tmp_path):
     line = cli_error(*fast_overrides(tmp_path, text, f"data.path={tmp_path}/latin1.txt"))
     assert line.startswith("error: ") and "not UTF-8" in line
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_shard_failing_mid_training_is_one_line_and_the_run_continues_past_it(tmp_path):
+    """Read by a dataloader worker, whose error torch re-raises with the worker's traceback."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    corrupt_second_row_group(shards / "train-00002-of-00004.parquet")
+    args = stream_overrides(
+        tmp_path, shards, "data.num_workers=2", "trainer.max_steps=6", "checkpoint_every=1"
+    )
+    line = cli_error(*args)
+    assert "train-00002-of-00004.parquet: cannot read it (" in line
+    assert line.endswith("pass data.skip_bad_files=true to train without it")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    result = run_cli("src.train", *args, f"ckpt_path={last}", "data.skip_bad_files=true")
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"skipping {shards / 'train-00002-of-00004.parquet'}: cannot read it" in log

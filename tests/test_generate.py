@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from src.generate import main
 from src.models import SmolLM2, generate
 from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
+from tests.conftest import REPO_ROOT
 from tests.helpers import run_cli, tiny_checkpoint
 
 PROMPT = "Once upon a time"
@@ -109,6 +115,17 @@ def test_completion_streams_piece_by_piece(tiny):
         (("prompt=Hi", "max_new_tokens=5000"), "exceeds the model's context"),
         (("prompt=Hi", "hf_path=somewhere"), "give exactly one of hf_path"),
         (("prompt=Hi", "temperature=-1"), "temperature=-1.0"),
+        (("prompt=Hi", "temperature=nan"), "temperature=nan: use 0 for greedy or a finite value >= 0.01"),
+        (("prompt=Hi", "temperature=1e-45"), "temperature=1e-45: use 0 for greedy"),
+        (("prompt=Hi", "temperature=inf"), "temperature=inf"),
+        (("prompt=Hi", "device=mps"), "device=mps: use auto, cpu, cuda or cuda:N"),
+        (
+            ("prompt=Hi", "seed=99999999999999999999"),
+            "seed=99999999999999999999: use an integer in [0, 2**64)",
+        ),
+        (("prompt=Hi", "seed=-1"), "seed=-1: use an integer in [0, 2**64)"),
+        (("prompt=Hi", f"seed={2**64 - 1}", "num_samples=2"), "seed + num_samples - 1=18446744073709551616"),
+        (("prompt=" + "x" * 2048 * 100,), "characters, more than this model's limit of"),
         (("prompt=Hi", "num_samples=0"), "num_samples=0"),
         (("prompt_file=missing.txt",), "prompt file not found"),
     ],
@@ -136,3 +153,64 @@ def test_missing_source_and_broken_checkpoint_from_the_command_line(tmp_path):
     ]:
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_unreadable_prompt_file_and_config_json_are_one_line_naming_the_file(tiny, tmp_path, capsys):
+    _, ckpt = tiny
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("café\n".encode("latin-1"))
+    as_list, string_width, string_theta = tmp_path / "list", tmp_path / "string", tmp_path / "theta"
+    for folder, config in [
+        (as_list, [1, 2]),
+        (string_width, {"model_type": "llama", "hidden_size": "64"}),
+        (string_theta, {"model_type": "llama", "rope_parameters": {"rope_theta": "big"}}),
+    ]:
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+    for args, message in [
+        ((f"ckpt_path={ckpt}", f"prompt_file={latin1}"), "latin1.txt: not UTF-8 (byte 3); convert it"),
+        (
+            (f"hf_path={as_list}", "prompt=Hi"),
+            "list/config.json: expected a JSON object of config fields, got a list",
+        ),
+        (
+            (f"hf_path={string_width}", "prompt=Hi"),
+            "string/config.json: hidden_size must be an integer, got '64'",
+        ),
+        ((f"hf_path={string_theta}", "prompt=Hi"), "rope_parameters.rope_theta must be a number, got 'big'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(args))
+        captured = capsys.readouterr()
+        assert exit_info.value.code == 2 and captured.out == ""
+        assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+
+
+def start_cli(ckpt: str, stdout: int) -> subprocess.Popen:
+    """A generation that runs for minutes (many samples), its stderr read as it comes."""
+    args = [f"ckpt_path={ckpt}", "prompt=Hi", "max_new_tokens=50", "num_samples=100000"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "src.generate", *args],
+        cwd=REPO_ROOT,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_exits_141_quietly(tiny):
+    """As `| head -c3` does once it has its bytes: the reader is gone before the first write."""
+    process = start_cli(tiny[1], subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_generation_exits_130_quietly(tiny):
+    process = start_cli(tiny[1], subprocess.DEVNULL)
+    assert process.stderr.readline().startswith("loaded "), "generation did not start"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "Traceback" not in err, err

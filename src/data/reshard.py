@@ -37,4 +37,5 @@ def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: 
         remainder=remainder,
         documents=sum(state.documents for state in handed),
         files=mine,
+        skipped=sorted(file for state in saved for file in state.skipped if file % num_readers == reader),
     )

@@ -52,6 +52,7 @@ from packaging.version import Version
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
+from src.data.bad_shards import bad_shard, find_bad_shards, read_batches, unreadable_by_examples
 from src.data.packing import WindowPacker, tokenize_documents
 from src.errors import UserError, first_line
 
@@ -61,31 +62,52 @@ MIN_DATASETS = "5.0.1"
 
 
 def open_stream(
-    path: str, name: str | None, split: str, data_files: str | list[str] | None, text_column: str
-) -> datasets.IterableDataset:
-    """The dataset as a stream of one column; local parquet shards when `data_files` is given."""
+    path: str,
+    name: str | None,
+    split: str,
+    data_files: str | list[str] | None,
+    text_column: str,
+    skip_bad_files: bool = False,
+) -> tuple[datasets.IterableDataset, list[str], frozenset[int]]:
+    """The dataset as a stream of one column (local parquet shards when `data_files` is given),
+    its files in stream order, and the indices of the bad ones to skip (src/data/bad_shards.py)."""
     if Version(datasets.__version__) < Version(MIN_DATASETS):
         raise UserError(
             f"datasets {datasets.__version__} cannot resume a stream twice; "
             f"pip install 'datasets>={MIN_DATASETS}'"
         )
     source = f"{data_files!r} (parquet)" if data_files else f"{path} ({name or 'default'}, {split})"
-    try:
+
+    def builder(**kwargs) -> datasets.DatasetBuilder:
         if data_files:
-            stream = datasets.load_dataset("parquet", data_files=data_files, split=split, streaming=True)
-        else:
-            stream = datasets.load_dataset(path, name, split=split, streaming=True)
+            return datasets.load_dataset_builder("parquet", data_files=data_files, **kwargs)
+        return datasets.load_dataset_builder(path, name, **kwargs)
+
+    try:
+        files = [str(file) for file in (builder().config.data_files or {}).get(split, [])]
     except (OSError, ValueError) as err:
-        raise UserError(
-            f"cannot open dataset {source}: {first_line(err)}; to read local parquet shards of the "
-            "same schema, pass data.data_files='<dir>/*.parquet'"
-        ) from None
+        raise cannot_open(source, err) from None
+    problems, features = find_bad_shards(files, text_column)
+    for index, problem in problems.items():
+        bad_shard(files[index], problem, skip_bad_files)
+    try:
+        # datasets takes the features from the first file; when that one is skipped, from the first good one
+        stream = builder(features=features if 0 in problems else None).as_streaming_dataset(split=split)
+    except (OSError, ValueError) as err:
+        raise cannot_open(source, err) from None
     if stream.column_names is not None and text_column not in stream.column_names:
         raise UserError(
             f"dataset {source} has no column {text_column!r} (columns: {', '.join(stream.column_names)}); "
             "set data.text_column"
         )
-    return stream.select_columns([text_column])
+    return stream.select_columns([text_column]), files, frozenset(problems)
+
+
+def cannot_open(source: str, err: Exception) -> UserError:
+    return UserError(
+        f"cannot open dataset {source}: {first_line(err)}; to read local parquet shards of the "
+        "same schema, pass data.data_files='<dir>/*.parquet'"
+    )
 
 
 def split_strategy(stream: datasets.IterableDataset, num_readers: int, shard_by: str | None = None) -> str:
@@ -134,11 +156,12 @@ class ReaderState:
     completed and the next row (held-out rows included) of the current one. By examples
     (`files` is None), `position` is datasets' state at the start of the current read of
     pass `epoch` and `skip` how many of that read's documents are already packed.
-    `remainder` is the packer's unemitted tokens. A plain class, not a dataclass, so
-    Lightning's batch utilities pass it through untouched.
+    `remainder` is the packer's unemitted tokens; `skipped` the files it skips as bad
+    (`data.skip_bad_files`). A plain class, not a dataclass, so Lightning's batch utilities
+    pass it through untouched.
     """
 
-    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files")
+    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files", "skipped")
 
     def __init__(
         self,
@@ -148,14 +171,18 @@ class ReaderState:
         remainder: list[int] | None = None,
         documents: int = 0,
         files: list[list[int]] | None = None,
+        skipped: list[int] | None = None,
     ) -> None:
         self.epoch, self.position, self.skip = epoch, position, skip
         self.remainder = list(remainder or [])
         self.documents = documents  # documents packed by this reader since the run began
         self.files = None if files is None else [list(entry) for entry in files]
+        self.skipped = list(skipped or [])
 
     def snapshot(self, remainder: list[int]) -> ReaderState:
-        return ReaderState(self.epoch, self.position, self.skip, remainder, self.documents, self.files)
+        return ReaderState(
+            self.epoch, self.position, self.skip, remainder, self.documents, self.files, self.skipped
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -171,7 +198,9 @@ class PackedStream(IterableDataset):
     The DataLoader takes batches from its workers round-robin, so batch `i` of the rank
     comes from reader `i % R`. A resumed loader starts at batch `c`, so its worker `w`
     plays reader `(w + c) % R` (`rotation = c % R`) and the order stays the same.
-    Documents in `held_out` (the validation set) are skipped wherever they occur.
+    Documents in `held_out` (the validation set) are skipped wherever they occur, and so are
+    the files in `skip_files` (found bad at setup) and, with `skip_bad_files`, those that fail
+    as they are read; `file_names` names them in messages.
     """
 
     def __init__(
@@ -188,12 +217,21 @@ class PackedStream(IterableDataset):
         rotation: int = 0,
         shard_by: str | None = None,
         docs_per_read: int = 256,
+        file_names: list[str] | None = None,
+        skip_files: frozenset[int] = frozenset(),
+        skip_bad_files: bool = False,
     ) -> None:
         self.stream, self.tokenizer, self.seq_len, self.batch_size = stream, tokenizer, seq_len, batch_size
         self.states, self.text_column, self.held_out, self.rotation = states, text_column, held_out, rotation
         self.rank, self.world_size, self.shard_by = rank, world_size, shard_by
         self.docs_per_read = docs_per_read
+        self.file_names, self.skip_files, self.skip_bad_files = file_names, skip_files, skip_bad_files
         self.strategy = split_strategy(stream, world_size * self.num_readers, shard_by)
+        if skip_files and self.strategy != "shards":
+            raise UserError(
+                "data.skip_bad_files skips whole files, which needs readers that read whole files: "
+                f"data.shard_by=shards, with at most {stream.num_shards} readers (ranks x workers)"
+            )
 
     @property
     def num_readers(self) -> int:
@@ -234,15 +272,16 @@ class PackedStream(IterableDataset):
 
     def file_documents(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
         """Endlessly: the least-read of the reader's files (then the first), from its next row."""
+        mine = {file for file, _, _ in state.files}
+        state.skipped = sorted(set(state.skipped) | (self.skip_files & mine))
         while True:
             level = min(passes for _, passes, _ in state.files)
             place = visiting_place(level, self.stream.num_shards)
             current = sorted((entry for entry in state.files if entry[1] == level), key=lambda e: place[e[0]])
             fresh_pass, packed = all(row == 0 for _, _, row in current), 0
             for entry in current:
-                stream = self.stream.shard(num_shards=self.stream.num_shards, index=entry[0])
                 first = entry[2]
-                for rows in (stream.skip(first) if first else stream).iter(batch_size=self.docs_per_read):
+                for rows in self.file_rows(entry[0], first, state):
                     texts = enumerate(rows[self.text_column], first)
                     kept = [(i, t) for i, t in texts if t not in self.held_out]
                     docs = tokenize_documents(self.tokenizer, [t for _, t in kept]) if kept else []
@@ -256,6 +295,22 @@ class PackedStream(IterableDataset):
             if fresh_pass and packed == 0:
                 self.no_documents(reader)
 
+    def file_rows(self, file: int, first: int, state: ReaderState) -> Iterator[dict[str, list]]:
+        """Batches of file `file`'s rows from row `first`; none for a skipped file. A file that fails
+        to read stops the run with one line, or with `skip_bad_files` joins `state.skipped`."""
+        if file in state.skipped:
+            return
+        stream = self.stream.shard(num_shards=self.stream.num_shards, index=file)
+
+        def failed(err: Exception) -> None:
+            name = self.file_names[file] if self.file_names else f"file {file} of the dataset"
+            bad_shard(name, f"cannot read it ({first_line(err)})", self.skip_bad_files)
+            state.skipped = sorted([*state.skipped, file])
+
+        yield from read_batches(
+            (stream.skip(first) if first else stream).iter(batch_size=self.docs_per_read), failed
+        )
+
     def split_pass(self, reader: int, state: ReaderState) -> Iterator[list[int]]:
         """The rest of pass `state.epoch` of the reader's part of the stream, by datasets' split."""
         stream = self.reader_stream(reader)
@@ -264,7 +319,7 @@ class PackedStream(IterableDataset):
         if state.position is not None:
             stream.load_state_dict(state.position)
         packed = 0
-        for rows in stream.iter(batch_size=self.docs_per_read):
+        for rows in read_batches(stream.iter(batch_size=self.docs_per_read), unreadable_by_examples):
             texts = [text for text in rows[self.text_column] if text not in self.held_out]
             pending = texts[state.skip :]
             for doc in tokenize_documents(self.tokenizer, pending) if pending else []:

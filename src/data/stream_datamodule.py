@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from itertools import chain
+from collections.abc import Iterator
+from itertools import chain, islice
 from typing import Any
 
 import datasets
@@ -83,6 +84,7 @@ class StreamDataModule(WindowDataModule):
         tokenizer: str | None = None,
         shard_by: str | None = None,
         docs_per_read: int = 256,
+        skip_bad_files: bool = False,
     ) -> None:
         super().__init__(seq_len, batch_size, num_workers)
         if val_documents <= 0 or docs_per_read <= 0:
@@ -93,7 +95,10 @@ class StreamDataModule(WindowDataModule):
         self.path, self.name, self.split, self.data_files = path, name, split, data_files
         self.text_column, self.val_documents = text_column, val_documents
         self.tokenizer_name, self.shard_by, self.docs_per_read = tokenizer, shard_by, docs_per_read
+        self.skip_bad_files = skip_bad_files
         self.stream: datasets.IterableDataset | None = None
+        self.files: list[str] = []
+        self.skip_files: frozenset[int] = frozenset()
         self.held_out: frozenset[str] = frozenset()
         self.position: StreamPosition | None = None
         self.restored: list[dict[str, Any]] | None = None
@@ -102,8 +107,10 @@ class StreamDataModule(WindowDataModule):
         if self.stream is not None:
             return
         self.tokenizer = load_tokenizer(self.tokenizer_name)
-        self.stream = open_stream(self.path, self.name, self.split, self.data_files, self.text_column)
-        texts = [row[self.text_column] for row in self.stream.take(self.val_documents)]
+        self.stream, self.files, self.skip_files = open_stream(
+            self.path, self.name, self.split, self.data_files, self.text_column, self.skip_bad_files
+        )
+        texts = [row[self.text_column] for row in islice(self.good_rows(), self.val_documents)]
         self.held_out = frozenset(texts)
         docs = tokenize_documents(self.tokenizer, texts) if texts else []
         self.val_tokens = np.fromiter(chain.from_iterable(docs), dtype=token_dtype(len(self.tokenizer)))
@@ -112,6 +119,14 @@ class StreamDataModule(WindowDataModule):
             f"the validation set ({len(texts)} documents)",
             "raise data.val_documents or lower data.seq_len",
         )
+
+    def good_rows(self) -> Iterator[dict[str, Any]]:
+        """The stream's rows in file order, without the files skipped as bad."""
+        if not self.skip_files:
+            return iter(self.stream)
+        num_files = self.stream.num_shards
+        good = (i for i in range(num_files) if i not in self.skip_files)
+        return chain.from_iterable(self.stream.shard(num_shards=num_files, index=i) for i in good)
 
     @property
     def num_readers(self) -> int:
@@ -171,6 +186,9 @@ class StreamDataModule(WindowDataModule):
             rotation=consumed % self.num_readers,
             shard_by=self.shard_by,
             docs_per_read=self.docs_per_read,
+            file_names=self.files,
+            skip_files=self.skip_files,
+            skip_bad_files=self.skip_bad_files,
         )
         return self.loader(dataset, batch_size=None)
 

@@ -127,8 +127,43 @@ def to_hf_config(config: SmolLM2Config, bos_id: int = 0, eos_id: int = 0) -> dic
     }
 
 
+# config.json fields we read, by the JSON type they must have (null means the default).
+HF_INTEGERS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "head_dim",
+)
+HF_NUMBERS = ("rope_theta", "rms_norm_eps", "initializer_range")
+
+
+def check_hf_types(hf: Any, source: str) -> None:
+    """A hand-edited config.json fails here, naming the field, not deep inside the model's constructor."""
+    if not isinstance(hf, dict):
+        raise UserError(f"{source}: expected a JSON object of config fields, got a {type(hf).__name__}")
+    for name, kinds, what in [
+        *((name, int, "an integer") for name in HF_INTEGERS),
+        *((name, (int, float), "a number") for name in HF_NUMBERS),
+        ("tie_word_embeddings", bool, "true or false"),
+        ("rope_parameters", dict, "an object"),
+    ]:
+        value = hf.get(name)
+        if value is not None and (
+            not isinstance(value, kinds) or (kinds is not bool and isinstance(value, bool))
+        ):
+            raise UserError(f"{source}: {name} must be {what}, got {value!r}")
+    theta = (hf.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))):
+        raise UserError(f"{source}: rope_parameters.rope_theta must be a number, got {theta!r}")
+
+
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> SmolLM2Config:
     """A Llama config.json dict -> our config; anything we do not implement is rejected."""
+    check_hf_types(hf, source)
     if hf.get("model_type") != "llama":
         raise UserError(
             f"{source}: model_type is {hf.get('model_type')!r}, but only Llama-architecture "

@@ -8,6 +8,7 @@ and in the browser.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,10 @@ from src.training import checkpoint as ckpt
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Below this, logits / temperature can overflow to inf and the probabilities to NaN; 0.01 is
+# already all but greedy, and temperature=0 is greedy exactly.
+MIN_TEMPERATURE = 0.01
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes 0 <= seed < 2**64
 
 
 @dataclass
@@ -55,24 +60,37 @@ class Sampling:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens={self.max_new_tokens}: generate at least 1 token")
-        if self.temperature < 0:
-            raise UserError(f"temperature={self.temperature}: use 0 for greedy or a positive value")
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise UserError(
+                f"temperature={self.temperature}: use 0 for greedy or a finite value >= {MIN_TEMPERATURE}"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise UserError(f"top_k={self.top_k}: use a positive integer, or null for no top-k filter")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UserError(f"top_p={self.top_p}: use a value in (0, 1], or null for no nucleus filter")
+        check_seed(self.seed)
+
+
+def check_seed(seed: int | None, name: str = "seed") -> None:
+    """A seed torch can take; `name` says which (generate's last sample uses seed + num_samples - 1)."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{name}={seed}: use an integer in [0, 2**64), or null for a random seed")
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when visible; asking for CUDA without one is an error, not a fallback."""
+    """`auto` picks CUDA when visible; asking for a device this machine lacks is an error, not a fallback."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device={name}: use auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"device={name}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name}: no CUDA device is visible; use device=cpu or device=auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 
@@ -190,6 +208,9 @@ class TextGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
+        # No prompt longer than this fits the context (no token spans more characters than the
+        # longest in the vocabulary), so `encode` refuses it before a costly tokenization.
+        self.max_prompt_chars = self.context * max(map(len, tokenizer.get_vocab()))
 
     @classmethod
     def load(cls, source: ModelSource) -> TextGenerator:
@@ -222,6 +243,11 @@ class TextGenerator:
 
     def encode(self, prompt: str, max_new_tokens: int) -> torch.Tensor:
         """Prompt -> ids (1, T) on the model's device, rejecting what cannot be generated up front."""
+        if len(prompt) > self.max_prompt_chars:
+            raise UserError(
+                f"the prompt has {len(prompt):,} characters, more than this model's limit of "
+                f"{self.max_prompt_chars:,}; shorten it"
+            )
         if not prompt.strip():
             raise UserError("the prompt is empty: type some text to continue")
         ids = self.tokenizer.encode(prompt)

@@ -36,6 +36,14 @@ def check_positive_int(cfg: DictConfig, key: str) -> None:
         raise UserError(f"{key} must be a positive integer, got {value!r}")
 
 
+def check_devices(devices: object) -> None:
+    """Lightning takes a count (-1 = all), a list or "0,1" of indices, or "auto"; 0 devices is no run."""
+    if isinstance(devices, bool) or (isinstance(devices, int) and devices < -1) or devices in (0, "0"):
+        raise UserError(
+            f"trainer.devices must be a positive count, -1 (all), a list of indices or auto, got {devices!r}"
+        )
+
+
 def check_writable(folder: Path, what: str = "the run folder") -> None:
     """Fail now rather than at the first checkpoint, after the compute is spent. A folder not
     made yet is left unmade (a run refused later writes nothing): its nearest existing parent
@@ -99,6 +107,10 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
         raise UserError(f"optim.lr must be a number, got {lr!r}")
     if lr <= 0:
         raise UserError(f"optim.lr must be positive, got {float(lr)}")
+    weight_decay = cfg.optim.get("weight_decay", 0.0)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise UserError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
+    check_devices(cfg.trainer.get("devices", 1))
     if cfg.optim.get("fused") is False:
         raise UserError(
             "optim.fused=false: AdamW must be fused (its found_inf skips a non-finite step on the device); "

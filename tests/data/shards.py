@@ -41,3 +41,12 @@ def write_shards(folder: Path, sizes: tuple[int, ...] = (7, 5, 9, 6), seed: int 
         )
         pq.write_table(table, folder / f"train-{shard:05d}-of-{len(sizes):05d}.parquet", row_group_size=4)
     return texts
+
+
+def corrupt_second_row_group(path: Path) -> None:
+    """Garbage over a page header of the second row group: the footer stays valid, so the file
+    passes the setup check and fails when a reader gets there."""
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 24] = b"\xff" * 24
+    path.write_bytes(bytes(data))

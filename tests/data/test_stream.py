@@ -58,6 +58,9 @@ def packed(dm: StreamDataModule, states: list[ReaderState], rank: int = 0, world
         rotation=rotation,
         shard_by=dm.shard_by,
         docs_per_read=dm.docs_per_read,
+        file_names=dm.files,
+        skip_files=dm.skip_files,
+        skip_bad_files=dm.skip_bad_files,
     )
 
 
@@ -115,7 +118,12 @@ def save_and_load(states: tuple[ReaderState, ...]) -> list[ReaderState]:
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resumed_twice_the_windows_are_those_of_an_uninterrupted_run(shards, num_workers):
-    dm = datamodule(shards, num_workers)
+    assert_resumes_exactly(datamodule(shards, num_workers), num_workers)
+
+
+def assert_resumes_exactly(dm: StreamDataModule, num_workers: int) -> list[ReaderState]:
+    """21 batches straight equal 5 + 7 + 9 batches, each part resumed from a saved position;
+    returns the final position."""
     readers = dm.num_readers
     fresh = [ReaderState() for _ in range(readers)]
     total = 21  # crosses the end of every reader's first pass
@@ -137,6 +145,7 @@ def test_resumed_twice_the_windows_are_those_of_an_uninterrupted_run(shards, num
     assert len(served) == total
     for i, (a, b) in enumerate(zip(expected, served, strict=True)):
         assert torch.equal(a, b), f"batch {i}"
+    return states
 
 
 def test_validation_is_the_held_out_documents_and_training_never_sees_them(shards):
