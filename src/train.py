@@ -192,11 +192,21 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     rank_zero_info(f"recipe: {recipe}")
     rank_zero_info(f"global batch: {global_batch}")
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
+    continue_at = None if checkpoint is None else checkpoint["global_step"]
     del checkpoint  # Lightning reads the file again to restore the full training state
     # From here on the run writes into its folder: one run at a time.
     lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
     with lock if takes_the_lock() else nullcontext():
-        return fit(cfg, overrides, model_config, schedule, datamodule, run_id=run_id, recipe=recipe)
+        return fit(
+            cfg,
+            overrides,
+            model_config,
+            schedule,
+            datamodule,
+            run_id=run_id,
+            recipe=recipe,
+            continue_at=continue_at,
+        )
 
 
 def fit(
@@ -208,8 +218,10 @@ def fit(
     *,
     run_id: str,
     recipe: str,
+    continue_at: int | None = None,
 ) -> dict[str, float]:
-    """Build the module and trainer from the checked config, and train."""
+    """Build the module and trainer from the checked config, and train (from the checkpoint's
+    step `continue_at`, when continuing)."""
     L.seed_everything(cfg.seed, workers=True)
     module = SmolLM2LitModule(
         model_config,
@@ -224,7 +236,7 @@ def fit(
         nonfinite=cfg.nonfinite,
     )
 
-    loggers = build_loggers(cfg.get("logger"), run_id)
+    loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     coordinated_stop = CoordinatedStop(every_n_steps=cfg.trainer.log_every_n_steps)  # not optional
     enable_tf32()

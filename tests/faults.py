@@ -7,6 +7,7 @@ The rank processes Lightning starts re-run the same command line from the reposi
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -47,3 +48,15 @@ class HangAt(FailAt):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             (self.pid_dir / "hanging").touch()
             time.sleep(3600)
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process as optimizer step `step` + 1 starts: a `kill -9` or the OOM killer,
+    with no chance to save or flush anything."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,104 @@
+"""Per-layer health at the log interval: gradient norm, weight norm and update-to-weight ratio.
+
+One value per layer (`embed`, `blocks.<i>`, `final_norm`; `lm_head` when untied), logged as
+`health/grad_norm/<layer>`, `health/weight_norm/<layer>` and `health/update_ratio/<layer>`,
+so W&B puts each quantity's layers in one section and `python -m src.plot` draws a heat map.
+
+Computed on the device only for steps that will be logged, and read with one `tolist()` at
+that step: steps in between do nothing. The gradient norm is the true one, taken before
+clipping (the global `grad_norm` is too). The update is exact: at a logged step the weights
+are copied before the optimizer step and subtracted after it, so that step alone holds one
+more copy of the weights (fp32 135M: 0.54 GB); an update rebuilt from AdamW's moments would
+have to repeat the optimizer's arithmetic. Under trainer=fsdp each rank sums the squares of
+its shards and one all-reduce adds them up. Under 16-mixed the gradients are still scaled by
+GradScaler's factor here, so their norms are too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from src.errors import UserError
+
+QUANTITIES = ("grad_norm", "weight_norm", "update_ratio")
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter of SmolLM2 belongs to, by its name."""
+    if match := re.match(r"blocks\.(\d+)\.", name):
+        return f"blocks.{match.group(1)}"
+    if name.startswith("embed."):
+        return "embed"
+    if name.startswith("norm."):
+        return "final_norm"
+    return name.split(".")[0]  # lm_head when untied
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+class LayerHealth(L.Callback):
+    """Logs the per-layer health of every `every_n_steps`-th step (default: each log step)."""
+
+    def __init__(self, every_n_steps: int | None = None) -> None:
+        self.every_n_steps = every_n_steps
+        self._before: list[torch.Tensor] | None = None
+        self._grad_sq: torch.Tensor | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_every = trainer.log_every_n_steps
+        self.every = self.every_n_steps or log_every
+        if log_every == 0 or self.every % log_every:
+            raise UserError(
+                f"callbacks.layer_health.every_n_steps={self.every_n_steps} is not a multiple of "
+                f"trainer.log_every_n_steps={log_every}: its values would never be logged; pick a multiple"
+            )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        named = [(name, p) for name, p in pl_module.model.named_parameters() if p.requires_grad]
+        self.layers = list(dict.fromkeys(layer_of(name) for name, _ in named))
+        self.params = [p for _, p in named]
+        device = self.params[0].device
+        index = [self.layers.index(layer_of(name)) for name, _ in named]
+        self.index = torch.tensor(index, device=device)
+        self.sharded = isinstance(self.params[0], DTensor)
+
+    def _layer_sq(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """(layers,) sums of squares, float32, from one fused norm over every tensor."""
+        norms = torch.stack(torch._foreach_norm(tensors)).float()  # (params,)
+        sums = torch.zeros(len(self.layers), device=norms.device)
+        return sums.index_add_(0, self.index, norms.square())
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if (trainer.global_step + 1) % self.every:
+            return
+        grads = [_local(p.grad) if p.grad is not None else torch.zeros_like(_local(p)) for p in self.params]
+        self._grad_sq = self._layer_sq(grads)
+        self._before = [_local(p).detach().clone() for p in self.params]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self._before is None:
+            return
+        before, self._before = self._before, None
+        weight_sq = self._layer_sq(before)
+        update = torch._foreach_sub_(before, [_local(p).detach() for p in self.params])
+        sq = torch.stack((self._grad_sq, weight_sq, self._layer_sq(update)))  # (3, layers)
+        if self.sharded:
+            dist.all_reduce(sq)
+        grad, weight, update_norm = sq.sqrt().unbind()
+        values = torch.stack((grad, weight, update_norm / weight)).tolist()  # the one host read
+        pl_module.log_dict(
+            {
+                f"health/{quantity}/{layer}": value
+                for quantity, row in zip(QUANTITIES, values, strict=True)
+                for layer, value in zip(self.layers, row, strict=True)
+            }
+        )

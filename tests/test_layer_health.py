@@ -1,0 +1,55 @@
+"""Per-layer health: every layer's gradient norm, weight norm and update ratio reach the CSV at
+log steps, and the layers' gradient norms add up to the global one."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from src.callbacks.layer_health import QUANTITIES, LayerHealth, layer_of
+from src.errors import UserError
+from tests.training import fast_overrides, logged, read_metrics, run_training, write_text
+
+
+def test_parameters_are_grouped_by_layer():
+    names = ["embed.weight", "blocks.0.attn.q_proj.weight", "blocks.11.mlp_norm.weight", "norm.weight"]
+    names.append("lm_head.weight")
+    assert [layer_of(n) for n in names] == ["embed", "blocks.0", "blocks.11", "final_norm", "lm_head"]
+
+
+def test_an_interval_that_is_never_logged_is_a_user_error():
+    with pytest.raises(UserError, match="multiple of trainer.log_every_n_steps=4"):
+        LayerHealth(every_n_steps=6).setup(SimpleNamespace(log_every_n_steps=4), None, "fit")
+
+
+WIDE = ["model.hidden_size=576", "model.num_heads=9", "model.num_kv_heads=3", "model.intermediate_size=1536"]
+
+
+@pytest.mark.parametrize("model", [[], WIDE], ids=["tiny", "2x576"])
+def test_every_layer_is_logged_at_log_steps(tmp_path, model):
+    overrides = fast_overrides(
+        tmp_path,
+        write_text(tmp_path / "input.txt"),
+        *model,
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=2",
+        "val_at_start=false",
+        "eval_every=100",
+        "checkpoint_every=100",
+    )
+    run_training(overrides)
+    run = tmp_path / "run"
+    layers = ["embed", "blocks.0", "blocks.1", "final_norm"]  # tied head: counted with embed
+    health = {key for key in read_metrics(run)[0] if key.startswith("health/")}
+    assert health == {f"health/{q}/{layer}" for q in QUANTITIES for layer in layers}
+    for key in health:
+        values = logged(run, key)
+        assert sorted(values) == [1, 3] and all(math.isfinite(v) and v > 0 for v in values.values()), key
+    grad_norm = logged(run, "grad_norm")  # before clipping: the same gradients
+    for step in (1, 3):
+        total = math.sqrt(sum(logged(run, f"health/grad_norm/{layer}")[step] ** 2 for layer in layers))
+        assert total == pytest.approx(grad_norm[step], rel=1e-4)
+    ratio = logged(run, "health/update_ratio/blocks.1")
+    assert all(1e-6 < r < 1 for r in ratio.values())
