@@ -84,6 +84,16 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
         return [row["trainer/global_step"] for row in part.history if "train/loss" in row]
 
     assert loss_steps(first_run) == list(range(6)) and loss_steps(second_run) == list(range(6, 10))
+    # W&B's own step is the trainer's, and the continuation rewinds to what its checkpoint holds
+    # (steps 0..5), which `wandb sync` applies.
+    for part in (first_run, second_run):
+        assert all(
+            row["_step"] == row["trainer/global_step"] for row in part.history if "trainer/global_step" in row
+        )
+    assert (second_run.run.branch_point.run, second_run.run.branch_point.value) == (run_id, 5)
+    assert {"val/loss_best", "val/loss_best_step", "train/loss_last", "wall_time_s"} <= set(
+        second_run.summary
+    )
     first_rows, second_rows = first_run.sample_rows, second_run.sample_rows
     assert {row[0] for row in first_rows} == {0, 2, 4, 6} and {row[0] for row in second_rows} == {8, 10}
     assert all(prompt in ("ROMEO:", "The king said") and completion for _, prompt, completion in first_rows)
