@@ -45,13 +45,17 @@ def test_rows_at_or_after_the_checkpoint_step_move_to_a_side_file(tmp_path):
     assert len(list(tmp_path.iterdir())) == 2
 
 
-def init_kwargs(monkeypatch, tmp_path, mode: str, reject_rewind: bool = False) -> list[dict]:
+def init_kwargs(
+    monkeypatch, tmp_path, mode: str, reject_rewind: bool = False, no_server: bool = False
+) -> list[dict]:
     calls: list[dict] = []
 
     def fake_init(**kwargs):
         calls.append(dict(kwargs))
         if reject_rewind and "resume_from" in kwargs:
             raise wandb.errors.CommError("failed to rewind run: rewind is not enabled")
+        if no_server and kwargs["mode"] == "online":
+            raise wandb.errors.CommError("context deadline exceeded")
         return object()
 
     monkeypatch.setattr(wandb, "init", fake_init)
@@ -122,3 +126,16 @@ def test_a_run_killed_between_checkpoints_and_continued_logs_each_step_once(tmp_
     last_loss = [float(row["train/loss"]) for row in rows if row["train/loss"]][-1]
     assert summary["tokens_seen"] == 8 * 4 * 32 and summary["train/loss_last"] == pytest.approx(last_loss)
     assert summary["wall_time_s"] > 0
+
+
+def test_without_a_server_the_offline_fallback_still_records_the_rewind(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr("src.tracking.wandb_logger.rank_zero_info", lambda message: None)
+    rewind, plain, offline = init_kwargs(monkeypatch, tmp_path, "auto", no_server=True)
+    assert (rewind["mode"], plain["mode"], offline["mode"]) == ("online", "online", "offline")
+    assert (
+        "resume_from" not in plain
+        and offline["resume_from"] == "abcd1234?_step=6"
+        and "resume" not in offline
+    )

@@ -106,19 +106,30 @@ class RunWandbLogger(WandbLogger):
         return WandbLogger.experiment.fget(self)
 
     def _start_online(self, init: dict[str, Any]) -> Any:
+        """Online, with the rewind `continue_at` asked for; a server that refuses it gets a plain resume.
+
+        When the plain resume fails too (no server at all), the rewind is put back, so that
+        the offline run `mode=auto` falls back to still records it.
+        """
         try:
             return WandbLogger.experiment.fget(self)
         except wandb.Error as err:
-            if init.get("resume_from") is None:
+            rewind = init.pop("resume_from", None)
+            if rewind is None:
                 raise
             wandb.teardown()
+            init["resume"] = "allow"
+            try:
+                run = WandbLogger.experiment.fget(self)
+            except wandb.Error:
+                del init["resume"]
+                init["resume_from"] = rewind
+                raise err from None
             rank_zero_info(
-                f"W&B: the server did not rewind the run ({str(err).splitlines()[0]}); resuming it "
+                f"W&B: the server did not rewind the run ({str(err).splitlines()[0]}); resumed it "
                 "instead: the steps logged again after the checkpoint keep their first values"
             )
-            del init["resume_from"]
-            init["resume"] = "allow"
-            return WandbLogger.experiment.fget(self)
+            return run
 
     def continue_at(self, step: int) -> None:
         """This process logs from `step` on: rewind the run to `step - 1`, dropping what came after.
