@@ -53,7 +53,9 @@ def main() -> None:
     health = LayerHealth()
     logged: dict[str, float] = {}
     module = SimpleNamespace(model=model, log_dict=logged.update)
-    trainer = SimpleNamespace(global_step=args.log_every - 1, log_every_n_steps=args.log_every)  # a log step
+    trainer = SimpleNamespace(  # at the step before a log step
+        global_step=args.log_every - 1, log_every_n_steps=args.log_every, precision_plugin=None
+    )
     health.setup(trainer, module, "fit")
     health.on_fit_start(trainer, module)
 

@@ -7,9 +7,11 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from src.callbacks.layer_health import QUANTITIES, LayerHealth, layer_of
 from src.errors import UserError
+from src.models import SmolLM2, SmolLM2Config
 from tests.training import fast_overrides, logged, read_metrics, run_training, write_text
 
 
@@ -53,3 +55,35 @@ def test_every_layer_is_logged_at_log_steps(tmp_path, model):
         assert total == pytest.approx(grad_norm[step], rel=1e-4)
     ratio = logged(run, "health/update_ratio/blocks.1")
     assert all(1e-6 < r < 1 for r in ratio.values())
+
+
+def test_norms_and_update_ratio_are_exact_and_gradients_unscaled():
+    """Gradients of 4 under a GradScaler factor of 4 are gradients of 1; a step of -1% of the
+    weights is an update ratio of 0.01 in every layer."""
+    model = SmolLM2(SmolLM2Config.from_preset("tiny"))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 4.0)
+    logged_values: dict[str, float] = {}
+    module = SimpleNamespace(model=model, log_dict=logged_values.update)
+    scaler = SimpleNamespace(get_scale=lambda: 4.0)
+    trainer = SimpleNamespace(
+        global_step=1, log_every_n_steps=2, precision_plugin=SimpleNamespace(scaler=scaler)
+    )
+    health = LayerHealth()
+    health.setup(trainer, module, "fit")
+    health.on_fit_start(trainer, module)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    health.on_before_optimizer_step(trainer, module, None)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(0.99)
+    health.on_train_batch_end(trainer, module)
+
+    blocks = [name for name in weights if name.startswith("blocks.1.")]
+    assert logged_values["health/grad_norm/blocks.1"] == pytest.approx(
+        math.sqrt(sum(weights[n].numel() for n in blocks)), rel=1e-5
+    )
+    weight_norm = math.sqrt(sum(float(weights[n].square().sum()) for n in blocks))
+    assert logged_values["health/weight_norm/blocks.1"] == pytest.approx(weight_norm, rel=1e-5)
+    for layer in ("embed", "blocks.0", "blocks.1", "final_norm"):
+        assert logged_values[f"health/update_ratio/{layer}"] == pytest.approx(0.01, rel=1e-3)

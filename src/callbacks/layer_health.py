@@ -11,7 +11,7 @@ are copied before the optimizer step and subtracted after it, so that step alone
 more copy of the weights (fp32 135M: 0.54 GB); an update rebuilt from AdamW's moments would
 have to repeat the optimizer's arithmetic. Under trainer=fsdp each rank sums the squares of
 its shards and one all-reduce adds them up. Under 16-mixed the gradients are still scaled by
-GradScaler's factor here, so their norms are too.
+GradScaler's factor here (fused AdamW unscales them itself), so their norms are divided by it.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ class LayerHealth(L.Callback):
             return
         grads = [_local(p.grad) if p.grad is not None else torch.zeros_like(_local(p)) for p in self.params]
         self._grad_sq = self._layer_sq(grads)
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            self._grad_sq /= scaler.get_scale() ** 2  # a host read, at a logged step only
         self._before = [_local(p).detach().clone() for p in self.params]
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
