@@ -87,3 +87,33 @@ def test_norms_and_update_ratio_are_exact_and_gradients_unscaled():
     assert logged_values["health/weight_norm/blocks.1"] == pytest.approx(weight_norm, rel=1e-5)
     for layer in ("embed", "blocks.0", "blocks.1", "final_norm"):
         assert logged_values[f"health/update_ratio/{layer}"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_histograms_count_every_entry_of_a_layer_by_magnitude():
+    model = SmolLM2(SmolLM2Config.from_preset("tiny"))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.02)  # log10 = -1.7: the bin [-1.75, -1.5)
+    calls: list[tuple[dict, int]] = []
+    logger = SimpleNamespace(log_histograms=lambda histograms, step: calls.append((histograms, step)))
+    module = SimpleNamespace(model=model, log_dict=lambda values: None)
+    trainer = SimpleNamespace(global_step=3, log_every_n_steps=2, precision_plugin=None, loggers=[logger])
+    health = LayerHealth(histogram_every_n_steps=4)
+    health.setup(trainer, module, "fit")
+    health.on_fit_start(trainer, module)
+    health.on_before_optimizer_step(trainer, module, None)
+    trainer.global_step = 4  # the optimizer step is done
+    health.on_train_batch_end(trainer, module)
+
+    ((histograms, step),) = calls
+    assert step == 3  # where Lightning logs optimizer step 4's metrics
+    counts, edges = histograms["health/grad_histogram/blocks.0"]
+    numel = sum(p.numel() for name, p in model.named_parameters() if name.startswith("blocks.0."))
+    assert len(edges) == len(counts) + 1 and edges[0] == -12.0 and edges[-1] == 2.0
+    assert sum(counts) == numel and counts[edges.index(-1.75)] == numel
+    weights, _ = histograms["health/weight_histogram/embed"]
+    assert sum(weights) == model.embed.weight.numel()
+
+
+def test_a_histogram_interval_off_the_health_interval_is_a_user_error():
+    with pytest.raises(UserError, match="histogram_every_n_steps=5 is not a multiple"):
+        LayerHealth(histogram_every_n_steps=5).setup(SimpleNamespace(log_every_n_steps=2), None, "fit")

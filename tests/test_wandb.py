@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import wandb
@@ -128,3 +129,15 @@ def test_key_without_server_falls_back_offline_once(tmp_path, wandb_env, monkeyp
 def test_unknown_mode_is_a_user_error(tmp_path, wandb_env):
     with pytest.raises(UserError, match="choose one of"):
         RunWandbLogger(save_dir=str(tmp_path), mode="onlien")
+
+
+def test_histograms_reach_wandb_at_the_trainer_step(tmp_path, wandb_env, monkeypatch):
+    logged: list[tuple[dict, int]] = []
+    run = SimpleNamespace(log=lambda values, step: logged.append((values, step)))
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
+    logger = RunWandbLogger(save_dir=str(tmp_path), mode="offline", id="abcd1234")
+    logger.log_histograms({"health/grad_histogram/embed": ([1.0, 3.0], [-2.0, -1.0, 0.0])}, step=9)
+    ((values, step),) = logged
+    histogram = values["health/grad_histogram/embed"]
+    assert step == 9 and values["trainer/global_step"] == 9
+    assert histogram.histogram == [1.0, 3.0] and histogram.bins == [-2.0, -1.0, 0.0]

@@ -162,6 +162,13 @@ class RunWandbLogger(WandbLogger):
         self.log_metrics({SAMPLES_KEY: self._samples}, step=max(step - 1, 0))
 
     @rank_zero_only
+    def log_histograms(self, histograms: dict[str, tuple[list[float], list[float]]], step: int) -> None:
+        """{name: (counts, bin edges)} as W&B histograms (src/callbacks/layer_health.py)."""
+        self.log_metrics(
+            {name: wandb.Histogram(np_histogram=hist) for name, hist in histograms.items()}, step=step
+        )
+
+    @rank_zero_only
     def log_summary(self, values: dict[str, Any]) -> None:
         """Keys of the run summary (W&B shows a metric's last value there unless told otherwise)."""
         self.experiment.summary.update(values)
