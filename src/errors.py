@@ -20,7 +20,7 @@ class UserError(ValueError):
 
 
 EXIT_USER_ERROR = 2
-EXIT_SIGINT, EXIT_SIGPIPE = 130, 141  # the shell's 128 + signal number, for a quiet exit
+EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM = 130, 141, 143  # the shell's 128 + signal number
 
 
 def first_line(err: BaseException) -> str:

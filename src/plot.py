@@ -2,12 +2,14 @@
 
 python -m src.plot <run folder>          (or run_dir=<run folder> [out=<file.png>])
 
-Reads `<run>/csv/metrics.csv`, which every logger config writes, and saves `<run>/metrics.png`.
+Reads `<run>/csv/metrics.csv`, which every logger config writes, and saves `<run>/metrics.png`:
+a line panel per quantity, and a heat map (layer x step) per `health/<quantity>/<layer>` logged.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,13 @@ PANELS = [
     ("tokens/s", ["tokens_per_s"], False),
     ("gradient norm", ["grad_norm"], True),
     ("unique documents seen", ["data/documents_seen"], False),
+]
+
+# (quantity, title) of the per-layer heat maps (src/callbacks/layer_health.py).
+HEAT_MAPS = [
+    ("grad_norm", "gradient norm by layer"),
+    ("weight_norm", "weight norm by layer"),
+    ("update_ratio", "update / weight norm by layer"),
 ]
 
 Series = dict[str, dict[int, float]]
@@ -54,16 +63,38 @@ def read_series(metrics_csv: Path) -> Series:
     return series
 
 
+def layer_key(layer: str) -> tuple[int, int, str]:
+    """Input to output: embed, blocks.0, blocks.1, ..., blocks.10, then the rest (final_norm, lm_head)."""
+    if layer == "embed":
+        return (0, 0, layer)
+    if match := re.fullmatch(r"blocks\.(\d+)", layer):
+        return (1, int(match.group(1)), layer)
+    return (2, 0, layer)
+
+
+def heat_map(series: Series, quantity: str) -> tuple[list[str], list[int], list[list[float]]] | None:
+    """(layers, steps, values[layer][step]) of `health/<quantity>/*`, NaN where a step is missing."""
+    prefix = f"health/{quantity}/"
+    layers = sorted((k.removeprefix(prefix) for k in series if k.startswith(prefix)), key=layer_key)
+    if not layers:
+        return None
+    steps = sorted({step for layer in layers for step in series[prefix + layer]})
+    return layers, steps, [[series[prefix + layer].get(s, float("nan")) for s in steps] for layer in layers]
+
+
 def figure(series: Series, title: str = "") -> Figure:
     """One panel per quantity that was logged, all against the optimizer step."""
+    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure  # an extra: main() checks for it first
 
     panels = [(name, [k for k in keys if k in series], log) for name, keys, log in PANELS]
     panels = [p for p in panels if p[1]]
-    if not panels:
+    maps = [(name, data) for quantity, name in HEAT_MAPS if (data := heat_map(series, quantity))]
+    if not panels and not maps:
         raise UserError(f"none of {[k for _, keys, _ in PANELS for k in keys]} was logged")
-    cols = 2 if len(panels) > 1 else 1
-    rows = (len(panels) + cols - 1) // cols
+    count = len(panels) + len(maps)
+    cols = 2 if count > 1 else 1
+    rows = (count + cols - 1) // cols
     fig = Figure(figsize=(6 * cols, 3.5 * rows), layout="constrained")
     fig.suptitle(title)
     for i, (name, keys, log) in enumerate(panels):
@@ -75,6 +106,12 @@ def figure(series: Series, title: str = "") -> Figure:
         ax.set(title=name, xlabel="step", yscale="log" if log else "linear")
         ax.grid(alpha=0.3)
         ax.legend()
+    for i, (name, (layers, steps, values)) in enumerate(maps, start=len(panels)):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        mesh = ax.pcolormesh(steps, range(len(layers)), values, norm=LogNorm(), shading="nearest")
+        ax.set_yticks(range(len(layers)), layers)
+        ax.set(title=name, xlabel="step")
+        fig.colorbar(mesh, ax=ax)
     return fig
 
 

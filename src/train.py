@@ -200,11 +200,21 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
     rank_zero_info(f"global batch: {global_batch}")
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
+    continue_at = None if checkpoint is None else checkpoint["global_step"]
     del checkpoint  # Lightning reads the file again to restore the full training state
     # From here on the run writes into its folder: one run at a time.
     lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
     with lock if takes_the_lock() else nullcontext():
-        return fit(cfg, overrides, model_config, schedule, datamodule, run_id=run_id, recipe=recipe)
+        return fit(
+            cfg,
+            overrides,
+            model_config,
+            schedule,
+            datamodule,
+            run_id=run_id,
+            recipe=recipe,
+            continue_at=continue_at,
+        )
 
 
 def fit(
@@ -216,8 +226,10 @@ def fit(
     *,
     run_id: str,
     recipe: str,
+    continue_at: int | None = None,
 ) -> dict[str, float]:
-    """Build the module and trainer from the checked config, and train.
+    """Build the module and trainer from the checked config, and train (from the checkpoint's
+    step `continue_at`, when continuing).
 
     From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
     included (README: Reliability); a stop outside a trainer call is reported here.
@@ -243,7 +255,7 @@ def fit(
                 cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
                 nonfinite=cfg.nonfinite,
             )
-            loggers = build_loggers(cfg.get("logger"), run_id)
+            loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
             callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
             enable_tf32()
             if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):

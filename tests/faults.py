@@ -128,3 +128,15 @@ class DiskFullFrom(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if trainer.global_step == self.step:
             checkpoint.open = lambda path, mode="r", *args, **kwargs: io.BufferedWriter(FullDisk(path, mode))
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process as optimizer step `step` + 1 starts: a `kill -9` or the OOM killer,
+    with no chance to save or flush anything."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal_module.SIGKILL)

@@ -19,6 +19,10 @@ SMALL = {
         "--dtypes", "fp32",
     ],
     "benchmarks.optimizer_step": ["--preset", "tiny", "--warmup", "0", "--repeats", "1"],
+    "benchmarks.layer_health": [
+        "--model", "tiny", "--batch-size", "2", "--seq-len", "16", "--dtype", "fp32", "--warmup", "0",
+        "--steps", "1",
+    ],
     "benchmarks.loss": [
         "--preset", "tiny", "--tokens", "64", "--dtypes", "fp32,bf16", "--warmup", "0", "--repeats", "1",
     ],

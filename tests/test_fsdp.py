@@ -25,7 +25,7 @@ from src.serving import load_pretrained
 from src.training import checkpoint as ckpt
 from src.training.fsdp_strategy import point_link_at
 from tests.helpers import run_cli
-from tests.training import fast_overrides, logged, run_training, write_text
+from tests.training import fast_overrides, logged, read_metrics, run_training, write_text
 
 COMMON = (
     "schedule.total_steps=4",
@@ -89,6 +89,16 @@ def test_sharded_losses_and_weights_equal_one_process_with_the_global_batch(runs
         assert weights.keys() == reference.keys()
         for key, value in reference.items():
             torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_sharded_per_layer_health_equals_one_process(runs):
+    """Each rank sums the squares of its shards and one all-reduce adds them: whole layers' norms."""
+    keys = [key for key in read_metrics(runs.one)[0] if key.startswith("health/")]
+    assert len(keys) == 3 * 4  # grad, weight and update norms of embed, 2 blocks, final norm
+    for run in (runs.split, runs.straight):
+        for key in keys:
+            assert logged(run, key) == pytest.approx(logged(runs.one, key), rel=1e-3), key
 
 
 @pytest.mark.slow

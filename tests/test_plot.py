@@ -72,3 +72,20 @@ def test_missing_metrics_is_a_user_error(tmp_path):
         read_series(tmp_path / "csv" / "metrics.csv")
     result = run_cli("src.plot", str(tmp_path))
     assert result.returncode == 2 and "error: no metrics at" in result.stderr
+
+
+def test_per_layer_health_gets_a_heat_map_of_layers_by_step():
+    layers = ["blocks.10", "final_norm", "blocks.2", "embed"]
+    series = {"train/loss": {0: 5.0, 2: 4.0}}
+    for i, layer in enumerate(layers):
+        series[f"health/grad_norm/{layer}"] = {0: 1.0 + i, 2: 2.0 + i}
+    series["health/grad_norm/blocks.2"].pop(2)  # a step without this layer: left blank
+    fig = figure(series)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert list(panels) == ["loss", "gradient norm by layer"]
+    heat = panels["gradient norm by layer"]
+    assert [t.get_text() for t in heat.get_yticklabels()] == ["embed", "blocks.2", "blocks.10", "final_norm"]
+    (mesh,) = heat.collections
+    values = mesh.get_array().reshape(4, 2)  # (layers, steps)
+    assert values[0].tolist() == [4.0, 5.0] and values.mask[1].tolist() == [False, True]
+    assert values[2].tolist() == [1.0, 2.0] and mesh.norm.__class__.__name__ == "LogNorm"

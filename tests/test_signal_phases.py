@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from src.train import EXIT_SIGINT, EXIT_SIGTERM
+from src.errors import EXIT_SIGINT, EXIT_SIGTERM
 from src.training.checkpoint import read_checkpoint
 from tests.conftest import REPO_ROOT
 from tests.training import fast_overrides, write_text

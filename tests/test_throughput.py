@@ -79,3 +79,30 @@ def test_mfu_is_per_device_and_tokens_per_s_is_global():
     assert one["mfu"] == pytest.approx(one["tokens_per_s"] * flops / 100e12, rel=1e-6)
     assert two["mfu"] == pytest.approx(one["mfu"], rel=1e-3)  # the same work per device: the same MFU
     assert two["tokens_seen"] == 2 * one["tokens_seen"] == 2 * tokens_per_rank
+
+
+def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch):
+    """Two steps in 2 s, of which 0.5 s passed between the first batch's end and the second's start."""
+    clock = iter([0.0, 1.0, 1.5, 2.0, 2.0])  # train start, end 1, start 2, end 2 (log), reset
+    monkeypatch.setattr("src.callbacks.throughput.time.perf_counter", lambda: next(clock))
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(
+        config=SmolLM2Config.from_preset("tiny"), log_dict=lambda m, **_: logged.update(m)
+    )
+    trainer = SimpleNamespace(
+        global_step=0,
+        log_every_n_steps=2,
+        accumulate_grad_batches=1,
+        world_size=1,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+        precision="32-true",
+    )
+    batch = torch.zeros(4, 65, dtype=torch.long)
+    callback = ThroughputLogger()
+    callback.on_train_start(trainer, module)
+    for step in (1, 2):
+        callback.on_train_batch_start(trainer, module, batch, 0)
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, batch, 0)
+    assert logged["step_time_s"] == pytest.approx(1.0) and logged["data_wait_fraction"] == pytest.approx(0.25)
+    assert 0 < logged["peak_memory_gib"] < 1024  # this process's peak resident set

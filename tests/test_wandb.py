@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import wandb
@@ -84,6 +85,16 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
         return [row["trainer/global_step"] for row in part.history if "train/loss" in row]
 
     assert loss_steps(first_run) == list(range(6)) and loss_steps(second_run) == list(range(6, 10))
+    # W&B's own step is the trainer's, and the continuation rewinds to what its checkpoint holds
+    # (steps 0..5), which `wandb sync` applies.
+    for part in (first_run, second_run):
+        assert all(
+            row["_step"] == row["trainer/global_step"] for row in part.history if "trainer/global_step" in row
+        )
+    assert (second_run.run.branch_point.run, second_run.run.branch_point.value) == (run_id, 5)
+    assert {"val/loss_best", "val/loss_best_step", "train/loss_last", "wall_time_s"} <= set(
+        second_run.summary
+    )
     first_rows, second_rows = first_run.sample_rows, second_run.sample_rows
     assert {row[0] for row in first_rows} == {0, 2, 4, 6} and {row[0] for row in second_rows} == {8, 10}
     assert all(prompt in ("ROMEO:", "The king said") and completion for _, prompt, completion in first_rows)
@@ -118,3 +129,15 @@ def test_key_without_server_falls_back_offline_once(tmp_path, wandb_env, monkeyp
 def test_unknown_mode_is_a_user_error(tmp_path, wandb_env):
     with pytest.raises(UserError, match="choose one of"):
         RunWandbLogger(save_dir=str(tmp_path), mode="onlien")
+
+
+def test_histograms_reach_wandb_at_the_trainer_step(tmp_path, wandb_env, monkeypatch):
+    logged: list[tuple[dict, int]] = []
+    run = SimpleNamespace(log=lambda values, step: logged.append((values, step)))
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
+    logger = RunWandbLogger(save_dir=str(tmp_path), mode="offline", id="abcd1234")
+    logger.log_histograms({"health/grad_histogram/embed": ([1.0, 3.0], [-2.0, -1.0, 0.0])}, step=9)
+    ((values, step),) = logged
+    histogram = values["health/grad_histogram/embed"]
+    assert step == 9 and values["trainer/global_step"] == 9
+    assert histogram.histogram == [1.0, 3.0] and histogram.bins == [-2.0, -1.0, 0.0]

@@ -31,12 +31,21 @@ def check_logger_extras(cfg: DictConfig | None) -> None:
         require_extra("tensorboardX", "tensorboard", "logger=tensorboard")
 
 
-def build_loggers(cfg: DictConfig | None, run_id: str) -> list[Logger]:
-    """One logger per entry of the `logger` group; the W&B run id comes from the checkpoint."""
-    return [
+def build_loggers(cfg: DictConfig | None, run_id: str, continue_at: int | None = None) -> list[Logger]:
+    """One logger per entry of the `logger` group; the W&B run id comes from the checkpoint.
+
+    A continuation from a checkpoint at step `continue_at` has each logger that can (CSV, W&B)
+    drop what an earlier process logged after that checkpoint, so every step is logged once.
+    """
+    loggers = [
         hydra.utils.instantiate(logger_cfg, **({"id": run_id} if name == "wandb" else {}))
         for name, logger_cfg in (cfg or {}).items()
     ]
+    if continue_at is not None:
+        for logger in loggers:
+            if hasattr(logger, "continue_at"):
+                logger.continue_at(continue_at)
+    return loggers
 
 
 def run_config(cfg: DictConfig, num_parameters: int, recipe: str) -> dict[str, Any]:

@@ -53,6 +53,11 @@ class RunWandbLogger(WandbLogger):
       step-0 `validate`, too early), so its files are complete and a second fit in the same
       process (a test, a notebook) starts a fresh run instead of reusing the old one.
     - The run name defaults to the run folder's name, which a continuation shares.
+    - W&B's own step is the trainer's (`trainer/global_step`), so `continue_at(s)` can rewind
+      the run (`resume_from="<id>?_step=<s - 1>"`) to the last step the checkpoint holds: the
+      steps a crashed process logged after it are replaced, not drawn twice. Offline, the
+      rewind is recorded in the run's file and applied by `wandb sync`. A server without
+      rewind (a W&B preview feature) gets a plain resume instead, with one message.
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class RunWandbLogger(WandbLogger):
         init = wandb_init_args(self)
         if wandb_run(self) is None and init["mode"] == "online":
             try:
-                return WandbLogger.experiment.fget(self)
+                return self._start_online(init)
             except wandb.Error as err:
                 if self.requested_mode != "auto" or os.environ.get("WANDB_MODE"):
                     raise UserError(
@@ -100,6 +105,51 @@ class RunWandbLogger(WandbLogger):
             )
         return WandbLogger.experiment.fget(self)
 
+    def _start_online(self, init: dict[str, Any]) -> Any:
+        """Online, with the rewind `continue_at` asked for; a server that refuses it gets a plain resume.
+
+        When the plain resume fails too (no server at all), the rewind is put back, so that
+        the offline run `mode=auto` falls back to still records it.
+        """
+        try:
+            return WandbLogger.experiment.fget(self)
+        except wandb.Error as err:
+            rewind = init.pop("resume_from", None)
+            if rewind is None:
+                raise
+            wandb.teardown()
+            init["resume"] = "allow"
+            try:
+                run = WandbLogger.experiment.fget(self)
+            except wandb.Error:
+                del init["resume"]
+                init["resume_from"] = rewind
+                raise err from None
+            rank_zero_info(
+                f"W&B: the server did not rewind the run ({str(err).splitlines()[0]}); resumed it "
+                "instead: the steps logged again after the checkpoint keep their first values"
+            )
+            return run
+
+    def continue_at(self, step: int) -> None:
+        """This process logs from `step` on: rewind the run to `step - 1`, dropping what came after.
+
+        Lightning logs optimizer step k at step k - 1, so a checkpoint at step s holds
+        everything logged at steps below s.
+        """
+        init = wandb_init_args(self)
+        if step > 0 and init["mode"] != "disabled":
+            init.pop("resume", None)  # W&B takes one of resume and resume_from
+            init["resume_from"] = f"{init['id']}?_step={step - 1}"
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """W&B's step is the trainer's, which the rewind of `continue_at` counts in."""
+        if step is None:
+            super().log_metrics(metrics)
+        else:
+            self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+
     @rank_zero_only
     def log_text_samples(self, rows: list[dict[str, Any]], step: int) -> None:
         """Append {step, prompt, completion} rows; W&B stores only the new rows each time."""
@@ -107,7 +157,21 @@ class RunWandbLogger(WandbLogger):
             self._samples = wandb.Table(columns=SAMPLE_COLUMNS, log_mode="INCREMENTAL")
         for row in rows:
             self._samples.add_data(*(row[column] for column in SAMPLE_COLUMNS))
-        self.log_metrics({SAMPLES_KEY: self._samples}, step=step)
+        # Samples taken after optimizer step k join the metrics Lightning logs for it, at k - 1:
+        # W&B drops a row logged at a step below one already logged.
+        self.log_metrics({SAMPLES_KEY: self._samples}, step=max(step - 1, 0))
+
+    @rank_zero_only
+    def log_histograms(self, histograms: dict[str, tuple[list[float], list[float]]], step: int) -> None:
+        """{name: (counts, bin edges)} as W&B histograms (src/callbacks/layer_health.py)."""
+        self.log_metrics(
+            {name: wandb.Histogram(np_histogram=hist) for name, hist in histograms.items()}, step=step
+        )
+
+    @rank_zero_only
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Keys of the run summary (W&B shows a metric's last value there unless told otherwise)."""
+        self.experiment.summary.update(values)
 
     @rank_zero_only
     def finish(self, success: bool) -> None:
