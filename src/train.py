@@ -11,6 +11,7 @@ In a multi-process run every rank exits: a failed rank ends the others (README: 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -44,6 +45,7 @@ from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
+from src.training.plan import Plan, make_plan
 from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
 
 log = logging.getLogger(__name__)
@@ -191,12 +193,30 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     recipe = applied_recipe(overrides)  # printed once the config has passed every check
     rank_zero_info(f"recipe: {recipe}")
     rank_zero_info(f"global batch: {global_batch}")
+    start_step = checkpoint["global_step"] if checkpoint else 0
+    plan = None
+    if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
+        plan = make_plan(
+            cfg,
+            model_config.num_parameters(),
+            global_batch.tokens,
+            schedule(start_step),
+            datamodule.data_size(),
+            start_step,
+        )
+        rank_zero_info(plan.table())
+    if cfg.plan:
+        return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     del checkpoint  # Lightning reads the file again to restore the full training state
     # From here on the run writes into its folder: one run at a time.
     lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
     with lock if takes_the_lock() else nullcontext():
-        return fit(cfg, overrides, model_config, schedule, datamodule, run_id=run_id, recipe=recipe)
+        if plan is not None:
+            (Path(cfg.paths.output_dir) / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+        return fit(
+            cfg, overrides, model_config, schedule, datamodule, run_id=run_id, recipe=recipe, plan=plan
+        )
 
 
 def fit(
@@ -208,6 +228,7 @@ def fit(
     *,
     run_id: str,
     recipe: str,
+    plan: Plan | None,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train."""
     L.seed_everything(cfg.seed, workers=True)
@@ -241,7 +262,7 @@ def fit(
         f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
     )
     for logger in loggers:
-        logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
+        logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe, plan))
     success = False
     try:
         if cfg.val_at_start and not cfg.ckpt_path:

@@ -36,5 +36,6 @@ def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: 
         epoch=min(passes for _, passes, _ in mine),
         remainder=remainder,
         documents=sum(state.documents for state in handed),
+        unique=sum(state.unique for state in handed),
         files=mine,
     )

@@ -134,11 +134,12 @@ class ReaderState:
     completed and the next row (held-out rows included) of the current one. By examples
     (`files` is None), `position` is datasets' state at the start of the current read of
     pass `epoch` and `skip` how many of that read's documents are already packed.
-    `remainder` is the packer's unemitted tokens. A plain class, not a dataclass, so
-    Lightning's batch utilities pass it through untouched.
+    `remainder` is the packer's unemitted tokens. `documents` counts the documents packed since
+    the run began, `unique` those of them packed in their first pass (distinct documents). A
+    plain class, not a dataclass, so Lightning's batch utilities pass it through untouched.
     """
 
-    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files")
+    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files", "unique")
 
     def __init__(
         self,
@@ -148,14 +149,17 @@ class ReaderState:
         remainder: list[int] | None = None,
         documents: int = 0,
         files: list[list[int]] | None = None,
+        unique: int = 0,  # absent from positions saved before it was counted
     ) -> None:
         self.epoch, self.position, self.skip = epoch, position, skip
         self.remainder = list(remainder or [])
-        self.documents = documents  # documents packed by this reader since the run began
+        self.documents, self.unique = documents, unique
         self.files = None if files is None else [list(entry) for entry in files]
 
     def snapshot(self, remainder: list[int]) -> ReaderState:
-        return ReaderState(self.epoch, self.position, self.skip, remainder, self.documents, self.files)
+        return ReaderState(
+            self.epoch, self.position, self.skip, remainder, self.documents, self.files, self.unique
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -249,6 +253,7 @@ class PackedStream(IterableDataset):
                     for (row, _), doc in zip(kept, docs, strict=True):
                         entry[2] = row + 1
                         state.documents += 1
+                        state.unique += level == 0
                         packed += 1
                         yield doc
                     first += len(rows[self.text_column])
@@ -270,6 +275,7 @@ class PackedStream(IterableDataset):
             for doc in tokenize_documents(self.tokenizer, pending) if pending else []:
                 state.skip += 1
                 state.documents += 1
+                state.unique += state.epoch == 0
                 packed += 1
                 yield doc
             state.position, state.skip = stream.state_dict(), 0

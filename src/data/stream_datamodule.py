@@ -45,9 +45,9 @@ class StreamPosition:
                 return states
         raise RuntimeError(f"no data position after batch {consumed}; kept {[c for c, _ in self.history]}")
 
-    @property
-    def documents(self) -> int:
-        return sum(state.documents for state in self.latest)
+    def documents(self) -> tuple[int, int]:
+        """Documents packed by this rank's readers so far, and how many of them were distinct."""
+        return sum(s.documents for s in self.latest), sum(s.unique for s in self.latest)
 
 
 def gather_from_ranks(obj: Any) -> list[Any]:
@@ -181,10 +181,11 @@ class StreamDataModule(WindowDataModule):
             return batch["tokens"]
         return batch
 
-    @property
-    def documents_seen(self) -> int:
-        """Documents this rank has packed into its training windows so far (a host-side counter)."""
-        return self.position.documents if self.position else 0
+    def rank_counts(self) -> dict[str, int]:
+        """Documents this rank has packed into its training windows so far, and the distinct ones
+        among them: those packed in their first pass (host-side counters)."""
+        seen, unique = self.position.documents() if self.position else (0, 0)
+        return {"documents_seen": seen, "unique_documents": unique}
 
     def state_dict(self) -> dict[str, Any]:
         if self.position is None:
