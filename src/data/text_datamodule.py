@@ -77,7 +77,9 @@ class TextFileDataModule(WindowDataModule):
     def data_size(self) -> DataSize:
         """The file and the tokens of its training windows (one epoch); tokenizes only once per file."""
         train, _ = self.split(self.tokens())
-        return DataSize(str(self.path), num_windows(len(train), self.seq_len) * self.seq_len)
+        path = self.path.resolve()
+        name = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        return DataSize(str(name), num_windows(len(train), self.seq_len) * self.seq_len)
 
     def batches_consumed(self) -> int:
         """Per-rank training batches already used by the optimizer steps taken so far."""
