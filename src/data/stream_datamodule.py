@@ -12,7 +12,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from src.data.base import WindowDataModule
+from src.data.base import DataSize, WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
 from src.data.reshard import reshard
 from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
@@ -112,6 +112,10 @@ class StreamDataModule(WindowDataModule):
             f"the validation set ({len(texts)} documents)",
             "raise data.val_documents or lower data.seq_len",
         )
+
+    def data_size(self) -> DataSize:
+        """A stream's length is not known before it is read: the plan says "epochs unknown"."""
+        return DataSize(str(self.data_files or f"{self.path} ({self.name})"), None)
 
     @property
     def num_readers(self) -> int:

@@ -110,7 +110,7 @@ class Plan:
             ("parameters", f"{self.parameters:,}"),
             ("tokens per step", f"{self.tokens_per_step:,} (all processes)"),
             ("steps", steps),
-            ("tokens", f"{human(self.total_tokens)} ({self.tokens_per_parameter:,.1f} per parameter)"),
+            ("tokens", f"{human(self.total_tokens)} ({self.tokens_per_parameter:.3g} per parameter)"),
             ("data", data),
             ("learning rate", f"{self.lr_first_step:.3g} at step {self.start_step:,} ({lr_shape})"),
             (
