@@ -54,6 +54,8 @@ def test_a_run_saves_its_plan_logs_it_and_counts_windows(tmp_path, text, capsys)
     assert plan["epochs"] == pytest.approx(6 * 4 / windows)
     assert (plan["first_sample"], plan["first_validation"], plan["first_checkpoint"]) == (0, 0, 5)
     assert plan["checkpoints_kept"] == 2 and plan["warnings"] == []
+    size = (run / "checkpoints" / "last.ckpt").stat().st_size  # weights, 2 moments and a little more
+    assert plan["checkpoint_bytes"] <= size < 1.05 * plan["checkpoint_bytes"]
     assert OmegaConf.load(run / "csv" / "hparams.yaml").plan.epochs == pytest.approx(plan["epochs"])
     seen = {s: 4.0 * (s + 1) for s in range(6)}  # each step takes one batch of 4 windows
     assert logged(run, "data/windows_seen") == seen

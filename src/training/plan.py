@@ -36,7 +36,7 @@ def next_multiple(after: int, every: int, limit: int) -> int | None:
 
 
 def human(count: float, unit: str = "") -> str:
-    """327.7M, 1.6 GB: three significant figures for quantities that span orders of magnitude."""
+    """327.7M, 1.6 GB: one decimal of the largest prefix, for quantities that span orders of magnitude."""
     for scale, prefix in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "k")):
         if count >= scale:
             return f"{count / scale:.1f}{' ' if unit else ''}{prefix}{unit}"
