@@ -1,6 +1,9 @@
 """Export a training checkpoint as a Hugging Face folder that `from_pretrained` loads offline.
 
-python -m src.export ckpt_path=<run>/checkpoints/last.ckpt out_dir=<dir> [overwrite=true]
+python -m src.export ckpt_path=<run>/checkpoints/last.ckpt [out_dir=<dir>] [overwrite=true]
+
+Without out_dir the folder is outputs/export/<run>-step<N> (src/outputs.py): runs stay in logs/,
+what is made from them goes under outputs/.
 
 A sharded checkpoint (trainer=fsdp: `last.ckpt` is a folder) exports the same way, in one
 process: its shards are gathered on the CPU.
@@ -28,14 +31,23 @@ from src.cli import parse_cli
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError, exit_on_user_error, first_line
 from src.models.hf import write_hf_folder
+from src.outputs import default_output_dir
 from src.training import checkpoint as ckpt
 
 
 @dataclass
 class ExportConfig:
     ckpt_path: str = MISSING
-    out_dir: str = MISSING
+    out_dir: str = ""  # empty: outputs/export/<run>-step<N>
     overwrite: bool = False
+
+
+def default_out_dir(ckpt_path: Path) -> Path:
+    """outputs/export/<run folder's name>-step<N>: each run and step has its own folder."""
+    path = ckpt_path.resolve()
+    name = path.parent.parent.name if path.parent.name == "checkpoints" else path.stem
+    step = ckpt.read_checkpoint(path, weights=False).get("global_step")  # weights stay unread
+    return default_output_dir("export") / (name if step is None else f"{name}-step{step}")
 
 
 def check_out_dir(out_dir: Path, ckpt_path: Path, overwrite: bool) -> None:
@@ -111,8 +123,10 @@ def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(ExportConfig, argv)
-    export_checkpoint(Path(cfg.ckpt_path), Path(cfg.out_dir), cfg.overwrite)
-    print(f"wrote {cfg.out_dir}", file=sys.stderr)
+    ckpt_path = Path(cfg.ckpt_path)
+    out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(ckpt_path)
+    export_checkpoint(ckpt_path, out_dir, cfg.overwrite)
+    print(f"wrote {out_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":

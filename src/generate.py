@@ -7,7 +7,8 @@ Stdout carries only generated text: each completion ends with a newline, and sev
 completions (a prompt file, num_samples > 1) are separated by a line `---`. A prompt
 file holds one prompt per line; blank lines are skipped. Sample i uses seed + i, so the
 first sample of any run equals a one-sample run with the same seed. Tokens/s and other
-diagnostics go to stderr.
+diagnostics go to stderr. Each completion is also appended to `out_file` as a JSON line
+{prompt, completion, settings}; by default outputs/generate/<date>_<time>.jsonl (src/outputs.py).
 
 Exit codes: 0 when done, 2 on bad input (one `error:` line), 130 after Ctrl-C and 141 when
 the reader of stdout went away (`| head -c3`), as if killed by SIGPIPE; the last two quietly.
@@ -16,13 +17,16 @@ the reader of stdout went away (`| head -c3`), as if killed by SIGPIPE; the last
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from src.cli import parse_cli
 from src.errors import EXIT_SIGINT, EXIT_SIGPIPE, UserError, exit_on_user_error
+from src.outputs import default_output_dir
 from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed
 
 SEPARATOR = "---\n"
@@ -33,6 +37,7 @@ class GenerateConfig(Sampling, ModelSource):
     prompt: str = ""
     prompt_file: str | None = None
     num_samples: int = 1
+    out_file: str = ""  # empty: outputs/generate/<date>_<time>.jsonl
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,6 +68,12 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
     return prompts
 
 
+def settings(cfg: GenerateConfig) -> dict[str, object]:
+    """What made a completion: the model source and the sampling knobs (this sample's seed)."""
+    names = [f.name for f in (*dataclasses.fields(ModelSource), *dataclasses.fields(Sampling))]
+    return {name: getattr(cfg, name) for name in names}
+
+
 def main(argv: list[str] | None = None) -> None:
     """The CLI: `generate`, with Ctrl-C and a closed stdout ending it without a traceback."""
     try:
@@ -79,6 +90,16 @@ def main(argv: list[str] | None = None) -> None:
 def generate(argv: list[str] | None = None) -> None:
     cfg = parse_cli(GenerateConfig, argv)
     prompts = read_prompts(cfg)
+    out_file = Path(
+        cfg.out_file or default_output_dir("generate") / f"{datetime.now():%Y-%m-%d_%H-%M-%S}.jsonl"
+    )
+    try:  # before the model loads: a path that cannot be written is a one-line error
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.open("a").close()
+    except OSError as err:
+        raise UserError(
+            f"cannot write out_file={out_file} ({err.strerror}); pass a writable out_file"
+        ) from None
     generator = TextGenerator.load(cfg)
     # Encode every prompt first so a bad one fails before any text is printed.
     encoded = [generator.encode(prompt, cfg.max_new_tokens) for prompt in prompts]
@@ -88,16 +109,21 @@ def generate(argv: list[str] | None = None) -> None:
         for sample in range(cfg.num_samples):
             if index or sample:
                 sys.stdout.write(SEPARATOR)
-            seed = None if cfg.seed is None else cfg.seed + sample
-            completion = generator.complete(input_ids, dataclasses.replace(cfg, seed=seed))
+            sample_cfg = dataclasses.replace(cfg, seed=None if cfg.seed is None else cfg.seed + sample)
+            completion = generator.complete(input_ids, sample_cfg)
+            pieces = []
             for piece in completion:
+                pieces.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
             sys.stdout.flush()
+            row = {"prompt": prompts[index], "completion": "".join(pieces), "settings": settings(sample_cfg)}
+            with out_file.open("a", encoding="utf-8") as f:  # appended as made: Ctrl-C keeps the rest
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
             num_tokens, seconds = num_tokens + completion.num_tokens, seconds + completion.seconds
     rate = num_tokens / seconds if seconds > 0 else 0.0
-    print(f"{num_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s", file=sys.stderr)
+    print(f"{num_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s; wrote {out_file}", file=sys.stderr)
 
 
 if __name__ == "__main__":

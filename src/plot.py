@@ -30,7 +30,14 @@ PANELS = [
     ("learning rate", ["lr"], False),
     ("tokens/s", ["tokens_per_s"], False),
     ("gradient norm", ["grad_norm"], True),
-    ("unique documents seen", ["data/documents_seen"], False),
+    # Seed 001's "unique examples": distinct documents (streams) or windows (text files) against all
+    # seen, so repeats show as the gap between the two lines; and the passes over finite data.
+    (
+        "unique examples",
+        ["data/documents_seen", "data/unique_documents", "data/windows_seen", "data/unique_windows"],
+        False,
+    ),
+    ("epochs", ["data/epochs"], False),
 ]
 
 # (quantity, title) of the per-layer heat maps (src/callbacks/layer_health.py).

@@ -12,6 +12,7 @@ In a multi-process run every rank exits: a failed rank ends the others (README: 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
+from src.training.plan import Plan, make_plan
 from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
 
 log = logging.getLogger(__name__)
@@ -199,8 +201,13 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     if cfg.get("reference"):
         rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
     rank_zero_info(f"global batch: {global_batch}")
+    start_step = checkpoint["global_step"] if checkpoint else 0
+    if cfg.plan:
+        if takes_the_lock():
+            preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
+        return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
-    continue_at = None if checkpoint is None else checkpoint["global_step"]
+    continue_at = None if checkpoint is None else start_step
     del checkpoint  # Lightning reads the file again to restore the full training state
     # From here on the run writes into its folder: one run at a time.
     lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
@@ -214,7 +221,30 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
             run_id=run_id,
             recipe=recipe,
             continue_at=continue_at,
+            tokens_per_step=global_batch.tokens,
         )
+
+
+def preflight_plan(
+    cfg: DictConfig,
+    model_config: SmolLM2Config,
+    tokens_per_step: int,
+    schedule: LRSchedule,
+    datamodule: L.LightningDataModule,
+    start_step: int | None,
+) -> Plan:
+    """The run's plan, printed before anything is trained (README: Train)."""
+    start_step = start_step or 0
+    plan = make_plan(
+        cfg,
+        model_config.num_parameters(),
+        tokens_per_step,
+        schedule(start_step),
+        datamodule.data_size(),
+        start_step,
+    )
+    rank_zero_info(plan.table())
+    return plan
 
 
 def fit(
@@ -227,6 +257,7 @@ def fit(
     run_id: str,
     recipe: str,
     continue_at: int | None = None,
+    tokens_per_step: int,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train (from the checkpoint's
     step `continue_at`, when continuing).
@@ -242,6 +273,11 @@ def fit(
     success = False
     try:
         with coordinated_stop.listening():
+            plan = None
+            if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
+                plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
+                plan_file = Path(cfg.paths.output_dir) / "plan.json"
+                plan_file.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
             L.seed_everything(cfg.seed, workers=True)
             module = SmolLM2LitModule(
                 model_config,
@@ -271,7 +307,7 @@ def fit(
                 f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
             )
             for logger in loggers:
-                logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe))
+                logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe, plan))
             if cfg.val_at_start and not cfg.ckpt_path:
                 trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)

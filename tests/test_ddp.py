@@ -39,6 +39,10 @@ def test_ddp_matches_one_process_and_resumes(tmp_path):
     # order: the CSV step column of a DDP continuation is one ahead, Lightning's logging counter.)
     one, two = logged(tmp_path / "one" / "run", "train/loss"), logged(tmp_path / "ddp" / "run", "train/loss")
     assert len(two) == 4 and list(two.values()) == pytest.approx(list(one.values()), rel=1e-4)
+    windows = [
+        logged(run, "data/windows_seen") for run in (tmp_path / "one" / "run", tmp_path / "ddp" / "run")
+    ]
+    assert list(windows[1].values()) == list(windows[0].values()) == [8.0, 16.0, 24.0, 32.0]  # both ranks'
     a = read_checkpoint(tmp_path / "one" / "run" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(last)
     assert b["global_step"] == 4

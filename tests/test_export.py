@@ -48,6 +48,18 @@ def test_export_creates_missing_parents_and_leaves_nothing_beside(checkpoint, tm
     assert torch.equal(load_pretrained(out).embed.weight, model.embed.weight)
 
 
+def test_without_out_dir_a_run_exports_under_outputs_by_run_and_step(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "logs" / "train" / "runs" / "myrun" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    tiny_checkpoint(path)
+    torch.save({**torch.load(path, weights_only=True), "global_step": 7}, path)
+    monkeypatch.chdir(tmp_path)
+    export.main([f"ckpt_path={path}"])
+    out = tmp_path / "outputs" / "export" / "myrun-step7"
+    assert FILES <= set(os.listdir(out))
+    assert capsys.readouterr().err == f"wrote {out}\n"
+
+
 def test_an_empty_out_dir_is_filled_without_overwrite(checkpoint, tmp_path):
     out = tmp_path / "hf"
     out.mkdir()

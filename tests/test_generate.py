@@ -25,6 +25,12 @@ def tiny(tmp_path_factory) -> tuple[SmolLM2, str]:
     return tiny_checkpoint(path), str(path)
 
 
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path, monkeypatch) -> None:
+    """Completions are also written under outputs/ of the working directory: keep them in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def expected_text(model: SmolLM2, tokenizer, prompt: str, max_new_tokens: int, **kwargs) -> str:
     """What `generate` produces for the prompt, decoded, without the EOS that ends it."""
     ids = torch.tensor([tokenizer.encode(prompt)])
@@ -70,6 +76,20 @@ def test_prompt_file_and_num_samples(tiny, tmp_path, capsys):
             alone, _ = run_main(capsys, *common[:2], f"seed={5 + sample}", f"prompt={prompt}")
             assert completions[2 * index + sample] + "\n" == alone
     assert "32 tokens" in err
+
+
+def test_completions_are_saved_with_their_settings(tiny, tmp_path, capsys):
+    _, ckpt = tiny
+    out, err = run_main(
+        capsys, f"ckpt_path={ckpt}", "max_new_tokens=6", "seed=5", "num_samples=2", f"prompt={PROMPT}"
+    )
+    (saved,) = (tmp_path / "outputs" / "generate").glob("*.jsonl")  # the default out_file
+    rows = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [row["completion"] for row in rows] == out.removesuffix("\n").split("\n---\n")
+    assert [row["prompt"] for row in rows] == [PROMPT, PROMPT]
+    assert [row["settings"]["seed"] for row in rows] == [5, 6]
+    assert rows[0]["settings"]["ckpt_path"] == ckpt and rows[0]["settings"]["max_new_tokens"] == 6
+    assert err.endswith(f"wrote {saved}\n")
 
 
 def test_bfloat16_generates(tiny, capsys):

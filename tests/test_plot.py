@@ -54,9 +54,27 @@ def test_figure_has_a_panel_per_logged_quantity(run_dir):
     assert list(lines["train/loss"].get_ydata())[-3:] == [3, 1.0, 1.0]
 
 
-def test_documents_seen_gets_a_panel_when_logged(tmp_path):
-    series = {"train/loss": {0: 5.0, 1: 4.0}, "data/documents_seen": {0: 8.0, 1: 16.0}}
-    assert [ax.get_title() for ax in figure(series).axes] == ["loss", "unique documents seen"]
+def test_documents_seen_and_unique_share_a_panel_when_logged(tmp_path):
+    series = {
+        "train/loss": {0: 5.0, 1: 4.0},
+        "data/documents_seen": {0: 8.0, 1: 16.0},
+        "data/unique_documents": {0: 8.0, 1: 10.0},
+    }
+    panels = {ax.get_title(): ax for ax in figure(series).axes}
+    assert list(panels) == ["loss", "unique examples"]
+    lines = {line.get_label(): list(line.get_ydata()) for line in panels["unique examples"].get_lines()}
+    assert lines == {"data/documents_seen": [8.0, 16.0], "data/unique_documents": [8.0, 10.0]}
+
+
+def test_a_text_runs_windows_and_epochs_get_their_panels(tmp_path):
+    series = {"data/windows_seen": {0: 4.0, 1: 8.0}, "data/unique_windows": {0: 4.0, 1: 6.0}}
+    series["data/epochs"] = {0: 4 / 6, 1: 8 / 6}
+    panels = {ax.get_title(): ax for ax in figure(series).axes}
+    assert list(panels) == ["unique examples", "epochs"]
+    assert [line.get_label() for line in panels["unique examples"].get_lines()] == [
+        "data/windows_seen",
+        "data/unique_windows",
+    ]
 
 
 def test_cli_writes_a_png_into_the_run_folder(run_dir):

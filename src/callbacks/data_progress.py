@@ -1,4 +1,4 @@
-"""Documents seen, from the DataModule's host-side counter, at the log interval."""
+"""The training data used so far, repeats told apart, from the DataModule's host-side counts."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import lightning as L
 
 
 class DataProgress(L.Callback):
-    """Logs `data/documents_seen` (summed over ranks) for DataModules that count documents.
+    """Logs `data/<count>` at the log interval, for DataModules that count what they serve.
 
-    The counter lives on the host, so reading it costs no device sync; the sum over ranks is
-    one small all-reduce, made only at the log interval.
+    A stream counts per rank (`rank_counts`: `documents_seen`, `unique_documents`), summed over
+    ranks with one small all-reduce; a text file's counts follow from the step alone
+    (`run_counts`: `windows_seen`, `unique_windows`, `epochs`), the same on every rank. Both are
+    host-side numbers, so reading them costs no device sync.
     """
 
     def __init__(self) -> None:
@@ -19,9 +21,11 @@ class DataProgress(L.Callback):
         self._logged_step = trainer.global_step  # log after optimizer steps, as the loss is
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        documents = getattr(trainer.datamodule, "documents_seen", None)
-        step = trainer.global_step
-        if documents is None or step == self._logged_step or step % trainer.log_every_n_steps:
+        datamodule, step = trainer.datamodule, trainer.global_step
+        if datamodule is None or step == self._logged_step or step % trainer.log_every_n_steps:
             return
-        pl_module.log("data/documents_seen", float(documents), reduce_fx="sum", sync_dist=True)
+        for name, value in getattr(datamodule, "rank_counts", dict)().items():
+            pl_module.log(f"data/{name}", float(value), reduce_fx="sum", sync_dist=True)
+        for name, value in getattr(datamodule, "run_counts", dict)().items():
+            pl_module.log(f"data/{name}", float(value))
         self._logged_step = step

@@ -1,4 +1,4 @@
-"""TQDM's progress bar, showing training values as of the last log step."""
+"""TQDM's progress bar: optimizer steps to `max_steps` with an ETA, and values as of the last log step."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class ProgressBar(TQDMProgressBar):
-    """Shows the logged metrics named in `show`, read once per log step.
+    """Shows `global_step / max_steps` with an ETA, and the logged metrics named in `show`.
+
+    Lightning's bar counts the batches of an epoch, which an endless dataset never ends, so it
+    has no total and no ETA; this one counts optimizer steps from the run's start. A continuation
+    starts the bar at its checkpoint's step (tqdm's `initial`), so the rate and the ETA come from
+    this run's steps alone, and `this run` shows its own steps next to the whole run's.
 
     Lightning turns every `prog_bar=True` metric into a Python number after every batch (a
     host sync per batch on a GPU), so training metrics are logged without it and this bar
@@ -22,24 +27,39 @@ class ProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate)
         self.show = tuple(show)
         self._shown: dict[str, float] = {}
-        self._read_step = -1
+        self._read_step = self._drawn_step = self._start_step = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._read_step = trainer.global_step
+        self._read_step = self._drawn_step = self._start_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        bar.total, bar.initial, bar.n = trainer.max_steps, self._start_step, self._start_step
+        bar.set_description("step")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step, n = trainer.global_step, trainer.log_every_n_steps
-        if self.is_enabled and n and step != self._read_step and step % n == 0:
+        if not self.is_enabled:
+            return
+        if n and step != self._read_step and step % n == 0:
             logged = trainer.logged_metrics
             names = [name for name in self.show if name in logged]
             if names:
                 values = torch.stack([logged[name].float() for name in names]).tolist()  # one read
                 self._shown = dict(zip(names, values, strict=True))
             self._read_step = step
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if step != self._drawn_step and (step % self.refresh_rate == 0 or step == trainer.max_steps):
+            self._drawn_step = self.train_progress_bar.n = step
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # redraws
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float]:
-        return {**super().get_metrics(trainer, pl_module), **self._shown}
+        metrics = {**super().get_metrics(trainer, pl_module), **self._shown}
+        if self._start_step > 0:  # a continuation
+            metrics["this run"] = (
+                f"{trainer.global_step - self._start_step}/{trainer.max_steps - self._start_step}"
+            )
+        return metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -9,6 +11,15 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from src.data.packing import num_windows
 from src.data.windows import OrderedWindows
 from src.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """What a DataModule can say of its training data before training: a name, and the tokens
+    of one pass (its training windows) when the data is finite, None when it streams."""
+
+    name: str
+    epoch_tokens: int | None
 
 
 class WindowDataModule(L.LightningDataModule):
@@ -29,6 +40,18 @@ class WindowDataModule(L.LightningDataModule):
                 f"{what} has {len(tokens)} tokens, fewer than one window of seq_len + 1 = "
                 f"{self.seq_len + 1}; {fix}"
             )
+
+    def data_size(self) -> DataSize:
+        """Cheap to call before `setup` (the plan reads it); a subclass with finite data counts it."""
+        return DataSize(type(self).__name__, None)
+
+    def rank_counts(self) -> dict[str, int]:
+        """This rank's host-side counters of the training data used so far (summed over ranks when logged)."""
+        return {}
+
+    def run_counts(self) -> dict[str, float]:
+        """Counts of the training data used so far by the whole run, the same on every rank."""
+        return {}
 
     def val_dataloader(self) -> DataLoader:
         return self.loader(OrderedWindows(self.val_tokens, self.seq_len), batch_size=self.batch_size)

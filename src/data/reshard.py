@@ -36,6 +36,7 @@ def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: 
         epoch=min(passes for _, passes, _ in mine),
         remainder=remainder,
         documents=sum(state.documents for state in handed),
+        unique=sum(state.unique for state in handed),
         files=mine,
         skipped=sorted(file for state in saved for file in state.skipped if file % num_readers == reader),
     )

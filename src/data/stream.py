@@ -157,11 +157,12 @@ class ReaderState:
     (`files` is None), `position` is datasets' state at the start of the current read of
     pass `epoch` and `skip` how many of that read's documents are already packed.
     `remainder` is the packer's unemitted tokens; `skipped` the files it skips as bad
-    (`data.skip_bad_files`). A plain class, not a dataclass, so Lightning's batch utilities
-    pass it through untouched.
+    (`data.skip_bad_files`). `documents` counts the documents packed since the run began,
+    `unique` those of them packed in their first pass (distinct documents). A plain class, not
+    a dataclass, so Lightning's batch utilities pass it through untouched.
     """
 
-    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files", "skipped")
+    __slots__ = ("epoch", "position", "skip", "remainder", "documents", "files", "skipped", "unique")
 
     def __init__(
         self,
@@ -172,16 +173,24 @@ class ReaderState:
         documents: int = 0,
         files: list[list[int]] | None = None,
         skipped: list[int] | None = None,
+        unique: int = 0,  # absent from positions saved before it was counted
     ) -> None:
         self.epoch, self.position, self.skip = epoch, position, skip
         self.remainder = list(remainder or [])
-        self.documents = documents  # documents packed by this reader since the run began
+        self.documents, self.unique = documents, unique
         self.files = None if files is None else [list(entry) for entry in files]
         self.skipped = list(skipped or [])
 
     def snapshot(self, remainder: list[int]) -> ReaderState:
         return ReaderState(
-            self.epoch, self.position, self.skip, remainder, self.documents, self.files, self.skipped
+            self.epoch,
+            self.position,
+            self.skip,
+            remainder,
+            self.documents,
+            self.files,
+            self.skipped,
+            self.unique,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -288,6 +297,7 @@ class PackedStream(IterableDataset):
                     for (row, _), doc in zip(kept, docs, strict=True):
                         entry[2] = row + 1
                         state.documents += 1
+                        state.unique += level == 0
                         packed += 1
                         yield doc
                     first += len(rows[self.text_column])
@@ -325,6 +335,7 @@ class PackedStream(IterableDataset):
             for doc in tokenize_documents(self.tokenizer, pending) if pending else []:
                 state.skip += 1
                 state.documents += 1
+                state.unique += state.epoch == 0
                 packed += 1
                 yield doc
             state.position, state.skip = stream.state_dict(), 0

@@ -13,7 +13,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from src.data.base import WindowDataModule
+from src.data.base import DataSize, WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
 from src.data.reshard import reshard
 from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
@@ -46,9 +46,9 @@ class StreamPosition:
                 return states
         raise RuntimeError(f"no data position after batch {consumed}; kept {[c for c, _ in self.history]}")
 
-    @property
-    def documents(self) -> int:
-        return sum(state.documents for state in self.latest)
+    def documents(self) -> tuple[int, int]:
+        """Documents packed by this rank's readers so far, and how many of them were distinct."""
+        return sum(s.documents for s in self.latest), sum(s.unique for s in self.latest)
 
 
 def gather_from_ranks(obj: Any) -> list[Any]:
@@ -128,6 +128,10 @@ class StreamDataModule(WindowDataModule):
         good = (i for i in range(num_files) if i not in self.skip_files)
         return chain.from_iterable(self.stream.shard(num_shards=num_files, index=i) for i in good)
 
+    def data_size(self) -> DataSize:
+        """A stream's length is not known before it is read: the plan says "epochs unknown"."""
+        return DataSize(str(self.data_files or f"{self.path} ({self.name})"), None)
+
     @property
     def num_readers(self) -> int:
         return max(1, self.num_workers)
@@ -199,10 +203,11 @@ class StreamDataModule(WindowDataModule):
             return batch["tokens"]
         return batch
 
-    @property
-    def documents_seen(self) -> int:
-        """Documents this rank has packed into its training windows so far (a host-side counter)."""
-        return self.position.documents if self.position else 0
+    def rank_counts(self) -> dict[str, int]:
+        """Documents this rank has packed into its training windows so far, and the distinct ones
+        among them: those packed in their first pass (host-side counters)."""
+        seen, unique = self.position.documents() if self.position else (0, 0)
+        return {"documents_seen": seen, "unique_documents": unique}
 
     def state_dict(self) -> dict[str, Any]:
         if self.position is None:

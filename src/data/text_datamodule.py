@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader
 
-from src.data.base import WindowDataModule
+from src.data.base import DataSize, WindowDataModule
 from src.data.packing import num_windows
 from src.data.text_file import download, load_tokens
 from src.data.tokenizer import load_tokenizer
@@ -51,21 +51,35 @@ class TextFileDataModule(WindowDataModule):
 
     def prepare_data(self) -> None:
         """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
+        self.tokens()
+
+    def tokens(self) -> np.ndarray:
+        """The whole file's token ids, tokenized once and then read from the cache."""
         if not self.path.exists() and self.url:
             log.info(f"downloading {self.url} -> {self.path}")
             download(self.url, self.path)
-        load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
+        return load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
+
+    def split(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training head and validation tail (the last `val_fraction` of the file)."""
+        cut = int(len(tokens) * (1 - self.val_fraction))
+        return tokens[:cut], tokens[cut:]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tokens is not None:
             return
-        tokens = load_tokens(self.path, load_tokenizer(self.tokenizer_name), self.cache_dir)
-        split = int(len(tokens) * (1 - self.val_fraction))
-        self.train_tokens, self.val_tokens = tokens[:split], tokens[split:]
+        self.train_tokens, self.val_tokens = self.split(self.tokens())
         for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
             self.check_holds_a_window(
                 part, f"{self.path}: the {name} part", "use a longer text or a smaller data.seq_len"
             )
+
+    def data_size(self) -> DataSize:
+        """The file and the tokens of its training windows (one epoch); tokenizes only once per file."""
+        train, _ = self.split(self.tokens())
+        path = self.path.resolve()
+        name = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        return DataSize(str(name), num_windows(len(train), self.seq_len) * self.seq_len)
 
     def batches_consumed(self) -> int:
         """Per-rank training batches already used by the optimizer steps taken so far."""
@@ -86,5 +100,18 @@ class TextFileDataModule(WindowDataModule):
         return self.loader(dataset, batch_size=None)
 
     @property
-    def tokens_per_epoch(self) -> int:
-        return num_windows(len(self.train_tokens), self.seq_len) * self.seq_len
+    def windows_per_epoch(self) -> int:
+        return num_windows(len(self.train_tokens), self.seq_len)
+
+    def run_counts(self) -> dict[str, float]:
+        """Windows served to every rank so far, how many of them distinct, and the epochs they make.
+
+        Every epoch visits each window once (src/data/windows.py), so the first `windows_per_epoch`
+        are all distinct and every later one repeats one.
+        """
+        trainer = self.trainer
+        if trainer is None or self.train_tokens is None:
+            return {}
+        seen = self.batches_consumed() * self.batch_size * trainer.world_size
+        per_epoch = self.windows_per_epoch
+        return {"windows_seen": seen, "unique_windows": min(seen, per_epoch), "epochs": seen / per_epoch}

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from src.extras import require_extra
+from src.training.plan import Plan
 
 VENDORED_TOKENIZER = "src/assets/smollm2-tokenizer"
 
@@ -48,11 +49,14 @@ def build_loggers(cfg: DictConfig | None, run_id: str, continue_at: int | None =
     return loggers
 
 
-def run_config(cfg: DictConfig, num_parameters: int, recipe: str) -> dict[str, Any]:
+def run_config(cfg: DictConfig, num_parameters: int, recipe: str, plan: Plan | None = None) -> dict[str, Any]:
     """The composed config at the top level (W&B shows `model.hidden_size`, not `config.model...`),
-    plus what it does not say directly: the parameter count, the recipe applied and the tokenizer."""
+    plus what it does not say directly: the parameter count, the recipe applied, the tokenizer and
+    the run's plan (tokens, epochs, checkpoint disk: src/training/plan.py)."""
     params = OmegaConf.to_container(cfg, resolve=True)
     params["num_parameters"] = num_parameters
     params["recipe"] = recipe
+    if plan is not None:
+        params["plan"] = plan.to_dict()
     params["tokenizer"] = cfg.data.get("tokenizer") or VENDORED_TOKENIZER
     return params

@@ -158,7 +158,9 @@ def test_validation_is_the_held_out_documents_and_training_never_sees_them(shard
     training = [dm.on_before_batch_transfer(batch, 0) for batch in islice(loader, 40)]
     stream = [t for batch in training for window in batch.tolist() for t in window[1:]]
     seen = set(split_documents(stream, dm.tokenizer.eos_token_id))
-    assert dm.position.consumed == 40 and dm.documents_seen > len(texts)  # past the first pass
+    counts = dm.rank_counts()
+    assert dm.position.consumed == 40 and counts["documents_seen"] > len(texts)  # past the first pass
+    assert counts["unique_documents"] == len([t for t in texts if t not in dm.held_out])  # each once
     for doc in tokenize_documents(dm.tokenizer, texts[:3]):
         assert tuple(doc[:-1]) not in seen
     assert next(iter(dm.val_dataloader())).shape == (BATCH, SEQ_LEN + 1)

@@ -1,5 +1,7 @@
 """Training on streamed shards end to end: a continuation is the uninterrupted run, bit for bit."""
 
+import json
+
 import pytest
 import torch
 
@@ -37,10 +39,12 @@ def test_stream_continuation_is_exact(tmp_path):
     for key in a["state_dict"]:
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
     assert a["StreamDataModule"] == b["StreamDataModule"]
-    for metric in ("train/loss", "val/loss", "data/documents_seen"):
+    for metric in ("train/loss", "val/loss", "data/documents_seen", "data/unique_documents"):
         straight, continued = logged(tmp_path / "a" / "run", metric), logged(tmp_path / "b" / "run", metric)
         assert straight == continued and straight, metric
     assert len(logged(tmp_path / "a" / "run", "train/loss")) == 2
+    plan = json.loads((tmp_path / "a" / "run" / "plan.json").read_text())
+    assert (plan["data"], plan["epochs"]) == (f"{shards}/*.parquet", None)  # a stream: epochs unknown
 
 
 @pytest.mark.slow

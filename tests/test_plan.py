@@ -1,0 +1,101 @@
+"""The pre-flight plan, the step-counting progress bar, the data counts, and seed 004's phase 2."""
+
+import json
+import logging
+
+import pytest
+from omegaconf import OmegaConf
+
+from src.data.base import DataSize
+from src.data.packing import num_windows
+from src.data.tokenizer import load_tokenizer
+from src.training.plan import make_plan
+from tests.helpers import run_cli
+from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
+
+
+@pytest.fixture
+def text(tmp_path):
+    return write_text(tmp_path / "input.txt")
+
+
+def training_windows(text, seq_len: int) -> int:
+    """Counted by hand: the whole text's tokens and one EOS, 90% of them for training."""
+    tokens = len(load_tokenizer(None).encode(text.read_text())) + 1
+    return num_windows(int(tokens * 0.9), seq_len)
+
+
+def test_plan_true_prints_the_epochs_and_a_warning_and_exits(tmp_path, text):
+    run = tmp_path / "run"
+    result = run_cli(
+        "src.train", "model=smollm2_135m", "plan=true", f"data.path={text}", f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={run}", "logger=csv",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    epoch_tokens = training_windows(text, 2048) * 2048
+    epochs = 5000 * 65536 / epoch_tokens
+    assert f"{epoch_tokens:,} training tokens a pass, {epochs:,.1f} epochs" in result.stderr
+    assert (
+        f"warning: 5,000 steps x 65,536 tokens = 327.7M tokens are {epochs:,.0f} epochs of {text}"
+        in result.stderr
+    )
+    assert "134,515,008" in result.stderr  # SmolLM2-135M's parameters, counted from its config
+    assert "11 x 1.6 GB = 17.8 GB" in result.stderr  # 10 step checkpoints + last.ckpt, 12 bytes a parameter
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "train.log"]  # no model, no checkpoint, no log
+
+
+def test_a_run_saves_its_plan_logs_it_and_counts_windows(tmp_path, text, capsys):
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=6", "callbacks.progress_bar.refresh_rate=1")
+    run_training(overrides)
+    run = tmp_path / "run"
+    plan = json.loads((run / "plan.json").read_text())
+    windows = training_windows(text, 32)
+    assert plan["epoch_tokens"] == windows * 32 and plan["tokens_per_step"] == 4 * 32
+    assert plan["epochs"] == pytest.approx(6 * 4 / windows)
+    assert (plan["first_sample"], plan["first_validation"], plan["first_checkpoint"]) == (0, 0, 5)
+    assert plan["checkpoints_kept"] == 2 and plan["warnings"] == []
+    size = (run / "checkpoints" / "last.ckpt").stat().st_size  # weights, 2 moments and a little more
+    assert plan["checkpoint_bytes"] <= size < 1.05 * plan["checkpoint_bytes"]
+    assert OmegaConf.load(run / "csv" / "hparams.yaml").plan.epochs == pytest.approx(plan["epochs"])
+    seen = {s: 4.0 * (s + 1) for s in range(6)}  # each step takes one batch of 4 windows
+    assert logged(run, "data/windows_seen") == seen
+    assert logged(run, "data/unique_windows") == {s: min(n, windows) for s, n in seen.items()}
+    assert logged(run, "data/epochs") == pytest.approx({s: n / windows for s, n in seen.items()})
+    bar = capsys.readouterr().out.split("\r")[-1]  # the bar's last drawing: steps, total and times
+    assert bar.startswith("step: 100%") and "| 6/6 [" in bar and "<00:00" in bar
+
+
+def test_seed_004_phase_2_continues_with_its_own_constant_lr(tmp_path, text, caplog, capsys):
+    """README's phase 2 (5,000 steps, then 50 at 3e-5), shrunk to 4 steps, then 2 more."""
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=4"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    phase_2 = ("trainer.max_steps=6", "schedule.kind=constant", "optim.lr=3e-5", f"ckpt_path={last}")
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO):
+        run_training(fast_overrides(tmp_path, text, *phase_2, "callbacks.progress_bar.refresh_rate=1"))
+    bar = capsys.readouterr().out.split("\r")[-1]  # the whole run's steps, and this run's
+    assert "| 6/6 [" in bar and "this run=2/2" in bar
+    lr = logged(tmp_path / "run", "lr")
+    assert lr[3] == pytest.approx(3e-3)  # phase 1: the default schedule at its peak
+    assert (lr[4], lr[5]) == (pytest.approx(3e-5), pytest.approx(3e-5))
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert (plan["start_step"], plan["lr_first_step"], plan["schedule"]) == (
+        4,
+        pytest.approx(3e-5),
+        "constant",
+    )
+    assert "learning rate              3e-05 at step 4 (peak 3e-05, constant)" in caplog.text
+
+
+def test_a_continuations_milestones_come_after_its_start():
+    with hydra_context():
+        cfg = compose_train(
+            ["model=tiny", "trainer.max_steps=1200", "eval_every=100", "checkpoint_every=500"]
+        )
+    plan = make_plan(
+        cfg, parameters=1000, tokens_per_step=64, lr_multiplier=0.5, data=DataSize("s", None), start_step=1000
+    )
+    assert (plan.first_sample, plan.first_validation, plan.first_checkpoint) == (1100, 1100, None)
+    assert plan.checkpoints_kept == 2 + 1 and plan.epochs is None and plan.warnings() == []
+    assert "1,200 (200 in this run, from step 1,000)" in plan.table()
+    assert "streaming, epochs unknown" in plan.table()
