@@ -45,6 +45,7 @@ from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_p
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
 from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
+from src.training.spike import SpikeRule
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,7 @@ def fit(
         wandb_run_id=run_id,
         cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
         nonfinite=cfg.nonfinite,
+        spike=SpikeRule(**cfg.spike),
     )
 
     loggers = build_loggers(cfg.get("logger"), run_id)
