@@ -23,6 +23,7 @@ CORRUPT = ("+callbacks.fault._target_=tests.faults.CorruptBatchAt", f"+callbacks
 
 
 def overrides(tmp: Path, *extra: str, max_steps: int = MAX_STEPS) -> list[str]:
+    tmp.mkdir(exist_ok=True)
     return fast_overrides(
         tmp,
         write_text(tmp / "input.txt"),
