@@ -14,6 +14,7 @@ from src.training.checkpoint import read_checkpoint
 from src.training.config_checks import check_spike
 from src.training.nonfinite import TrainingDiverged
 from src.training.spike import SpikeRule
+from tests.test_host_sync import HostReadCensus
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 
 # Log (and decide) every 4 steps; the batch of step 17 is random token ids, seen at log step 20,
@@ -92,6 +93,15 @@ def test_past_max_rollbacks_the_run_stops_at_the_last_good_state(tmp_path):
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == GOOD_STEP
     assert_equal(last["state_dict"], weights(tmp_path, f"step_{GOOD_STEP:07d}.ckpt"))
+
+
+def test_the_guard_reads_the_device_only_at_log_steps(tmp_path):
+    HostReadCensus.runs.clear()
+    census = "+callbacks.census._target_=tests.test_host_sync.HostReadCensus"
+    run_training(overrides(tmp_path, "spike.mode=rollback", census, max_steps=8))
+    (run,) = HostReadCensus.runs
+    assert {step: run.reads[step] for step in (1, 2, 3, 5, 6, 7)} == {step: [] for step in (1, 2, 3, 5, 6, 7)}
+    assert any("spike.py" in read for read in run.reads[4])  # the decision's one read
 
 
 def test_a_rollback_needs_checkpoints_at_log_steps_and_a_text_file(tmp_path):
