@@ -72,3 +72,16 @@ def test_missing_metrics_is_a_user_error(tmp_path):
         read_series(tmp_path / "csv" / "metrics.csv")
     result = run_cli("src.plot", str(tmp_path))
     assert result.returncode == 2 and "error: no metrics at" in result.stderr
+
+
+def test_a_compared_run_is_drawn_dashed_on_the_same_panels():
+    series = {"train/loss": {0: 5.0, 1: 4.0}}
+    other = {"train/loss": {0: 5.0, 1: 9.0}, "lr": {0: 1e-3, 1: 1e-3}}
+    panels = {ax.get_title(): ax for ax in figure(series, others={"off": other}).axes}
+    assert list(panels) == ["loss", "learning rate"]
+    lines = {line.get_label(): line for line in panels["loss"].get_lines()}
+    assert set(lines) == {"train/loss", "train/loss (off)"}
+    assert lines["train/loss (off)"].get_linestyle() == "--" and list(
+        lines["train/loss (off)"].get_ydata()
+    ) == [5, 9]
+    assert [line.get_label() for line in panels["learning rate"].get_lines()] == ["lr (off)"]
