@@ -109,8 +109,8 @@ class SpikeGuard:
         loss = loss.float()
         if self.seen >= self.rule.min_steps:
             recent = self._losses[: min(self.seen, self.rule.window)]
-            median = recent.median()
-            threshold = median + self.rule.k * (recent - median).abs().median()
+            median = recent.nanmedian()  # a NaN loss is nonfinite's business (nonfinite.py), not a spike
+            threshold = median + self.rule.k * (recent - median).abs().nanmedian()
             first = (loss > threshold) & (self._record[0] == 0)
             self._record = torch.where(
                 first, torch.stack((loss.new_tensor(step), loss, threshold)), self._record
