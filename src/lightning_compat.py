@@ -162,3 +162,17 @@ def delay_kill_on_child_failure(grace_s: float) -> None:
                 terminate_all()
 
             thread._terminate_all = after_grace
+
+
+def rewind_optimizer_steps(trainer: Trainer, steps: int) -> None:
+    """Move `trainer.global_step` back by `steps` (a loss-spike rollback to an earlier state).
+
+    The step counter is the automatic optimization's progress tracker; both its `ready` and
+    `completed` counts move, so a call from inside `optimizer_step` (where `ready` is one ahead)
+    leaves the counter right once Lightning completes the step.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    progress = _private(loop, "automatic_optimization").optim_progress.optimizer.step
+    for tracker in (progress.total, progress.current):
+        tracker.ready -= steps
+        tracker.completed -= steps

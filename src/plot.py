@@ -1,6 +1,7 @@
 """Charts of a run from its local metrics, for people who do not use W&B.
 
 python -m src.plot <run folder>          (or run_dir=<run folder> [out=<file.png>])
+python -m src.plot <run folder> compare=<other run folder>    (the other run dashed, on the same panels)
 
 Reads `<run>/csv/metrics.csv`, which every logger config writes, and saves `<run>/metrics.png`:
 a line panel per quantity, and a heat map (layer x step) per `health/<quantity>/<layer>` logged.
@@ -54,6 +55,7 @@ Series = dict[str, dict[int, float]]
 class PlotConfig:
     run_dir: str = MISSING
     out: str = ""  # empty = <run_dir>/metrics.png
+    compare: str = ""  # another run folder, drawn dashed on the same panels
 
 
 def read_series(metrics_csv: Path) -> Series:
@@ -89,12 +91,15 @@ def heat_map(series: Series, quantity: str) -> tuple[list[str], list[int], list[
     return layers, steps, [[series[prefix + layer].get(s, float("nan")) for s in steps] for layer in layers]
 
 
-def figure(series: Series, title: str = "") -> Figure:
-    """One panel per quantity that was logged, all against the optimizer step."""
+def figure(series: Series, title: str = "", others: dict[str, Series] | None = None) -> Figure:
+    """One panel per quantity that was logged, all against the optimizer step; `others` (by run
+    name) dashed on the same panels."""
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure  # an extra: main() checks for it first
 
-    panels = [(name, [k for k in keys if k in series], log) for name, keys, log in PANELS]
+    others = others or {}
+    logged_keys = set(series).union(*others.values())
+    panels = [(name, [k for k in keys if k in logged_keys], log) for name, keys, log in PANELS]
     panels = [p for p in panels if p[1]]
     maps = [(name, data) for quantity, name in HEAT_MAPS if (data := heat_map(series, quantity))]
     if not panels and not maps:
@@ -106,10 +111,14 @@ def figure(series: Series, title: str = "") -> Figure:
     fig.suptitle(title)
     for i, (name, keys, log) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
+        runs = [(series, "", "-")] + [(other, f" ({run})", "--") for run, other in others.items()]
         for key in keys:
-            steps = sorted(series[key])
-            marker = "o" if len(steps) < 30 else None  # a few validation points stay visible
-            ax.plot(steps, [series[key][s] for s in steps], label=key, marker=marker)
+            for values, run, style in runs:
+                if key not in values:
+                    continue
+                steps = sorted(values[key])
+                marker = "o" if len(steps) < 30 else None  # a few validation points stay visible
+                ax.plot(steps, [values[key][s] for s in steps], style, label=key + run, marker=marker)
         ax.set(title=name, xlabel="step", yscale="log" if log else "linear")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -122,9 +131,11 @@ def figure(series: Series, title: str = "") -> Figure:
     return fig
 
 
-def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+def plot_run(run_dir: Path, out: Path | None = None, compare: Path | None = None) -> Path:
     out = out or run_dir / "metrics.png"
-    figure(read_series(run_dir / "csv" / "metrics.csv"), title=run_dir.resolve().name).savefig(out, dpi=100)
+    others = {compare.resolve().name: read_series(compare / "csv" / "metrics.csv")} if compare else None
+    series = read_series(run_dir / "csv" / "metrics.csv")
+    figure(series, title=run_dir.resolve().name, others=others).savefig(out, dpi=100)
     return out
 
 
@@ -135,7 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a if "=" in a or a.startswith("-") else f"run_dir={a}" for a in argv]
     cfg = parse_cli(PlotConfig, argv)
     require_extra("matplotlib", "plot", command_name())
-    print(f"wrote {plot_run(Path(cfg.run_dir), Path(cfg.out) if cfg.out else None)}", file=sys.stderr)
+    out = plot_run(
+        Path(cfg.run_dir), Path(cfg.out) if cfg.out else None, Path(cfg.compare) if cfg.compare else None
+    )
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

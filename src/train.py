@@ -49,6 +49,7 @@ from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
 from src.training.plan import Plan, make_plan
 from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
+from src.training.spike import SpikeRule
 
 log = logging.getLogger(__name__)
 
@@ -273,11 +274,6 @@ def fit(
     success = False
     try:
         with coordinated_stop.listening():
-            plan = None
-            if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
-                plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
-                plan_file = Path(cfg.paths.output_dir) / "plan.json"
-                plan_file.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
             L.seed_everything(cfg.seed, workers=True)
             module = SmolLM2LitModule(
                 model_config,
@@ -290,9 +286,15 @@ def fit(
                 wandb_run_id=run_id,
                 cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
                 nonfinite=cfg.nonfinite,
+                spike=SpikeRule(**cfg.spike),
             )
             loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
             callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+            plan = None
+            if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
+                plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
+                plan_file = Path(cfg.paths.output_dir) / "plan.json"
+                plan_file.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
             enable_tf32()
             if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
                 keep_freed_host_memory()

@@ -140,3 +140,24 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal_module.SIGKILL)
+
+
+class CorruptBatchAt(L.Callback):
+    """Replaces the tokens of optimizer step `step` + 1's batches by random ids, once: a loss spike
+    from bad data (a rolled-back run makes that step again, on clean data)."""
+
+    def __init__(self, step: int, seed: int = 0) -> None:
+        self.step, self.seed = step, seed
+        self.done = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx
+    ) -> None:
+        if self.done or trainer.global_step != self.step:
+            return
+        generator = torch.Generator().manual_seed(self.seed + batch_idx)
+        noise = torch.randint(0, pl_module.config.vocab_size, batch.shape, generator=generator)
+        batch.copy_(noise.to(batch.device))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        self.done = self.done or trainer.global_step == self.step

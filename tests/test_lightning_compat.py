@@ -23,6 +23,7 @@ from src.lightning_compat import (
     delay_kill_on_child_failure,
     mark_step_saved,
     note_sigterm_only,
+    rewind_optimizer_steps,
     set_logging_step,
     set_mesh_sizes,
     stop_after_this_batch,
@@ -44,6 +45,15 @@ def test_logging_step_is_the_one_the_fit_loop_checkpoints():
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     set_logging_step(trainer, 41)
     assert trainer.fit_loop.epoch_loop.on_save_checkpoint()["_batches_that_stepped"] == 41
+
+
+def test_rewinding_moves_the_global_step_and_both_progress_counts():
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    progress = trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step
+    progress.increment_by(12)
+    rewind_optimizer_steps(trainer, 4)
+    assert trainer.global_step == 8
+    assert (progress.total.ready, progress.current.ready, progress.current.completed) == (8, 8, 8)
 
 
 def test_mark_step_saved_sets_the_step_model_checkpoint_compares_against(tmp_path):

@@ -107,3 +107,16 @@ def test_per_layer_health_gets_a_heat_map_of_layers_by_step():
     values = mesh.get_array().reshape(4, 2)  # (layers, steps)
     assert values[0].tolist() == [4.0, 5.0] and values.mask[1].tolist() == [False, True]
     assert values[2].tolist() == [1.0, 2.0] and mesh.norm.__class__.__name__ == "LogNorm"
+
+
+def test_a_compared_run_is_drawn_dashed_on_the_same_panels():
+    series = {"train/loss": {0: 5.0, 1: 4.0}}
+    other = {"train/loss": {0: 5.0, 1: 9.0}, "lr": {0: 1e-3, 1: 1e-3}}
+    panels = {ax.get_title(): ax for ax in figure(series, others={"off": other}).axes}
+    assert list(panels) == ["loss", "learning rate"]
+    lines = {line.get_label(): line for line in panels["loss"].get_lines()}
+    assert set(lines) == {"train/loss", "train/loss (off)"}
+    assert lines["train/loss (off)"].get_linestyle() == "--" and list(
+        lines["train/loss (off)"].get_ydata()
+    ) == [5, 9]
+    assert [line.get_label() for line in panels["learning rate"].get_lines()] == ["lr (off)"]

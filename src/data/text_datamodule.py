@@ -22,8 +22,9 @@ class TextFileDataModule(WindowDataModule):
     """Any UTF-8 file given as `path`, or (path=None) tiny Shakespeare, downloaded once from
     `url` to `default_path`. A given path is never downloaded to: a typo is an error.
 
-    The training position is not stored separately: it is `global_step * accumulation`
-    batches, so a checkpoint written at any optimizer step resumes on the next batch.
+    The training position is `global_step * accumulation` batches, plus the batches a loss-spike
+    rollback skipped (src/training/spike.py; this module's checkpointed state), so a checkpoint
+    written at any optimizer step resumes on the next batch.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class TextFileDataModule(WindowDataModule):
         self.tokenizer_name = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir else self.path.parent / "cache"
         self.train_tokens: np.ndarray | None = None
+        self.skipped_batches = 0
 
     def prepare_data(self) -> None:
         """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
@@ -82,9 +84,20 @@ class TextFileDataModule(WindowDataModule):
         return DataSize(str(name), num_windows(len(train), self.seq_len) * self.seq_len)
 
     def batches_consumed(self) -> int:
-        """Per-rank training batches already used by the optimizer steps taken so far."""
+        """Per-rank training batches already used by the optimizer steps taken so far, or skipped."""
         trainer = self.trainer
-        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        steps = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
+        return steps + self.skipped_batches
+
+    def skip_batches(self, batches: int) -> None:
+        """The training step count went back by `batches` worth (a rollback); the data does not."""
+        self.skipped_batches += batches
+
+    def state_dict(self) -> dict[str, int]:
+        return {"skipped_batches": self.skipped_batches} if self.skipped_batches else {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.skipped_batches = state_dict.get("skipped_batches", 0)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

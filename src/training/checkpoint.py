@@ -44,6 +44,7 @@ WANDB_RUN_ID = "wandb_run_id"  # continuations log to the same W&B run
 LR_SCHEDULE = "lr_schedule"  # LRSchedule as a dict, horizon included
 OVERRIDES = "cli_overrides"  # the run's command-line overrides, replayed by a continuation
 SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
+SPIKE = "spike"  # the loss-spike guard: rollbacks, rewound steps, its running statistic
 # The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
 MODEL_PREFIX = "model."
 

@@ -18,6 +18,7 @@ from src.errors import UserError
 from src.kernels import check_kernels
 from src.kernels.selection import check_policy
 from src.models.config import SmolLM2Config
+from src.training.spike import SpikeRule
 
 POSITIVE_INTS = (
     "trainer.max_steps",
@@ -98,6 +99,27 @@ def check_tokenizer_fits(name: str | None, vocab_size: int) -> None:
         )
 
 
+def check_spike(cfg: DictConfig) -> None:
+    """A rollback needs a decided state in every checkpoint, and a data position it can move."""
+    rule = SpikeRule(**cfg.spike)
+    if rule.mode == "off":
+        return
+    if cfg.checkpoint_every % cfg.trainer.log_every_n_steps:
+        raise UserError(
+            f"spike.mode={rule.mode} decides at log steps, so checkpoint_every={cfg.checkpoint_every} "
+            f"must be a multiple of trainer.log_every_n_steps={cfg.trainer.log_every_n_steps}; change either"
+        )
+    if rule.mode == "rollback" and not str(cfg.data.get("_target_")).endswith("TextFileDataModule"):
+        raise UserError(
+            "spike.mode=rollback needs a text-file data module (data=shakespeare); use spike.mode=warn"
+        )
+    strategy = OmegaConf.select(cfg.trainer, "strategy._target_", default=None) or ""
+    if rule.mode == "rollback" and strategy.endswith(".FSDP2Strategy"):
+        raise UserError(
+            "spike.mode=rollback keeps unsharded copies and cannot run under trainer=fsdp; use warn"
+        )
+
+
 def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     """Everything about the run that can be checked from the config alone."""
     for key in POSITIVE_INTS:
@@ -118,6 +140,7 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
         )
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
+    check_spike(cfg)
     check_kernels(cfg.kernels)
     check_policy(cfg.kernels_policy)
     model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")

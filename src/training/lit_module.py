@@ -21,6 +21,7 @@ from src.training import checkpoint as ckpt
 from src.training.lr_schedule import LRSchedule
 from src.training.nonfinite import NonfiniteGuard
 from src.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
+from src.training.spike import SpikeGuard, SpikeRule
 
 
 class SmolLM2LitModule(L.LightningModule):
@@ -31,6 +32,7 @@ class SmolLM2LitModule(L.LightningModule):
     read off the device between log intervals: the step's loss, gradient norm and
     non-finite record stay there until a log step reduces and logs them.
     `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/training/nonfinite.py).
+    `spike` says what a loss spike does (src/training/spike.py: nothing, warn, or roll back).
     `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch).
     """
 
@@ -46,6 +48,7 @@ class SmolLM2LitModule(L.LightningModule):
         wandb_run_id: str | None = None,
         cli_overrides: list[str] | None = None,
         nonfinite: str = "stop",
+        spike: SpikeRule | None = None,
     ) -> None:
         super().__init__()
         self.config = model_config
@@ -58,6 +61,7 @@ class SmolLM2LitModule(L.LightningModule):
         self.peak_lr = float(optimizer.keywords["lr"])
         self.nonfinite = nonfinite
         self.guard = NonfiniteGuard(nonfinite)
+        self.spike = SpikeGuard(spike or SpikeRule())
         self.tokenizer_name, self.wandb_run_id = tokenizer, wandb_run_id
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
@@ -99,7 +103,11 @@ class SmolLM2LitModule(L.LightningModule):
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        set_logging_step(self.trainer, self.trainer.global_step)
+        # Steps a rollback undid still count for the loggers, whose steps only go up.
+        set_logging_step(self.trainer, self.trainer.global_step + self.spike.rewound_steps)
+
+    def on_train_start(self) -> None:
+        self.spike.start(self)
 
     def configure_gradient_clipping(
         self,
@@ -127,10 +135,14 @@ class SmolLM2LitModule(L.LightningModule):
         for group in optimizer.param_groups:
             group["lr"] = self._lr
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        n = self.trainer.log_every_n_steps  # Lightning's rule; global_step moves after this hook
-        if n and ((self.trainer.global_step + 1) % n == 0 or self.trainer.should_stop):
+        step = self.trainer.global_step + 1  # global_step moves after this hook
+        self.spike.observe(self._step_loss / self.trainer.accumulate_grad_batches, step)
+        n = self.trainer.log_every_n_steps  # Lightning's rule
+        if n and (step % n == 0 or self.trainer.should_stop):
             self._log_interval()
             self._report_due = True
+        if (n and (step % n == 0 or self.trainer.should_stop)) or step == self.trainer.max_steps:
+            self.spike.decide(self, step)  # before any callback saves this step
         self._step_loss = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -138,6 +150,7 @@ class SmolLM2LitModule(L.LightningModule):
         if self._report_due:
             self._report_due = False
             self.guard.report(self.trainer.global_step)
+        self.spike.raise_if_stopped()
 
     def _log_interval(self) -> None:
         """Logs this step's metrics (the loss averaged over ranks: one all-reduce per interval).
@@ -153,6 +166,10 @@ class SmolLM2LitModule(L.LightningModule):
             self.log("grad_norm", self._grad_norm)
         if self.nonfinite == "skip" and (skipped := self.guard.skipped()) is not None:
             self.log("nonfinite_skipped", skipped.float())
+        if self.spike.active:
+            self.log("spike/spikes", float(self.spike.spikes))
+        if self.spike.rule.mode == "rollback":
+            self.log("spike/skipped_batches", float(self.trainer.datamodule.skipped_batches))
 
     def on_train_end(self) -> None:
         self.guard.report(self.trainer.global_step)  # steps skipped after the last log step
@@ -189,6 +206,8 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.LR_SCHEDULE] = dataclasses.asdict(self.schedule)
         checkpoint[ckpt.OVERRIDES] = self.cli_overrides
         checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
+        if self.spike.active:
+            checkpoint[ckpt.SPIKE] = self.spike.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the optimizer state is restored; a group's saved flags replace the
@@ -197,3 +216,5 @@ class SmolLM2LitModule(L.LightningModule):
             for group in state["param_groups"]:
                 group["fused"] = True
         self.guard = NonfiniteGuard(self.nonfinite, checkpoint.get(ckpt.SKIPPED_STEPS, 0))
+        if self.spike.active and ckpt.SPIKE in checkpoint:
+            self.spike.load_state_dict(checkpoint[ckpt.SPIKE])
