@@ -6,7 +6,8 @@ python -m src.evaluate hf_path=<dir> tasks=hellaswag,arc_easy,piqa limit=500 tex
 `acc` and `acc_norm` are computed as lm-evaluation-harness computes them
 (src/evaluation/scoring.py; benchmarks/lm_eval_crosscheck.py checks it). `limit` scores a
 fixed sample of that many questions per task (the same for the same `seed`). Results go to
-stdout as a table and to `out_file` (default outputs/eval/<model>_<time>.json) as JSON.
+stdout as a table and to `out_file` (default outputs/eval/<model>_<time>.json,
+<model> as `model_name` spells it) as JSON.
 The model runs in plain PyTorch, without the CPU kernels, so scores compare across machines.
 """
 
@@ -78,11 +79,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_name(path: Path) -> str:
+    """`<run folder>_<checkpoint>` for a run's checkpoint, the folder's name for a Hugging Face folder."""
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}_{path.stem}"
+    return path.stem if path.is_file() else path.name
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(EvaluateConfig, argv)
     results = evaluate(cfg)
-    name = Path(results["model"]).name
+    name = model_name(Path(results["model"]))
     out = (
         Path(cfg.out_file)
         if cfg.out_file
