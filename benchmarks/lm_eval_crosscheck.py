@@ -7,7 +7,8 @@ task of `--questions` multiple-choice questions built from the text (which of fo
 follows a given line), as our local JSONL and as a harness task YAML over that same file,
 scores it with both (the harness through its Hugging Face backend, float32, batch size 1,
 offline), and prints both accuracies and the largest difference of any choice's
-log-likelihood. Exits 1 when the accuracies differ by more than 1e-6.
+log-likelihood. Exits 1 when the accuracies differ by more than 1e-6. `--write-task <file>`
+only writes the questions, for `python -m src.evaluate tasks=local:<file>`.
 """
 
 from __future__ import annotations
@@ -89,20 +90,22 @@ def harness(hf_path: str, folder: Path) -> tuple[dict[str, float], list[list[flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--hf-path", required=True, help="a Hugging Face model folder (src.export writes one)"
-    )
+    parser.add_argument("--hf-path", help="a Hugging Face model folder (src.export writes one)")
     parser.add_argument("--text", required=True, help="a text file with many lines (e.g. tiny Shakespeare)")
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-task", help="only write the questions to this JSONL file (tasks=local:<it>)")
     args = parser.parse_args(argv)
+    questions = next_line_questions(Path(args.text).read_text(encoding="utf-8"), args.questions, args.seed)
+    if args.write_task:
+        Path(args.write_task).write_text("".join(json.dumps(q) + "\n" for q in questions))
+        return 0
+    if not args.hf_path:
+        parser.error("--hf-path is required unless --write-task is given")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = folder / "questions.jsonl"
-        questions = next_line_questions(
-            Path(args.text).read_text(encoding="utf-8"), args.questions, args.seed
-        )
         data.write_text("".join(json.dumps(q) + "\n" for q in questions))
         (folder / f"{TASK}.yaml").write_text(TASK_YAML.replace("TASK", TASK).replace("DATA", str(data)))
         our_scores, our_lls = ours(args.hf_path, data)
