@@ -3,6 +3,8 @@
 Hydra composes `conf/train.yaml`; this file builds the objects and calls `trainer.fit`.
 With `ckpt_path=...` the run's own overrides are read back from the checkpoint and
 replayed under today's, so a continuation is the same run with the same config.
+With `init_from=<Hugging Face folder | .ckpt>` a new run (new optimizer, schedule, step counter,
+run folder and W&B run) starts from those weights instead of a fresh init.
 
 Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
 `error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once
@@ -39,6 +41,7 @@ from src.errors import EXIT_SIGINT, EXIT_USER_ERROR, UserError, exit_on_user_err
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models.config import SmolLM2Config
+from src.serving.inference import read_pretrained
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
@@ -145,6 +148,24 @@ def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path
         )
 
 
+def initial_weights(init_from: str, model_config: SmolLM2Config) -> dict[str, torch.Tensor]:
+    """The weights a new run starts from (`init_from=`: a Hugging Face folder or our .ckpt), which
+    must be those of `model=`. `init_std` is left out: it says how fresh weights are drawn."""
+    model = read_pretrained(init_from)
+    saved, config = model.config.to_dict(), model_config.to_dict()
+    diff = [
+        f"{k}: {saved[k]} there, {config[k]} in model="
+        for k in config
+        if k != "init_std" and saved[k] != config[k]
+    ]
+    if diff:
+        raise UserError(
+            f"init_from={init_from} holds another model ({'; '.join(diff)}); "
+            "choose the model= preset (or model.* overrides) that matches it"
+        )
+    return model.state_dict()
+
+
 def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
     """Only the sharding strategy reads a sharded folder (Lightning's others fail on a directory)."""
     strategy = OmegaConf.select(trainer, "strategy._target_", default=None) or ""
@@ -158,6 +179,10 @@ def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
 def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     """Build everything from `cfg` and fit; returns the final logged metrics."""
     checkpoint = None
+    if cfg.ckpt_path and cfg.init_from:
+        raise UserError(
+            "ckpt_path continues a run and init_from starts a new one from weights; give one of them"
+        )
     if cfg.ckpt_path:
         checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
         history = ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, []))
@@ -179,6 +204,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
     if checkpoint is not None:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, model_config)
+    initial = initial_weights(cfg.init_from, model_config) if cfg.init_from else None
     check_logger_extras(cfg.get("logger"))
     global_batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
 
@@ -223,6 +249,7 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
             recipe=recipe,
             continue_at=continue_at,
             tokens_per_step=global_batch.tokens,
+            initial=initial,
         )
 
 
@@ -243,6 +270,7 @@ def preflight_plan(
         schedule(start_step),
         datamodule.data_size(),
         start_step,
+        starts_from=cfg.get("init_from"),
     )
     rank_zero_info(plan.table())
     return plan
@@ -259,9 +287,11 @@ def fit(
     recipe: str,
     continue_at: int | None = None,
     tokens_per_step: int,
+    initial: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train (from the checkpoint's
-    step `continue_at`, when continuing).
+    step `continue_at`, when continuing; from `initial` weights when given: same keys, so a
+    tied head stays the embedding).
 
     From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
     included (README: Reliability); a stop outside a trainer call is reported here.
@@ -284,10 +314,13 @@ def fit(
                 activation_checkpointing=cfg.activation_checkpointing,
                 kernels=cpu_kernels(cfg, model_config),
                 wandb_run_id=run_id,
-                cli_overrides=[o for o in overrides if override_key(o) != "ckpt_path"],
+                # What a continuation replays: not where this run came from, the checkpoint holds the weights.
+                cli_overrides=[o for o in overrides if override_key(o) not in ("ckpt_path", "init_from")],
                 nonfinite=cfg.nonfinite,
                 spike=SpikeRule(**cfg.spike),
             )
+            if initial is not None:
+                module.model.load_state_dict(initial)
             loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
             callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
             plan = None

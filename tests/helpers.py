@@ -32,3 +32,18 @@ def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
+
+
+def write_questions(path: Path, count: int = 12, seed: int = 0) -> Path:
+    """A local multiple-choice task file (`tasks=local:<path>`): choices of different lengths."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = "the king said that a man of good heart will go to war and come home with honour".split()
+    with path.open("w") as f:
+        for _ in range(count):
+            choices = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(4)]
+            query = " ".join(rng.choice(words) for _ in range(8)).capitalize()
+            f.write(json.dumps({"query": query, "choices": choices, "gold": rng.randrange(4)}) + "\n")
+    return path

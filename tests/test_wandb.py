@@ -14,6 +14,7 @@ from src.errors import UserError
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training.checkpoint import read_checkpoint
 from tests.conftest import REPO_ROOT
+from tests.helpers import write_questions
 from tests.training import fast_overrides, write_text
 from tests.wandb_records import offline_runs
 
@@ -52,8 +53,10 @@ def train_cli(env: dict[str, str], overrides: list[str]) -> subprocess.Completed
 @pytest.mark.slow
 def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env):
     text = write_text(tmp_path / "input.txt")
+    questions = write_questions(tmp_path / "questions.jsonl", count=4)
     common = [
         "callbacks.text_samples.every_n_steps=2",
+        f"callbacks.downstream_eval.tasks=['local:{questions}']",
         "eval_every=3",
         "logger.wandb.group=grp",
         "logger.wandb.tags=[cpu]",
@@ -78,7 +81,7 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
     assert config["model"]["hidden_size"] == 64 and config["trainer"]["max_steps"] == 6
     assert config["num_parameters"] > 3_000_000 and config["tokenizer"].endswith("smollm2-tokenizer")
     metrics = {"train/loss", "val/loss", "val/ppl", "lr", "grad_norm", "tokens_seen", "tokens_per_s"}
-    assert metrics | {"samples"} <= set(first_run.summary)
+    assert metrics | {"samples", "eval/questions/acc_norm", "eval/table"} <= set(first_run.summary)
     assert second_run.config["trainer"]["max_steps"] == 10
 
     def loss_steps(part) -> list[int]:

@@ -113,11 +113,9 @@ def ready_for_inference(model: SmolLM2, device: torch.device | str, dtype: torch
     return model
 
 
-def load_pretrained(
-    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> SmolLM2:
-    """Our model ready for inference, from a Hugging Face SmolLM2/Llama folder or one of our
-    checkpoints (a `.ckpt` file, or a sharded `.ckpt` folder of trainer=fsdp)."""
+def read_pretrained(path: str | Path) -> SmolLM2:
+    """Our model, plain PyTorch in float32 on the CPU, from a Hugging Face SmolLM2/Llama folder or
+    one of our checkpoints (a `.ckpt` file, or a sharded `.ckpt` folder of trainer=fsdp)."""
     path = Path(path)
     if path.is_file() or ckpt.is_sharded(path):
         model, _ = ckpt.model_from_checkpoint(ckpt.read_checkpoint(path))
@@ -125,7 +123,28 @@ def load_pretrained(
         model = load_hf_model(path)
     else:
         raise UserError(f"{path}: no such file or folder (give a Hugging Face model folder or a .ckpt)")
-    return ready_for_inference(model, device, dtype)
+    return model
+
+
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> SmolLM2:
+    """`read_pretrained`, ready for inference (`ready_for_inference`)."""
+    return ready_for_inference(read_pretrained(path), device, dtype)
+
+
+def read_source(source: ModelSource) -> tuple[SmolLM2, PreTrainedTokenizerBase, Path]:
+    """The plain model (as `read_pretrained` gives it), its tokenizer and its path, from
+    `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it."""
+    if (source.hf_path is None) == (source.ckpt_path is None):
+        raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
+    if source.ckpt_path is not None:
+        path = Path(source.ckpt_path)
+        checkpoint = ckpt.read_checkpoint(path)
+        tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
+        return ckpt.model_from_checkpoint(checkpoint)[0], tokenizer, path
+    path = Path(source.hf_path)
+    return read_pretrained(path), load_tokenizer(source.tokenizer or source.hf_path), path
 
 
 class IncrementalDecoder:
@@ -215,18 +234,9 @@ class TextGenerator:
     @classmethod
     def load(cls, source: ModelSource) -> TextGenerator:
         """From `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it."""
-        if (source.hf_path is None) == (source.ckpt_path is None):
-            raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
         device, dtype = resolve_device(source.device), resolve_dtype(source.dtype)
-        if source.ckpt_path is not None:
-            path = Path(source.ckpt_path)
-            checkpoint = ckpt.read_checkpoint(path)
-            model = ready_for_inference(ckpt.model_from_checkpoint(checkpoint)[0], device, dtype)
-            tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
-        else:
-            path = Path(source.hf_path)
-            model = load_pretrained(path, dtype=dtype, device=device)
-            tokenizer = load_tokenizer(source.tokenizer or source.hf_path)
+        model, tokenizer, path = read_source(source)
+        model = ready_for_inference(model, device, dtype)
         params = model.num_parameters() / 1e6
         kernels = (
             f", CPU kernels: {', '.join(applied_kernels(model)) or 'none'}" if device.type == "cpu" else ""

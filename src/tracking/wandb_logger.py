@@ -18,6 +18,8 @@ from src.lightning_compat import wandb_init_args, wandb_run
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 SAMPLES_KEY = "samples"
 SAMPLE_COLUMNS = ["step", "prompt", "completion"]
+EVAL_KEY = "eval/table"
+EVAL_COLUMNS = ["step", "task", "questions", "acc", "acc_norm"]
 
 
 def has_wandb_credentials() -> bool:
@@ -47,8 +49,9 @@ class RunWandbLogger(WandbLogger):
 
     - `mode=auto` falls back to offline, with one message, when the server does not answer
       within `init_timeout` seconds, instead of failing or hanging on a machine without network.
-    - `log_text_samples` appends to one INCREMENTAL table, so the samples of every step (and of
-      every continuation, which resumes the same run id) read as one growing table.
+    - `log_text_samples` (and `log_eval_table`, the downstream scores) append to one INCREMENTAL
+      table each, so the rows of every step (and of every continuation, which resumes the same
+      run id) read as one growing table.
     - `finish` ends the W&B run once fit is over (Lightning's `finalize` also runs after the
       step-0 `validate`, too early), so its files are complete and a second fit in the same
       process (a test, a notebook) starts a fresh run instead of reusing the old one.
@@ -78,7 +81,7 @@ class RunWandbLogger(WandbLogger):
             settings=wandb.Settings(init_timeout=init_timeout),
             **kwargs,
         )
-        self._samples: wandb.Table | None = None
+        self._tables: dict[str, wandb.Table] = {}
         self._finished = False
 
     @property
@@ -153,13 +156,21 @@ class RunWandbLogger(WandbLogger):
     @rank_zero_only
     def log_text_samples(self, rows: list[dict[str, Any]], step: int) -> None:
         """Append {step, prompt, completion} rows; W&B stores only the new rows each time."""
-        if self._samples is None:
-            self._samples = wandb.Table(columns=SAMPLE_COLUMNS, log_mode="INCREMENTAL")
+        self._append(SAMPLES_KEY, SAMPLE_COLUMNS, rows, step)
+
+    @rank_zero_only
+    def log_eval_table(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Append {step, task, questions, acc, acc_norm} rows (callbacks.downstream_eval)."""
+        self._append(EVAL_KEY, EVAL_COLUMNS, rows, step)
+
+    def _append(self, key: str, columns: list[str], rows: list[dict[str, Any]], step: int) -> None:
+        if key not in self._tables:
+            self._tables[key] = wandb.Table(columns=columns, log_mode="INCREMENTAL")
         for row in rows:
-            self._samples.add_data(*(row[column] for column in SAMPLE_COLUMNS))
-        # Samples taken after optimizer step k join the metrics Lightning logs for it, at k - 1:
+            self._tables[key].add_data(*(row[column] for column in columns))
+        # Rows made after optimizer step k join the metrics Lightning logs for it, at k - 1:
         # W&B drops a row logged at a step below one already logged.
-        self.log_metrics({SAMPLES_KEY: self._samples}, step=max(step - 1, 0))
+        self.log_metrics({key: self._tables[key]}, step=max(step - 1, 0))
 
     @rank_zero_only
     def log_histograms(self, histograms: dict[str, tuple[list[float], list[float]]], step: int) -> None:

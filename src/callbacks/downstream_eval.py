@@ -1,0 +1,91 @@
+"""Zero-shot multiple-choice accuracy during training, so a run shows more than its loss."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.fsdp import FSDPModule
+
+from src.data.tokenizer import load_tokenizer
+from src.errors import UserError
+from src.evaluation.scoring import score
+from src.evaluation.tasks import Task, load_task, sample
+
+
+class DownstreamEval(L.Callback):
+    """Scores `tasks` (names as `src.evaluate` takes them) every `every_n_steps` steps, at step 0
+    and at the end, on a fixed sample of `limit` questions per task (chosen by `seed`), with
+    `src.evaluate`'s own scoring: the same sample gives the same numbers there.
+
+    Logs `eval/<task>/acc` and `eval/<task>/acc_norm` to every logger, and the rows to loggers
+    that keep a table (`log_eval_table`: W&B). The tasks are read when fit starts, so a missing
+    file or an unreachable hub fails the run before its first step. No `tasks`: off.
+    Rank 0 scores alone; a sharded model (trainer=fsdp) is refused, as its forward needs every rank.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str] | None = None,
+        every_n_steps: int = 1000,
+        limit: int | None = 100,
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> None:
+        self.specs, self.every_n_steps = list(tasks or []), every_n_steps
+        self.limit, self.seed, self.batch_size = limit, seed, batch_size
+        self.tasks: list[Task] = []
+        self._last_step = -1
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.specs:
+            return
+        if isinstance(pl_module.model, FSDPModule):
+            raise UserError(
+                "callbacks.downstream_eval cannot score a sharded model (trainer=fsdp); remove it"
+            )
+        tasks = [load_task(spec) for spec in self.specs]
+        self.tasks = [Task(t.name, sample(t.examples, self.limit, self.seed)) for t in tasks]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == 0:
+            self.evaluate(trainer, pl_module)
+        self._last_step = trainer.global_step  # a continuation's first step was scored before
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.evaluate(trainer, pl_module)
+
+    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step, model = trainer.global_step, pl_module.model
+        if step == self._last_step or not self.tasks or not trainer.is_global_zero:
+            return
+        self._last_step = step
+        tokenizer = load_tokenizer(pl_module.tokenizer_name)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.compiler.set_stance("force_eager"):  # as TextSamples: no recompiles for new shapes
+                results = {t.name: score(model, tokenizer, t.examples, self.batch_size) for t in self.tasks}
+        finally:
+            model.train(was_training)
+        metrics = {
+            f"eval/{name}/{key}": getattr(s, key)
+            for name, s in results.items()
+            for key in ("acc", "acc_norm")
+        }
+        rows = [
+            {"step": step, "task": name, "questions": s.n, "acc": s.acc, "acc_norm": s.acc_norm}
+            for name, s in results.items()
+        ]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if hasattr(logger, "log_eval_table"):
+                logger.log_eval_table(rows, step)
+        for row in rows:
+            rank_zero_info(
+                f"[step {step}] {row['task']}: acc {row['acc']:.4f}, acc_norm {row['acc_norm']:.4f}"
+            )
