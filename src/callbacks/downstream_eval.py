@@ -7,13 +7,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.fsdp import FSDPModule
 
+from src.callbacks.every_n_steps import EveryNSteps
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.evaluation.scoring import score
 from src.evaluation.tasks import Task, load_task, sample
 
 
-class DownstreamEval(L.Callback):
+class DownstreamEval(EveryNSteps):
     """Scores `tasks` (names as `src.evaluate` takes them) every `every_n_steps` steps, at step 0
     and at the end, on a fixed sample of `limit` questions per task (chosen by `seed`), with
     `src.evaluate`'s own scoring: the same sample gives the same numbers there.
@@ -32,10 +33,10 @@ class DownstreamEval(L.Callback):
         seed: int = 0,
         batch_size: int = 16,
     ) -> None:
-        self.specs, self.every_n_steps = list(tasks or []), every_n_steps
+        super().__init__(every_n_steps)
+        self.specs = list(tasks or [])
         self.limit, self.seed, self.batch_size = limit, seed, batch_size
         self.tasks: list[Task] = []
-        self._last_step = -1
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.specs:
@@ -47,23 +48,10 @@ class DownstreamEval(L.Callback):
         tasks = [load_task(spec) for spec in self.specs]
         self.tasks = [Task(t.name, sample(t.examples, self.limit, self.seed)) for t in tasks]
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step == 0:
-            self.evaluate(trainer, pl_module)
-        self._last_step = trainer.global_step  # a continuation's first step was scored before
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.evaluate(trainer, pl_module)
-
-    def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step, model = trainer.global_step, pl_module.model
-        if step == self._last_step or not self.tasks or not trainer.is_global_zero:
+        if not self.tasks or not trainer.is_global_zero:
             return
-        self._last_step = step
         tokenizer = load_tokenizer(pl_module.tokenizer_name)
         was_training = model.training
         model.eval()
@@ -82,9 +70,9 @@ class DownstreamEval(L.Callback):
             for name, s in results.items()
         ]
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-            if hasattr(logger, "log_eval_table"):
+            if hasattr(logger, "log_eval_table"):  # first: W&B logs the table at step - 1 (its docstring)
                 logger.log_eval_table(rows, step)
+            logger.log_metrics(metrics, step=step)
         for row in rows:
             rank_zero_info(
                 f"[step {step}] {row['task']}: acc {row['acc']:.4f}, acc_norm {row['acc_norm']:.4f}"

@@ -10,11 +10,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.fsdp import FSDPModule
 
+from src.callbacks.every_n_steps import EveryNSteps
 from src.data.tokenizer import load_tokenizer
 from src.models.generation import generate_tokens
 
 
-class TextSamples(L.Callback):
+class TextSamples(EveryNSteps):
     """Greedy-or-sampled continuations in eval mode, with a fixed seed and the KV cache.
 
     Each sample is appended to `<run>/samples.jsonl` as {step, prompt, completion} and
@@ -41,7 +42,8 @@ class TextSamples(L.Callback):
         seed: int = 1234,
         out_file: str = "samples.jsonl",
     ) -> None:
-        self.prompts, self.every_n_steps = list(prompts), every_n_steps
+        super().__init__(every_n_steps)
+        self.prompts = list(prompts)
         self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed = (
             max_new_tokens,
             temperature,
@@ -50,26 +52,12 @@ class TextSamples(L.Callback):
             seed,
         )
         self.out_file = Path(out_file)
-        self._last_step = -1
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_step == 0:
-            self.sample(trainer, pl_module)
-        self._last_step = trainer.global_step  # a continuation's first step was sampled before
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
-            self.sample(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.sample(trainer, pl_module)
-
-    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step, model = trainer.global_step, pl_module.model
         sharded = isinstance(model, FSDPModule)
-        if step == self._last_step or not self.prompts or not (sharded or trainer.is_global_zero):
+        if not self.prompts or not (sharded or trainer.is_global_zero):
             return
-        self._last_step = step
         tokenizer = load_tokenizer(pl_module.tokenizer_name)
         was_training = model.training
         model.eval()
