@@ -14,6 +14,7 @@ In a multi-process run every rank exits: a failed rank ends the others (README: 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,7 +38,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
 from src.callbacks.last_checkpoint import AGREED_STOPS
-from src.errors import EXIT_SIGINT, EXIT_USER_ERROR, UserError, exit_on_user_error
+from src.errors import (
+    EXIT_SIGINT,
+    EXIT_USER_ERROR,
+    UserError,
+    exit_on_user_error,
+    find_cause,
+    find_user_error,
+)
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models.config import SmolLM2Config
@@ -367,12 +375,24 @@ def fit(
         # for this rank in a collective that never ends.
         if trainer is not None:
             end_child_ranks(trainer, CHILD_EXIT_WAIT_S if isinstance(err, AGREED_STOPS) else 0)
+        check_disk_full(err)
         raise
     finally:
         for logger in loggers:
             if isinstance(logger, RunWandbLogger):
                 logger.finish(success)
     return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def check_disk_full(err: BaseException) -> None:
+    """A full disk (or quota) under any file the run writes (metrics, samples, plan) is one line
+    naming the file; LastCheckpoint has already said what last.ckpt holds and how to continue."""
+    cause = find_cause(err, OSError)
+    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT) and find_user_error(err) is None:
+        raise UserError(
+            f"cannot write {cause.filename or 'a file of the run'} ({errno.errorcode[cause.errno]}: "
+            f"{cause.strerror}); make room, then continue from last.ckpt"
+        ) from err
 
 
 def stop_code(stop: BaseException, trainer: L.Trainer | None, stopper: CoordinatedStop) -> int | None:

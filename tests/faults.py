@@ -161,3 +161,24 @@ class CorruptBatchAt(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         self.done = self.done or trainer.global_step == self.step
+
+
+class SamplesDiskFullFrom(L.Callback):
+    """From optimizer step `step` on, the text samples file lands on a full disk (ENOSPC)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step == self.step:
+            samples = next(c for c in trainer.callbacks if isinstance(c, TextSamples))
+            samples.out_file = FullDiskPath(samples.out_file)
+
+
+class FullDiskPath(type(Path())):
+    """A path whose file cannot be opened for writing: the disk under it is full."""
+
+    def open(self, mode: str = "r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return super().open(mode, *args, **kwargs)

@@ -80,3 +80,28 @@ def test_a_full_disk_ends_with_one_line_and_the_last_good_checkpoint(tmp_path):
     assert f"{last} holds step 2; continue with ckpt_path={last}" in proc.stderr
     assert read_checkpoint(last)["global_step"] == 2
     assert not list(last.parent.glob(".*.tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_samples_file_is_one_line_naming_it(tmp_path):
+    """Not only checkpoints: a metric or sample write that finds the disk full ends alike."""
+    args = fast_overrides(
+        tmp_path,
+        write_text(tmp_path / "input.txt"),
+        "trainer.max_steps=6",
+        "kernels=[]",
+        "checkpoint_every=2",
+        "callbacks.text_samples.every_n_steps=2",
+        "+callbacks.test._target_=tests.faults.SamplesDiskFullFrom",
+        "+callbacks.test.step=3",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    samples, last = tmp_path / "run" / "samples.jsonl", tmp_path / "run" / "checkpoints" / "last.ckpt"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and len(errors) == 1
+    assert errors[0].startswith(f"error: cannot write {samples} (ENOSPC: No space left on device)")
+    assert f"{last} holds step 4; continue with ckpt_path={last}" in proc.stderr
+    assert read_checkpoint(last)["global_step"] == 4
