@@ -65,8 +65,9 @@ def check_writable(folder: Path, what: str = "the run folder") -> None:
 
 
 def check_file_writable(path: Path) -> None:
-    """A file the run will create or append to: its folder is checked apart, the file here."""
-    if path.is_dir():
+    """A file the run will create or append to: its folder is checked apart, the file here.
+    A symlink to a folder is trainer=fsdp's last.ckpt (a sharded checkpoint), swapped, not written."""
+    if path.is_dir() and not path.is_symlink():
         raise UserError(f"{path} is a folder, where the run writes a file; move or remove it")
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"cannot write to {path} (read-only); make it writable or move it away")
