@@ -24,7 +24,7 @@ train: $(STAMP)
 
 # The full suite, as CI runs it, with the 15 slowest tests listed at the end.
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=15 $(ARGS)
+	$(BIN)/python -m pytest --durations=30 $(ARGS)
 
 # Everything but the tests marked slow (long end-to-end runs, the wheel install): a check while editing.
 test-fast: $(STAMP)
