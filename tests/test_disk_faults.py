@@ -57,27 +57,35 @@ def test_a_read_only_checkpoints_folder_is_refused_before_training(tmp_path):
         folder.chmod(0o755)
 
 
-@pytest.mark.slow
-def test_a_full_disk_ends_with_one_line_and_the_last_good_checkpoint(tmp_path):
-    """The disk fills up after step 2's save; step 4's save fails and the run says where to resume."""
+def full_disk_run(tmp_path, fault: str, *extra: str) -> tuple[str, str]:
+    """A 6-step run whose disk fills at step 4 (`fault`, from tests.faults): its stderr and
+    its one `error:` line, after checking that it ended with exit 2 and no traceback."""
     args = fast_overrides(
         tmp_path,
         write_text(tmp_path / "input.txt"),
         "trainer.max_steps=6",
         "kernels=[]",
         "checkpoint_every=2",
-        "+callbacks.test._target_=tests.faults.DiskFullFrom",
+        f"+callbacks.test._target_=tests.faults.{fault}",
         "+callbacks.test.step=3",
+        *extra,
     )
     proc = subprocess.run(
         [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
     )
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(errors) == 1
-    assert errors[0].startswith(f"error: cannot write {last} (ENOSPC: No space left on device)")  # step 4's
-    assert f"{last} holds step 2; continue with ckpt_path={last}" in proc.stderr
+    return proc.stderr, errors[0]
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_with_one_line_and_the_last_good_checkpoint(tmp_path):
+    """The disk fills up after step 2's save; step 4's save fails and the run says where to resume."""
+    stderr, error = full_disk_run(tmp_path, "DiskFullFrom")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert error.startswith(f"error: cannot write {last} (ENOSPC: No space left on device)")  # step 4's
+    assert f"{last} holds step 2; continue with ckpt_path={last}" in stderr
     assert read_checkpoint(last)["global_step"] == 2
     assert not list(last.parent.glob(".*.tmp-*"))
 
@@ -85,23 +93,8 @@ def test_a_full_disk_ends_with_one_line_and_the_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_under_the_samples_file_is_one_line_naming_it(tmp_path):
     """Not only checkpoints: a metric or sample write that finds the disk full ends alike."""
-    args = fast_overrides(
-        tmp_path,
-        write_text(tmp_path / "input.txt"),
-        "trainer.max_steps=6",
-        "kernels=[]",
-        "checkpoint_every=2",
-        "callbacks.text_samples.every_n_steps=2",
-        "+callbacks.test._target_=tests.faults.SamplesDiskFullFrom",
-        "+callbacks.test.step=3",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    stderr, error = full_disk_run(tmp_path, "SamplesDiskFullFrom", "callbacks.text_samples.every_n_steps=2")
     samples, last = tmp_path / "run" / "samples.jsonl", tmp_path / "run" / "checkpoints" / "last.ckpt"
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr and len(errors) == 1
-    assert errors[0].startswith(f"error: cannot write {samples} (ENOSPC: No space left on device)")
-    assert f"{last} holds step 4; continue with ckpt_path={last}" in proc.stderr
+    assert error.startswith(f"error: cannot write {samples} (ENOSPC: No space left on device)")
+    assert f"{last} holds step 4; continue with ckpt_path={last}" in stderr
     assert read_checkpoint(last)["global_step"] == 4
