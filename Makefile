@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m src.train $(ARGS)
 
-# The full suite, as CI runs it, with the 15 slowest tests listed at the end.
+# The full suite, as CI runs it, with the 30 slowest tests listed at the end.
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=30 $(ARGS)
 

@@ -36,9 +36,12 @@ def usage(schema: type) -> str:
     return "\n".join(lines)
 
 
-def parse_cli(schema: type[T], argv: list[str] | None = None) -> T:
-    """Parse `key=value` arguments into `schema`; `--help` prints the keys and defaults."""
+def parse_cli(schema: type[T], argv: list[str] | None = None, positional: str | None = None) -> T:
+    """Parse `key=value` arguments into `schema`; `--help` prints the keys and defaults.
+    With `positional`, a bare argument is that field's value (`python -m src.plot <run>`)."""
     argv = sys.argv[1:] if argv is None else argv
+    if positional is not None:
+        argv = [arg if "=" in arg or arg.startswith("-") else f"{positional}={arg}" for arg in argv]
     if any(arg in ("-h", "--help") for arg in argv):
         print(usage(schema))
         sys.exit(0)

@@ -6,6 +6,7 @@ what is wrong and how to fix it instead of a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -27,6 +28,12 @@ def first_line(err: BaseException) -> str:
     """A library error's first line (or its type), to quote inside a one-line UserError."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def os_error_reason(err: OSError) -> str:
+    """An OSError as its errno name and message (`ENOSPC: No space left on device`)."""
+    name = errno.errorcode.get(err.errno, err.errno) if err.errno is not None else type(err).__name__
+    return f"{name}: {err.strerror or first_line(err)}"
 
 
 def find_cause(err: BaseException | None, kind: type[E]) -> E | None:

@@ -15,7 +15,6 @@ as it was, or nothing. A non-empty `out_dir` is replaced, whole, only with overw
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import shutil
@@ -29,7 +28,7 @@ from safetensors import SafetensorError
 
 from src.cli import parse_cli
 from src.data.tokenizer import load_tokenizer
-from src.errors import UserError, exit_on_user_error, first_line
+from src.errors import UserError, exit_on_user_error, first_line, os_error_reason
 from src.models.hf import write_hf_folder
 from src.outputs import default_output_dir
 from src.training import checkpoint as ckpt
@@ -93,10 +92,9 @@ def write_folder_in_place(out_dir: Path, write: Callable[[Path], None]) -> None:
 
 
 def why(err: Exception) -> str:
-    """An OSError as its errno name, message and file (`ENOSPC No space left on device: <file>`)."""
-    if isinstance(err, OSError) and err.errno in errno.errorcode:
-        where = f": {err.filename}" if err.filename else ""
-        return f"{errno.errorcode[err.errno]} {err.strerror}{where}"
+    """An OSError as its errno name, message and file (`ENOSPC: No space left on device: <file>`)."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return os_error_reason(err) + (f": {err.filename}" if err.filename else "")
     return first_line(err)
 
 

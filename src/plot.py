@@ -141,10 +141,7 @@ def plot_run(run_dir: Path, out: Path | None = None, compare: Path | None = None
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    # A bare folder is the run folder, so `python -m src.plot logs/train/runs/<run>` works as typed.
-    argv = [a if "=" in a or a.startswith("-") else f"run_dir={a}" for a in argv]
-    cfg = parse_cli(PlotConfig, argv)
+    cfg = parse_cli(PlotConfig, argv, positional="run_dir")
     require_extra("matplotlib", "plot", command_name())
     out = plot_run(
         Path(cfg.run_dir), Path(cfg.out) if cfg.out else None, Path(cfg.compare) if cfg.compare else None

@@ -45,6 +45,7 @@ from src.errors import (
     exit_on_user_error,
     find_cause,
     find_user_error,
+    os_error_reason,
 )
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
@@ -390,8 +391,8 @@ def check_disk_full(err: BaseException) -> None:
     cause = find_cause(err, OSError)
     if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT) and find_user_error(err) is None:
         raise UserError(
-            f"cannot write {cause.filename or 'a file of the run'} ({errno.errorcode[cause.errno]}: "
-            f"{cause.strerror}); make room, then continue from last.ckpt"
+            f"cannot write {cause.filename or 'a file of the run'} ({os_error_reason(cause)}); "
+            "make room, then continue from last.ckpt"
         ) from err
 
 

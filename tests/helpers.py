@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,13 @@ def write_questions(path: Path, count: int = 12, seed: int = 0) -> Path:
             query = " ".join(rng.choice(words) for _ in range(8)).capitalize()
             f.write(json.dumps({"query": query, "choices": choices, "gold": rng.randrange(4)}) + "\n")
     return path
+
+
+def write_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """`<run_dir>/csv/metrics.csv` as the CSV logger writes it: one column per key any row has."""
+    (run_dir / "csv").mkdir(parents=True)
+    columns = sorted({key for row in rows for key in row})
+    with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)

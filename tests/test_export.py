@@ -115,7 +115,7 @@ def ctrl_c_in_tokenizer(monkeypatch):
     ("fail", "raised", "message"),
     [
         (full_disk_in_safetensors, UserError, r"cannot write out_dir=.*No space left.*as it was before"),
-        (full_disk_in_config_json, UserError, r"ENOSPC No space left on device: .*\.tmp-.*config.json"),
+        (full_disk_in_config_json, UserError, r"ENOSPC: No space left on device: .*\.tmp-.*config.json"),
         (ctrl_c_in_tokenizer, KeyboardInterrupt, None),
     ],
 )

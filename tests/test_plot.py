@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-
 import matplotlib.image
 import pytest
 
 from src.errors import UserError
 from src.plot import figure, read_series
-from tests.helpers import run_cli
-
-COLUMNS = ["epoch", "grad_norm", "lr", "step", "tokens_per_s", "train/loss", "val/loss", "val/ppl"]
-
-
-def write_metrics(run_dir, rows: list[dict]) -> None:
-    (run_dir / "csv").mkdir(parents=True)
-    with open(run_dir / "csv" / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+from tests.helpers import run_cli, write_metrics
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ rank's shards in torch.distributed.checkpoint files, everything else in one smal
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import re
@@ -31,7 +30,7 @@ import torch.distributed.checkpoint as dcp
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from src.errors import UserError, find_cause, first_line
+from src.errors import UserError, find_cause, first_line, os_error_reason
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
@@ -251,9 +250,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 cause = find_cause(err, OSError)  # torch's zip writer: `unexpected pos`
                 if cause is None:
                     raise
-                reason = f"{errno.errorcode.get(cause.errno, cause.errno)}: {cause.strerror}"
                 raise CheckpointWriteFailed(
-                    f"cannot write {path} ({reason}); the previous file is intact: make room, then continue"
+                    f"cannot write {path} ({os_error_reason(cause)}); "
+                    "the previous file is intact: make room, then continue"
                 ) from err
             finally:
                 tmp.unlink(missing_ok=True)

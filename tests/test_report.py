@@ -1,0 +1,61 @@
+"""`python -m src.report <run>`: losses by validation step, speed, time, sample, memorisation verdict."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from src.plot import read_series
+from src.report import Row, loss_rows, report, verdict
+from tests.helpers import run_cli, write_metrics
+
+
+def memorising_run(run_dir) -> None:
+    """Train loss falls every step; validation improves to step 20, then rises."""
+    rows = [{"step": s, "train/loss": 10.0 / s, "tokens_per_s": 100 + s} for s in range(1, 41)]
+    rows += [{"step": s, "val/loss": v} for s, v in ((0, 11.0), (20, 4.0), (40, 6.0))]
+    write_metrics(run_dir, rows)
+    (run_dir / "summary.json").write_text(json.dumps({"wall_time_s": 90.0, "tokens_seen": 10240}))
+    samples = [{"step": s, "prompt": "Once", "completion": f" upon {s}"} for s in (0, 40)]
+    (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+
+
+def test_each_validation_gets_the_mean_train_loss_logged_since_the_previous(tmp_path):
+    memorising_run(tmp_path)
+    rows = loss_rows(read_series(tmp_path / "csv" / "metrics.csv"))
+    assert [row.step for row in rows] == [0, 20, 40]
+    assert rows[0].train_loss is None and rows[0].val_loss == 11.0
+    assert rows[1].train_loss == pytest.approx(sum(10.0 / s for s in range(1, 21)) / 20)
+    assert rows[2].train_loss == pytest.approx(sum(10.0 / s for s in range(21, 41)) / 20)
+
+
+def test_verdicts():
+    falling = [Row(0, None, 11.0), Row(20, 1.0, 4.0), Row(40, 0.3, 6.0)]
+    assert verdict(falling) == (
+        "memorising: val/loss rose from 4.0000 (step 20) to 6.0000 (step 40)"
+        " while train/loss fell from 1.0000 to 0.3000"
+    )
+    flat_train = [Row(20, 1.0, 4.0), Row(40, 1.1, 6.0)]
+    assert verdict(flat_train) == "val/loss rose from 4.0000 (step 20) to 6.0000 (step 40)"
+    within_noise = [Row(20, 1.0, 4.0), Row(40, 0.5, 4.05)]
+    assert verdict(within_noise).startswith("not memorising: val/loss at the last step (4.0500)")
+    assert verdict([Row(0, None, 11.0)]) == "one validation only: no trend to judge"
+
+
+def test_report_of_a_run_folder(tmp_path):
+    memorising_run(tmp_path)
+    text = report(tmp_path, sample_chars=4)
+    assert "40 steps, 10,240 tokens, 120 tokens/s (median of 40 logged), wall time 1.5 min" in text
+    assert "| 20 | 1.7989 | 4.0000 |" in text
+    assert "memorising: val/loss rose from 4.0000 (step 20)" in text
+    assert text.endswith('sample at step 40: "Once upo"')
+
+
+def test_cli_takes_the_run_folder_bare_and_refuses_a_missing_one(tmp_path):
+    memorising_run(tmp_path / "run")
+    result = run_cli("src.report", str(tmp_path / "run"))
+    assert result.returncode == 0 and "memorising" in result.stdout
+    missing = run_cli("src.report", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: run_dir=")
