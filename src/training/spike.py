@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from src.errors import UserError
 from src.lightning_compat import rewind_optimizer_steps
@@ -55,13 +56,7 @@ class SpikeRule:
 
 def _to_host(value: Any) -> Any:
     """A detached copy on the CPU of every tensor in a (nested) state dict."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_host(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_host(v) for v in value]
-    return value
+    return apply_to_collection(value, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
 @dataclass
