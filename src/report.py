@@ -3,10 +3,12 @@ the last sample, and whether a falling train loss is memorisation.
 
 python -m src.report <run folder>
 
-Reads what every run writes: `csv/metrics.csv`, `summary.json` and `samples.jsonl`. Training
-losses are single logged steps, so noisy at small batches; each row gives their mean over the
-steps logged since the previous validation. The verdict compares the held-out loss at its best
-step with the last one: a validation loss that rose while the train loss fell is memorisation.
+Reads what every run writes: `csv/metrics.csv`, `summary.json` and `samples.jsonl`. Steps are
+optimizer steps taken (the CSV logs step k's loss at row k - 1; summary.json keys validations by
+the step whose weights it scored). Training losses are single logged steps, so noisy at small
+batches; each row gives their mean over the steps logged since the previous validation. The
+verdict compares the held-out loss at its best step with the last one: a validation loss that
+rose while the train loss fell is memorisation.
 """
 
 from __future__ import annotations
@@ -38,15 +40,22 @@ class Row:
     val_loss: float
 
 
-def loss_rows(series: Series) -> list[Row]:
+def loss_rows(train: dict[int, float], val: dict[int, float]) -> list[Row]:
     """One row per validation step, with the mean train loss logged since the previous one."""
-    train, val = series.get("train/loss", {}), series.get("val/loss", {})
     rows, previous = [], -1
     for step in sorted(val):
         window = [loss for s, loss in train.items() if previous < s <= step]
         rows.append(Row(step, statistics.fmean(window) if window else None, val[step]))
         previous = step
     return rows
+
+
+def losses(series: Series, summary: dict) -> tuple[dict[int, float], dict[int, float]]:
+    """Train and validation losses keyed by the optimizer steps taken before them."""
+    train = {step + 1: loss for step, loss in series.get("train/loss", {}).items()}
+    by_step = summary.get("val/loss_by_step")
+    val = {int(s): v for s, v in by_step.items()} if by_step else series.get("val/loss", {})
+    return train, val
 
 
 def verdict(rows: list[Row]) -> str:
@@ -80,10 +89,10 @@ def report(run_dir: Path, sample_chars: int = 300) -> str:
     series = read_series(run_dir / "csv" / "metrics.csv")
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    rows = loss_rows(series)
+    train, val = losses(series, summary)
+    rows = loss_rows(train, val)
     lines = [f"## {run_dir.resolve().name}", ""]
-    steps = max((max(values) for values in series.values() if values), default=0)
-    facts = [f"{steps:,} steps"]
+    facts = [f"{max(train, default=0):,} steps"]
     if "tokens_seen" in summary:
         facts.append(f"{summary['tokens_seen']:,} tokens")
     speeds = list(series.get("tokens_per_s", {}).values())

@@ -7,23 +7,29 @@ import json
 import pytest
 
 from src.plot import read_series
-from src.report import Row, loss_rows, report, verdict
+from src.report import Row, loss_rows, losses, report, verdict
 from tests.helpers import run_cli, write_metrics
+
+VAL = {0: 11.0, 20: 4.0, 40: 6.0}
 
 
 def memorising_run(run_dir) -> None:
-    """Train loss falls every step; validation improves to step 20, then rises."""
-    rows = [{"step": s, "train/loss": 10.0 / s, "tokens_per_s": 100 + s} for s in range(1, 41)]
-    rows += [{"step": s, "val/loss": v} for s, v in ((0, 11.0), (20, 4.0), (40, 6.0))]
+    """Train loss falls every step; validation improves to step 20, then rises. As a run logs
+    them: step k's train loss in CSV row k - 1, validations there too, and by step in summary.json."""
+    rows = [{"step": s - 1, "train/loss": 10.0 / s, "tokens_per_s": 100 + s} for s in range(1, 41)]
+    rows += [{"step": max(s - 1, 0), "val/loss": v} for s, v in VAL.items()]
     write_metrics(run_dir, rows)
-    (run_dir / "summary.json").write_text(json.dumps({"wall_time_s": 90.0, "tokens_seen": 10240}))
+    by_step = {str(s): v for s, v in VAL.items()}
+    summary = {"wall_time_s": 90.0, "tokens_seen": 10240, "val/loss_by_step": by_step}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
     samples = [{"step": s, "prompt": "Once", "completion": f" upon {s}"} for s in (0, 40)]
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
 
 
 def test_each_validation_gets_the_mean_train_loss_logged_since_the_previous(tmp_path):
     memorising_run(tmp_path)
-    rows = loss_rows(read_series(tmp_path / "csv" / "metrics.csv"))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = loss_rows(*losses(read_series(tmp_path / "csv" / "metrics.csv"), summary))
     assert [row.step for row in rows] == [0, 20, 40]
     assert rows[0].train_loss is None and rows[0].val_loss == 11.0
     assert rows[1].train_loss == pytest.approx(sum(10.0 / s for s in range(1, 21)) / 20)
