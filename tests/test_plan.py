@@ -65,6 +65,24 @@ def test_a_run_saves_its_plan_logs_it_and_counts_windows(tmp_path, text, capsys)
     assert bar.startswith("step: 100%") and "| 6/6 [" in bar and "<00:00" in bar
 
 
+def test_a_continuation_from_mid_epoch_counts_steps_to_max_steps(tmp_path, text, capsys):
+    """A periodic checkpoint is mid-epoch, where Lightning skips on_train_epoch_start."""
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=6"))
+    step_5 = tmp_path / "run" / "checkpoints" / "step_0000005.ckpt"
+    capsys.readouterr()
+    run_training(
+        fast_overrides(
+            tmp_path,
+            text,
+            "trainer.max_steps=7",
+            f"ckpt_path={step_5}",
+            "callbacks.progress_bar.refresh_rate=1",
+        )
+    )
+    bar = capsys.readouterr().out.split("\r")[-1]
+    assert bar.startswith("step: 100%") and "| 7/7 [" in bar and "this run=2/2" in bar
+
+
 def test_seed_004_phase_2_continues_with_its_own_constant_lr(tmp_path, text, caplog, capsys):
     """README's phase 2 (5,000 steps, then 50 at 3e-5), shrunk to 4 steps, then 2 more."""
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=4"))

@@ -32,11 +32,15 @@ class ProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._read_step = self._drawn_step = self._start_step = trainer.global_step
+        self._count_steps(trainer)  # a continuation from mid-epoch gets no on_train_epoch_start
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+        super().on_train_epoch_start(trainer, *args)  # resets the bar to the epoch's batches
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: L.Trainer) -> None:
         bar = self.train_progress_bar
-        bar.total, bar.initial, bar.n = trainer.max_steps, self._start_step, self._start_step
+        bar.total, bar.initial, bar.n = trainer.max_steps, self._start_step, trainer.global_step
         bar.set_description("step")
 
     def on_train_batch_end(
