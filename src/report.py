@@ -64,6 +64,8 @@ def verdict(rows: list[Row]) -> str:
         return "one validation only: no trend to judge"
     best = min(rows, key=lambda row: row.val_loss)
     last = rows[-1]
+    if last is best:
+        return f"not memorising: val/loss is at its lowest ({last.val_loss:.4f}) at the last step"
     if last.val_loss <= best.val_loss * RISE:
         return f"not memorising: val/loss at the last step ({last.val_loss:.4f}) is within 2% of its best"
     rose = f"val/loss rose from {best.val_loss:.4f} (step {best.step:,})"

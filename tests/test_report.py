@@ -46,6 +46,8 @@ def test_verdicts():
     assert verdict(flat_train) == "val/loss rose from 4.0000 (step 20) to 6.0000 (step 40)"
     within_noise = [Row(20, 1.0, 4.0), Row(40, 0.5, 4.05)]
     assert verdict(within_noise).startswith("not memorising: val/loss at the last step (4.0500)")
+    improving = [Row(0, None, 11.0), Row(20, 3.0, 4.0)]
+    assert verdict(improving) == "not memorising: val/loss is at its lowest (4.0000) at the last step"
     assert verdict([Row(0, None, 11.0)]) == "one validation only: no trend to judge"
 
 
