@@ -22,13 +22,15 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m src.train $(ARGS)
 
-# The full suite, as CI runs it, with the 30 slowest tests listed at the end.
+# The full suite, as CI runs it, with the 30 slowest tests listed at the end. One pytest worker
+# per core (at most 4), each test file on one worker; tests/conftest.py splits the cores' threads.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest --durations=30 $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile --durations=30 $(ARGS)
 
 # Everything but the tests marked slow (long end-to-end runs, the wheel install): a check while editing.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxprocesses 4 --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

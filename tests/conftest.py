@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist each worker (and the commands its tests start) gets its share of the cores:
+# torch's default of one thread per core in every worker would oversubscribe them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+
+import torch  # noqa: E402  (after the thread count is set)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = Path(
