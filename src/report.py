@@ -53,7 +53,7 @@ def loss_rows(train: dict[int, float], val: dict[int, float]) -> list[Row]:
 def losses(series: Series, summary: dict) -> tuple[dict[int, float], dict[int, float]]:
     """Train and validation losses keyed by the optimizer steps taken before them."""
     train = {step + 1: loss for step, loss in series.get("train/loss", {}).items()}
-    by_step = summary.get("val/loss_by_step")
+    by_step = summary.get("val/loss_by_step")  # RunSummary's VAL_LOSSES; importing it loads lightning
     val = {int(s): v for s, v in by_step.items()} if by_step else series.get("val/loss", {})
     return train, val
 
@@ -67,7 +67,8 @@ def verdict(rows: list[Row]) -> str:
     if last is best:
         return f"not memorising: val/loss is at its lowest ({last.val_loss:.4f}) at the last step"
     if last.val_loss <= best.val_loss * RISE:
-        return f"not memorising: val/loss at the last step ({last.val_loss:.4f}) is within 2% of its best"
+        within = f"within {RISE - 1:.0%} of its best"
+        return f"not memorising: val/loss at the last step ({last.val_loss:.4f}) is {within}"
     rose = f"val/loss rose from {best.val_loss:.4f} (step {best.step:,})"
     rose += f" to {last.val_loss:.4f} (step {last.step:,})"
     if best.train_loss is not None and last.train_loss is not None and last.train_loss < best.train_loss:

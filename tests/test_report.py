@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from src.callbacks.run_summary import VAL_LOSSES
 from src.plot import read_series
 from src.report import Row, loss_rows, losses, report, verdict
 from tests.helpers import run_cli, write_metrics
@@ -20,7 +21,7 @@ def memorising_run(run_dir) -> None:
     rows += [{"step": max(s - 1, 0), "val/loss": v} for s, v in VAL.items()]
     write_metrics(run_dir, rows)
     by_step = {str(s): v for s, v in VAL.items()}
-    summary = {"wall_time_s": 90.0, "tokens_seen": 10240, "val/loss_by_step": by_step}
+    summary = {"wall_time_s": 90.0, "tokens_seen": 10240, VAL_LOSSES: by_step}  # RunSummary's key
     (run_dir / "summary.json").write_text(json.dumps(summary))
     samples = [{"step": s, "prompt": "Once", "completion": f" upon {s}"} for s in (0, 40)]
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
