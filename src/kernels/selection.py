@@ -6,8 +6,11 @@ AVX-512 and AMX. So under `kernels_policy=measure` (the default) each candidate 
 against the op it replaces on the model's own shapes (src/kernels/probes.py) and kept
 only if it is at least `MARGIN` faster; the timings are cached per CPU model and PyTorch
 version (src/kernels/timing_cache.py), so only a machine's first run pays for them.
-`always` keeps every candidate. Where a probe cannot run, `rule_keeps` decides from
-the CPU's vendor and family alone.
+On a busy machine one timing can read either way, so each kernel is timed in two series
+and a decision is cached only when both fall on the same side of the threshold; when they
+disagree, `rule_keeps` decides and the next run measures again (two noisy series can still
+agree). `always` keeps every candidate. Where a probe cannot run, `rule_keeps` decides
+from the CPU's vendor and family alone.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from src.kernels.timing_cache import TimingCache, first_cpu_fields
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
-PROBE_BUDGET_S = 0.5  # timing rounds per kernel stop after this much time, once MIN_ROUNDS ran
-MIN_ROUNDS, MAX_ROUNDS = 3, 20
+PROBE_BUDGET_S = 0.5  # seconds of timing per kernel, both series together (more if MIN_ROUNDS take longer)
+SERIES_BUDGET_S = PROBE_BUDGET_S / 2  # a timing series stops after this much time, once MIN_ROUNDS ran
+MIN_ROUNDS, MAX_ROUNDS = 3, 10  # per series: at most 20 rounds per kernel, both series together
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,14 @@ def check_policy(policy: str) -> None:
 
 
 def time_pair(pair: Probe) -> tuple[float, float]:
-    """Best seconds per call of the kernel and of PyTorch's op, called alternately after one
-    warm-up call each: the best of several calls is the least disturbed by other processes."""
+    """One timing series: best seconds per call of the kernel and of PyTorch's op, called
+    alternately after one warm-up call each: the best of several calls is the least disturbed
+    by other processes."""
     calls = (pair.kernel, pair.pytorch)
     for call in calls:
         call()
     best, spent, rounds = [math.inf, math.inf], 0.0, 0
-    while rounds < MIN_ROUNDS or (spent < PROBE_BUDGET_S and rounds < MAX_ROUNDS):
+    while rounds < MIN_ROUNDS or (spent < SERIES_BUDGET_S and rounds < MAX_ROUNDS):
         for i, call in enumerate(calls):
             start = time.perf_counter()
             call()
@@ -76,6 +81,11 @@ def _cpu_identity() -> tuple[str, int, set[str]]:
         int(family) if family.isdigit() else 0,
         set(fields.get("flags", "").split()),
     )
+
+
+def faster_by_margin(ratio: float) -> bool:
+    """Whether a kernel taking `ratio` times PyTorch's seconds is kept."""
+    return ratio <= 1 - MARGIN
 
 
 def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> bool:
@@ -102,7 +112,9 @@ def choose_kernels(
     on_cpu: bool = True,
 ) -> list[Decision]:
     """A decision for each candidate kernel, in order. Off the CPU none is kept (each would
-    run PyTorch's op anyway). `cache`: None reads and writes the default folder."""
+    run PyTorch's op anyway). `cache`: None reads and writes the default folder. `timer` is
+    called twice per uncached kernel; two series that disagree are decided by the rule, and
+    not cached, so that one noisy moment is not kept for good."""
     check_policy(policy)
     if policy == "always":
         return [Decision(name, True, reason="kernels_policy=always") for name in candidates]
@@ -121,14 +133,20 @@ def choose_kernels(
                     if isinstance(pair, str):
                         decisions.append(Decision(name, False, reason=pair))
                         continue
-                    timings = timer(pair)
+                    series = (timer(pair), timer(pair))
             except RuntimeError as err:  # e.g. out of memory: decide as the rule does
                 keep = rule_keeps(name)
                 decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))
                 continue
+            first, second = (kernel_s / pytorch_s for kernel_s, pytorch_s in series)
+            if faster_by_margin(first) != faster_by_margin(second):
+                reason = f"timings disagreed, {first:.2f}x then {second:.2f}x: by rule, not cached"
+                decisions.append(Decision(name, rule_keeps(name), reason=reason))
+                continue
+            timings = (min(kernel_s for kernel_s, _ in series), min(pytorch_s for _, pytorch_s in series))
             cache.put(name, workload.key(), timings)
         ratio = timings[0] / timings[1]
-        decisions.append(Decision(name, ratio <= 1 - MARGIN, ratio=ratio, cached=cached))
+        decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached))
     return decisions
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 from src.errors import UserError
 from src.kernels import KERNELS, applied_kernels, apply_cpu_kernels
 from src.kernels.probes import Workload
-from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary
+from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary, time_pair
 from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
@@ -26,19 +27,42 @@ ZEN5 = ("AuthenticAMD", 26, {"avx2", "avx512f", "avx512_bf16"})
 
 
 class FakeTimer:
-    """Returns the given (kernel s, PyTorch s) per probed kernel, in probe order; counts calls."""
+    """Returns the given (kernel s, PyTorch s) per call, in call order; counts calls. Each
+    probed kernel is timed twice (two series): `steady` gives both the same timing."""
 
     def __init__(self, *timings: tuple[float, float]) -> None:
         self.timings, self.calls = list(timings), 0
+
+    @classmethod
+    def steady(cls, *timings: tuple[float, float]) -> FakeTimer:
+        return cls(*(timing for timing in timings for _series in range(2)))
+
+    @property
+    def kernels_timed(self) -> int:
+        return self.calls // 2
 
     def __call__(self, _probe) -> tuple[float, float]:
         self.calls += 1
         return self.timings.pop(0)
 
 
+class OneRealSeries:
+    """`time_pair` once per probed kernel, its timing read for both series: real timings
+    whose series cannot disagree, so that whether a run caches does not depend on the load."""
+
+    def __init__(self) -> None:
+        self.calls, self.timing = 0, (0.0, 0.0)
+
+    def __call__(self, pair) -> tuple[float, float]:
+        self.calls += 1
+        if self.calls % 2:  # a kernel's first series
+            self.timing = time_pair(pair)
+        return self.timing
+
+
 def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
     barely = 1 - MARGIN / 2  # inside the noise margin: PyTorch's op is kept
-    timer = FakeTimer((0.5, 1.0), (barely, 1.0), (1.4, 1.0))
+    timer = FakeTimer.steady((0.5, 1.0), (barely, 1.0), (1.4, 1.0))
     decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
     assert [d.kernel for d in decisions] == list(KERNELS)
     assert kept(decisions) == ["causal_attention"]
@@ -46,14 +70,16 @@ def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
 
 
 def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_path):
-    timer = FakeTimer((0.5, 1.0), (0.5, 1.0))
+    timer = FakeTimer.steady((0.5, 1.0), (0.5, 1.0))
     bf16 = Workload(TINY, 4, 32, torch.bfloat16, training=True)
     decisions = choose_kernels(KERNELS, bf16, cache=TimingCache(tmp_path), timer=timer)
     assert kept(decisions) == ["causal_attention", "rms_norm"]
-    assert decisions[2].reason == "acts on fp32 only" and timer.calls == 2
+    assert decisions[2].reason == "acts on fp32 only" and timer.kernels_timed == 2
 
     decoding = Workload(TINY, 1, 1, torch.float32, training=False)
-    decisions = choose_kernels(KERNELS, decoding, cache=TimingCache(tmp_path), timer=FakeTimer((0.5, 1.0)))
+    decisions = choose_kernels(
+        KERNELS, decoding, cache=TimingCache(tmp_path), timer=FakeTimer.steady((0.5, 1.0))
+    )
     assert kept(decisions) == ["onednn_linear"]
     assert [d.reason for d in decisions[:2]] == [
         "unused by cached decoding",
@@ -77,7 +103,7 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
 
 def test_timings_are_cached_per_workload_and_read_back_by_the_next_run(tmp_path):
     first = choose_kernels(
-        ["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer((0.5, 1.0))
+        ["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer.steady((0.5, 1.0))
     )
     timer = FakeTimer()
     again = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
@@ -85,19 +111,55 @@ def test_timings_are_cached_per_workload_and_read_back_by_the_next_run(tmp_path)
     assert (again[0].keep, again[0].ratio) == (first[0].keep, first[0].ratio) == (True, 0.5)
 
     longer = Workload(TINY, 4, 64, torch.float32, training=True)  # other shapes: measured again
-    timer = FakeTimer((2.0, 1.0))
+    timer = FakeTimer.steady((2.0, 1.0))
     assert kept(choose_kernels(["rms_norm"], longer, cache=TimingCache(tmp_path), timer=timer)) == []
-    assert timer.calls == 1
+    assert timer.kernels_timed == 1
     assert len(json.loads((tmp_path / FILE_NAME).read_text())) == 2
+
+
+def test_two_series_that_agree_are_cached_as_the_best_time_of_each_side(tmp_path):
+    timer = FakeTimer(
+        (0.6, 1.0), (0.5, 1.2),  # rms_norm: 0.60x then 0.42x, both kept
+        (1.3, 1.0), (1.5, 0.9),  # causal_attention: 1.30x then 1.67x, both dropped
+    )  # fmt: skip
+    names = ["rms_norm", "causal_attention"]
+    decisions = choose_kernels(names, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert kept(decisions) == ["rms_norm"] and timer.calls == 4
+    assert [d.ratio for d in decisions] == [0.5 / 1.0, 1.3 / 0.9]
+    cache = TimingCache(tmp_path)
+    assert cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+    assert cache.get("causal_attention", FP32_TRAINING.key()) == (1.3, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "by_rule"),
+    [(ZEN4, "kept rms_norm ({}); dropped none"), (INTEL_AMX, "kept none; dropped rms_norm ({})")],
+    ids=["zen4_rule_keeps", "intel_amx_rule_drops"],
+)
+def test_two_series_that_disagree_are_decided_by_the_rule_and_measured_again_next_run(
+    tmp_path, monkeypatch, cpu, by_rule
+):
+    monkeypatch.setattr("src.kernels.selection._cpu_identity", lambda: cpu)
+    timer = FakeTimer((0.85, 1.0), (1.05, 1.0))
+    decisions = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    reason = "timings disagreed, 0.85x then 1.05x: by rule, not cached"
+    assert decisions[0].ratio is None and decisions[0].reason == reason
+    assert summary(decisions, FP32_TRAINING) == "CPU kernels: " + by_rule.format(reason)
+    assert timer.calls == 2 and not (tmp_path / FILE_NAME).exists()
+
+    timer = FakeTimer.steady((0.5, 1.0))
+    again = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert timer.kernels_timed == 1 and not again[0].cached and kept(again) == ["rms_norm"]
+    assert TimingCache(tmp_path).get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
 
 
 @pytest.mark.parametrize("machine", ["another CPU | torch 2.13.0+cpu", "same CPU | torch 2.14.0+cpu"])
 def test_timings_of_another_cpu_or_torch_version_are_not_used(tmp_path, machine):
     cache = TimingCache(tmp_path, machine="same CPU | torch 2.13.0+cpu")
-    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))
-    timer = FakeTimer((2.0, 1.0))
+    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
+    timer = FakeTimer.steady((2.0, 1.0))
     decisions = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path, machine), timer=timer)
-    assert timer.calls == 1 and kept(decisions) == []
+    assert timer.kernels_timed == 1 and kept(decisions) == []
 
 
 def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
@@ -110,15 +172,15 @@ def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
 def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_the_process(tmp_path):
     (tmp_path / FILE_NAME).write_text("{not json")
     cache = TimingCache(tmp_path)
-    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))
+    choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
     assert cache.saved and len(json.loads((tmp_path / FILE_NAME).read_text())) == 1
 
     blocked = tmp_path / "a_file"
     blocked.write_text("")
     cache = TimingCache(blocked / "cache")  # its folder cannot be created
-    assert kept(choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer((0.5, 1.0)))) == [
-        "rms_norm"
-    ]
+    assert kept(
+        choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
+    ) == ["rms_norm"]
     assert not cache.saved and cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
 
 
@@ -149,7 +211,7 @@ def test_the_rule_keeps_kernels_only_on_the_cpus_they_were_measured_to_win_on(cp
 
 def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_alone(tmp_path):
     torch.manual_seed(7)
-    decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path))
+    decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=OneRealSeries())
     after = torch.randn(3)
     torch.manual_seed(7)
     assert torch.equal(after, torch.randn(3))  # the probes' random inputs came from a forked generator
@@ -175,6 +237,8 @@ def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_i
     from tests.training import fast_overrides, run_training, write_text
 
     monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path / "cache"))
+    timer = OneRealSeries()
+    monkeypatch.setattr("src.train.choose_kernels", functools.partial(choose_kernels, timer=timer))
     text = write_text(tmp_path / "input.txt")
     for run in ("first", "second"):
         caplog.clear()
@@ -192,5 +256,6 @@ def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_i
         assert len(lines) == 1 and all(name in lines[0] for name in KERNELS)
         assert ("(cached)" in lines[0]) == (run == "second")
     assert len(json.loads((tmp_path / "cache" / FILE_NAME).read_text())) == len(KERNELS)
+    assert timer.calls == 2 * len(KERNELS)  # two series per kernel, in the first run only
     with pytest.raises(UserError, match="kernels_policy='sometimes': use measure"):
         run_training(fast_overrides(tmp_path / "bad", text, "kernels_policy=sometimes"))
