@@ -73,7 +73,11 @@ def _chunked_loss(
         if grad_x is not None:
             grad_x[rows] = linear(logits, w.t(), onednn)  # grad @ w
         if grad_w is not None:
-            grad_w += weight_grad(logits, xc, onednn)  # grad.T @ xc
+            chunk_grad_w = weight_grad(logits, xc, onednn)  # grad.T @ xc
+            if start == 0:  # grad_w starts empty: no pass to zero it
+                grad_w.copy_(chunk_grad_w)
+            else:
+                grad_w += chunk_grad_w
     return loss / count
 
 
@@ -84,7 +88,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn):
         x, w = hidden.to(dtype), weight.to(dtype)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, C)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:  # written by the first chunk; zeros only if there is none
+            grad_w = (torch.empty_like if len(x) else torch.zeros_like)(weight, dtype=torch.float32)
         loss = _chunked_loss(x, w, targets, chunk_size, ignore_index, onednn, grad_x, grad_w)
         ctx.save_for_backward(grad_x, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype

@@ -60,3 +60,19 @@ def test_without_grad_gives_the_same_value():
         torch.testing.assert_close(
             lm_cross_entropy(hidden, weight, targets, chunk_size=5), plain(hidden, weight, targets)
         )
+
+
+def test_no_tokens_give_a_zero_loss_and_zero_gradients():
+    hidden, weight, targets = leaves(T=0)
+    loss, grad_hidden, grad_weight = loss_and_grads(lm_cross_entropy, hidden, weight, targets)
+    assert loss.item() == 0 and grad_hidden.shape == hidden.shape
+    assert torch.count_nonzero(grad_weight) == 0  # the weight gradient is never left unwritten
+
+
+def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
+    hidden, weight, targets = leaves()
+    loss = lm_cross_entropy(hidden, weight, targets, chunk_size=5)
+    loss.backward(retain_graph=True)
+    first = hidden.grad.clone(), weight.grad.clone()
+    loss.backward()  # the stored gradients were not scaled in place by the first pass
+    torch.testing.assert_close((hidden.grad, weight.grad), (2 * first[0], 2 * first[1]))
