@@ -5,7 +5,9 @@ PyTorch, so that timing them says which is faster on this machine for this model
 are kept small (one layer, one sequence and one key/value head for attention, at most
 `LINEAR_ROWS` rows for the matmuls) so that deciding costs seconds for SmolLM2-135M, but
 each keeps the ratios of the real step: one layer's seven projections plus the head's
-share of a layer.
+share of a layer. Decoding is the exception in size: a one-token step streams every weight
+from memory, so its probe reads as many layers' weights as the model has, up to
+`DECODING_WEIGHT_BYTES`: one layer's would sit in cache and time another regime.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
 
 LINEAR_ROWS = 512  # tokens per probed matmul in training: already past the small-matrix regime
 NORM_ROWS = 4096
+DECODING_WEIGHT_BYTES = 256 * 2**20  # more than the last-level cache of the CPUs we run on
 
 
 @dataclass(frozen=True)
@@ -111,14 +114,21 @@ def _rms_norm(w: Workload) -> Probe | str:
     )
 
 
-def _layer_and_head_linears(c: SmolLM2Config) -> list[nn.Linear]:
-    """One layer's seven projections and a slice of the LM head of 1/num_layers its width:
-    the head's share of a layer, so the mix of shapes is that of a whole step."""
+def _layer_and_head_shapes(c: SmolLM2Config) -> list[tuple[int, int]]:
+    """(in, out) of one layer's seven projections and of a slice of the LM head of
+    1/num_layers its width: the head's share of a layer, so the mix of shapes is that of a
+    whole step."""
     kv = c.num_kv_heads * c.head_dim
     shapes = [(c.hidden_size, c.hidden_size)] * 2 + [(c.hidden_size, kv)] * 2
     shapes += [(c.hidden_size, c.intermediate_size)] * 2 + [(c.intermediate_size, c.hidden_size)]
-    shapes.append((c.hidden_size, max(c.vocab_size // c.num_layers, 1)))
-    return [nn.Linear(i, o, bias=False) for i, o in shapes]
+    return [*shapes, (c.hidden_size, max(c.vocab_size // c.num_layers, 1))]
+
+
+def _decoding_layers(c: SmolLM2Config, dtype: torch.dtype) -> int:
+    """How many layers' projections a decoding probe reads: all the model's, or as many as
+    fit `DECODING_WEIGHT_BYTES`."""
+    layer_bytes = sum(i * o for i, o in _layer_and_head_shapes(c)) * dtype.itemsize
+    return max(1, min(c.num_layers, DECODING_WEIGHT_BYTES // layer_bytes))
 
 
 def _onednn_linear(w: Workload) -> Probe | str:
@@ -126,7 +136,8 @@ def _onednn_linear(w: Workload) -> Probe | str:
         return "acts on fp32 only"
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch build has no oneDNN"
-    plain = _layer_and_head_linears(w.config)
+    layers = 1 if w.training else _decoding_layers(w.config, w.dtype)
+    plain = [nn.Linear(i, o, bias=False) for _ in range(layers) for i, o in _layer_and_head_shapes(w.config)]
     ours = [OneDNNLinear.from_linear(layer) for layer in plain]
     rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else w.batch_size
     inputs = {
