@@ -16,6 +16,7 @@ import argparse
 import torch
 
 from benchmarks.common import DTYPES, add_common_args, machine_line, markdown_table, setup, time_interleaved
+from src.kernels import applied_kernels
 from src.models import SmolLM2, SmolLM2Config, generate
 from src.serving.inference import ready_for_inference
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
@@ -49,6 +50,7 @@ def main() -> None:
         ours.load_state_dict(base.state_dict())
         theirs = llama_twin(ours).to(device, dtype)
         ours = ready_for_inference(ours, device, dtype)  # as generate and the app run it
+        print(f"{dtype_name}: CPU kernels kept: {', '.join(applied_kernels(ours)) or 'none'}")
         for batch in batches:
             prompt = prompts[:batch]
             runs = {

@@ -10,20 +10,32 @@ where it does not apply (CUDA tensors, and the cases its module names).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from torch import nn
 
 from src.errors import UserError
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear
+from src.kernels.packed_linear import PackedLinear
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
 
-# name -> (the plain module type it replaces, how to build the replacement from it)
-_SWAPS: dict[str, tuple[type[nn.Module], Callable[[nn.Module], nn.Module]]] = {
-    "causal_attention": (ScaledDotProductAttention, lambda _: BlockwiseCausalAttention()),
-    "rms_norm": (RMSNorm, FusedRMSNorm.from_norm),
-    "onednn_linear": (nn.Linear, OneDNNLinear.from_linear),
+
+class _Swap(NamedTuple):
+    plain: type[nn.Module]  # the module type it replaces
+    replacement: type[nn.Module]
+    build: Callable[[nn.Module], nn.Module]  # the replacement of a plain module, sharing its parameters
+
+
+_SWAPS: dict[str, _Swap] = {
+    "causal_attention": _Swap(
+        ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention()
+    ),
+    "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm),
+    "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear),
+    # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
+    "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear),
 }
 KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
 
@@ -50,17 +62,14 @@ def apply_cpu_kernels(model: nn.Module, kernels: Sequence[str]) -> nn.Module:
     swaps = [_SWAPS[name] for name in kernels]
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            for plain, replacement in swaps:
-                if type(child) is plain:
-                    setattr(parent, name, replacement(child).train(child.training))
+            for swap in swaps:
+                if type(child) is swap.plain:  # the first named kernel for a module type takes it
+                    setattr(parent, name, swap.build(child).train(child.training))
+                    break
     return model
 
 
 def applied_kernels(model: nn.Module) -> list[str]:
     """The kernels swapped into `model`, in `KERNELS` order."""
     types = {type(m) for m in model.modules()}
-    return [
-        name
-        for name, (plain, _) in _SWAPS.items()
-        if any(t is not plain and issubclass(t, plain) for t in types)
-    ]
+    return [name for name, swap in _SWAPS.items() if swap.replacement in types]

@@ -20,6 +20,7 @@ from torch import nn
 
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear
+from src.kernels.packed_linear import PackedLinear
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
@@ -136,12 +137,32 @@ def _onednn_linear(w: Workload) -> Probe | str:
         return "acts on fp32 only"
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch build has no oneDNN"
+    return _linears(w, OneDNNLinear.from_linear)
+
+
+def _packed_linear(w: Workload) -> Probe | str:
+    if w.training:
+        return "acts in inference only"
+    if w.dtype != torch.bfloat16:
+        return "acts on bf16 only"
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return "no oneDNN bf16 on this CPU or PyTorch build"
+    return _linears(w, PackedLinear.from_linear)
+
+
+def _linears(w: Workload, replace: Callable[[nn.Linear], nn.Linear]) -> Probe:
+    """The step's matmuls through `replace`d linears against plain ones: forward and backward
+    of one layer's share in training, one-token products over `_decoding_layers` layers in
+    decoding (weights in the workload's dtype)."""
     layers = 1 if w.training else _decoding_layers(w.config, w.dtype)
-    plain = [nn.Linear(i, o, bias=False) for _ in range(layers) for i, o in _layer_and_head_shapes(w.config)]
-    ours = [OneDNNLinear.from_linear(layer) for layer in plain]
+    weight_dtype = torch.float32 if w.training else w.dtype  # training casts under autocast
+    shapes = [shape for _ in range(layers) for shape in _layer_and_head_shapes(w.config)]
+    plain = [nn.Linear(i, o, bias=False, dtype=weight_dtype) for i, o in shapes]
+    ours = [replace(layer) for layer in plain]
     rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else w.batch_size
     inputs = {
-        n: torch.randn(rows, n).requires_grad_(w.training) for n in {layer.in_features for layer in plain}
+        n: torch.randn(rows, n, dtype=weight_dtype).requires_grad_(w.training)
+        for n in {layer.in_features for layer in plain}
     }
 
     def run(layers: list[nn.Linear]) -> Callable[[], None]:
@@ -165,4 +186,5 @@ _PROBES: dict[str, Callable[[Workload], Probe | str]] = {
     "causal_attention": _attention,
     "rms_norm": _rms_norm,
     "onednn_linear": _onednn_linear,
+    "packed_linear": _packed_linear,
 }

@@ -91,10 +91,11 @@ def faster_by_margin(ratio: float) -> bool:
 def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> bool:
     """The kernels kept without measuring: only where each was measured to win
     (benchmarks/README.md). AMD Zen 4 (family 25 with AVX-512) and Zen 5 (family 26 and up)
-    keep causal_attention and rms_norm; only Zen 5 keeps onednn_linear (1.67x MKL there,
-    1.02x on Zen 4). Intel CPUs, with AMX or AVX-512 or neither, AVX2-only CPUs and other
-    architectures keep none: MKL already runs AVX-512 and AMX on Intel (the oneDNN linear
-    was 0.70x there), and PyTorch's ops cannot be slower than themselves.
+    keep causal_attention, rms_norm and packed_linear (the last measured on Zen 4 only); only
+    Zen 5 keeps onednn_linear (1.67x MKL in training there, 1.02x on Zen 4). Intel CPUs, with
+    AMX or AVX-512 or neither, AVX2-only CPUs and other architectures keep none: MKL already
+    runs AVX-512 and AMX on Intel (the oneDNN linear was 0.70x there), and PyTorch's ops
+    cannot be slower than themselves.
     """
     vendor, family, flags = cpu or _cpu_identity()
     zen4_or_later = vendor == "AuthenticAMD" and (family >= 26 or (family == 25 and "avx512f" in flags))

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-from src.kernels import KERNELS, applied_kernels, apply_cpu_kernels
+from src.kernels import KERNELS, applied_kernels
+from src.kernels.packed_linear import PackedLinear
 from src.kernels.probes import DECODING_WEIGHT_BYTES, Workload, _decoding_layers, _layer_and_head_shapes
 from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary, time_pair
 from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
@@ -18,6 +19,11 @@ from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
 
 TINY = SmolLM2Config.from_preset("tiny")
+TRAINING_KERNELS = (
+    "causal_attention",
+    "rms_norm",
+    "onednn_linear",
+)  # conf/train.yaml's; packed_linear is for inference
 FP32_TRAINING = Workload(TINY, 4, 32, torch.float32, training=True)
 INTEL_AMX = ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 INTEL_AVX512 = ("GenuineIntel", 6, {"avx2", "avx512f"})
@@ -66,7 +72,8 @@ def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
     decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
     assert [d.kernel for d in decisions] == list(KERNELS)
     assert kept(decisions) == ["causal_attention"]
-    assert [d.ratio for d in decisions] == [0.5, barely, 1.4]
+    assert [d.ratio for d in decisions] == [0.5, barely, 1.4, None]
+    assert decisions[3].reason == "acts in inference only"  # packed_linear, not timed
 
 
 def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_path):
@@ -200,8 +207,8 @@ def test_a_probe_that_fails_is_decided_by_the_rule_and_says_so(tmp_path, monkeyp
         (INTEL_AMX, []),
         (INTEL_AVX512, []),
         (ZEN3_AVX2, []),
-        (ZEN4, ["causal_attention", "rms_norm"]),
-        (ZEN5, ["causal_attention", "rms_norm", "onednn_linear"]),
+        (ZEN4, ["causal_attention", "rms_norm", "packed_linear"]),
+        (ZEN5, ["causal_attention", "rms_norm", "onednn_linear", "packed_linear"]),
         (("", 0, set()), []),  # no /proc/cpuinfo, or not x86
     ],
 )
@@ -215,20 +222,26 @@ def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_
     after = torch.randn(3)
     torch.manual_seed(7)
     assert torch.equal(after, torch.randn(3))  # the probes' random inputs came from a forked generator
-    assert all(d.ratio is not None and d.ratio > 0 for d in decisions)
+    assert all(d.ratio is not None and d.ratio > 0 for d in decisions if d.kernel in TRAINING_KERNELS)
     line = summary(decisions, FP32_TRAINING)
     assert "\n" not in line and all(name in line for name in KERNELS)
 
 
-def test_inference_on_cpu_in_bf16_keeps_no_kernel_and_logs_why(tmp_path, monkeypatch, caplog):
-    """bf16 decoding: no kernel can act (fp32 only, gradients only, uncached attention only)."""
+def test_inference_on_cpu_in_bf16_can_keep_only_the_packed_linear_and_logs_why(tmp_path, monkeypatch, caplog):
+    """bf16 decoding: only packed_linear can act (the others act on fp32, gradients, uncached attention)."""
     monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path))
+    timer = FakeTimer.steady((0.5, 1.0))
+    monkeypatch.setattr(
+        "src.serving.inference.choose_kernels", functools.partial(choose_kernels, timer=timer)
+    )
     with caplog.at_level("INFO"):
         model = ready_for_inference(SmolLM2(TINY), "cpu", torch.bfloat16)
-    assert applied_kernels(model) == []
-    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
-    assert "CPU kernels: kept none; dropped causal_attention (unused by cached decoding)" in caplog.text
-    assert applied_kernels(apply_cpu_kernels(model, ["onednn_linear"])) == ["onednn_linear"]
+    assert applied_kernels(model) == ["packed_linear"] and timer.kernels_timed == 1
+    assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, nn.Linear))
+    assert (
+        "CPU kernels: kept packed_linear 0.50x; dropped causal_attention (unused by cached decoding), "
+        "rms_norm (acts only when gradients are wanted), onednn_linear (acts on fp32 only)" in caplog.text
+    )
 
 
 def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_it(
@@ -253,10 +266,10 @@ def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_i
                 )
             )
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CPU kernels:")]
-        assert len(lines) == 1 and all(name in lines[0] for name in KERNELS)
+        assert len(lines) == 1 and all(name in lines[0] for name in TRAINING_KERNELS)
         assert ("(cached)" in lines[0]) == (run == "second")
-    assert len(json.loads((tmp_path / "cache" / FILE_NAME).read_text())) == len(KERNELS)
-    assert timer.calls == 2 * len(KERNELS)  # two series per kernel, in the first run only
+    assert len(json.loads((tmp_path / "cache" / FILE_NAME).read_text())) == len(TRAINING_KERNELS)
+    assert timer.calls == 2 * len(TRAINING_KERNELS)  # two series per kernel, in the first run only
     with pytest.raises(UserError, match="kernels_policy='sometimes': use measure"):
         run_training(fast_overrides(tmp_path / "bad", text, "kernels_policy=sometimes"))
 
