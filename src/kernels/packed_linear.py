@@ -57,6 +57,7 @@ class PackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None or not uses_packed(x, self.weight):
+            self._packed = None  # used otherwise now (training, another dtype): free the copy
             return super().forward(x)
         return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), None, "none", [], "")
 

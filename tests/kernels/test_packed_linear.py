@@ -47,7 +47,10 @@ def test_the_packed_weight_follows_in_place_writes_and_new_tensors():
 def test_training_and_fp32_take_the_plain_path():
     packed = layer()
     x = torch.randn(3, 48, dtype=torch.bfloat16, requires_grad=True)
-    y = packed(x)  # gradients wanted: nn.Linear's own forward, differentiable
+    with torch.inference_mode():
+        packed(x.detach())
+    assert packed._packed is not None
+    y = packed(x)  # gradients wanted: nn.Linear's own forward, differentiable, and the packed copy freed
     y.sum().backward()
     assert packed._packed is None and torch.equal(x.grad, packed.weight.detach().sum(0).expand(3, -1))
 
