@@ -4,7 +4,9 @@ process's later rows aside, W&B is asked to rewind to the checkpoint, and the su
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -43,6 +45,26 @@ def test_rows_at_or_after_the_checkpoint_step_move_to_a_side_file(tmp_path):
     assert side.name.startswith("metrics.rolled_back_") and side.parent == tmp_path
     assert set_aside_rows_from(metrics, 4) is None  # nothing left to move: no second side file
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_full_disk_while_rewriting_the_csv_leaves_it_whole_and_no_temporary(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.csv"
+    write_csv(metrics, [{"epoch": "0", "step": str(s), "train/loss": "1", "val/loss": ""} for s in range(6)])
+    before = metrics.read_text()
+    calls = []
+
+    def full_disk_on_the_second_file(writer, rows):
+        calls.append(rows)
+        if len(calls) == 2:  # the side file is written first, then the kept rows
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(writer, rows)
+
+    original = csv.DictWriter.writerows
+    monkeypatch.setattr(csv.DictWriter, "writerows", full_disk_on_the_second_file)
+    with pytest.raises(OSError, match="No space left"):
+        set_aside_rows_from(metrics, 4)
+    assert metrics.read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def init_kwargs(

@@ -10,7 +10,6 @@ from step s never counts a loss from steps a crashed process made after its last
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import lightning as L
 import torch
 
 from src.callbacks.throughput import tokens_per_step
+from src.files import atomic_write
 
 VAL_LOSSES = "val/loss_by_step"
 
@@ -91,6 +91,5 @@ class RunSummary(L.Callback):
                 logger.log_summary(values)
         by_step = {str(step): loss for step, loss in sorted(self.val_losses.items())}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({**values, VAL_LOSSES: by_step}, indent=1) + "\n")
-        tmp.replace(self.path)
+        with atomic_write(self.path) as f:
+            f.write(json.dumps({**values, VAL_LOSSES: by_step}, indent=1) + "\n")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from src.data.packing import token_dtype, tokenize_documents
 from src.errors import UserError
+from src.files import atomic_write
 
 # Cut points for batched tokenization: after a lone newline between two non-space
 # characters. The byte-level pre-tokenizer always splits there (a longer whitespace run
@@ -29,10 +28,9 @@ def download(url: str, path: Path) -> None:
     try:
         with (
             urllib.request.urlopen(url, timeout=30) as response,
-            tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp,
+            atomic_write(path, "wb") as f,
         ):
-            shutil.copyfileobj(response, tmp)
-        os.replace(tmp.name, path)
+            shutil.copyfileobj(response, f)
     except OSError as err:
         raise UserError(
             f"cannot download {url} to {path} ({err}); put the file there yourself or pass data.path=<file>"
@@ -82,7 +80,6 @@ def load_tokens(path: Path, tokenizer: PreTrainedTokenizerBase, cache_dir: Path)
     ids = [t for doc in docs for t in doc[:-1]] + [tokenizer.eos_token_id]  # one document, one EOS
     tokens = np.asarray(ids, dtype=token_dtype(len(tokenizer)))
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".npy", delete=False) as tmp:
-        np.save(tmp, tokens)
-    os.replace(tmp.name, cached)
+    with atomic_write(cached, "wb") as f:
+        np.save(f, tokens)
     return tokens

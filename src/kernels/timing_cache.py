@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
+
+from src.files import atomic_write
 
 FILE_NAME = "kernel_timings.json"
 
@@ -82,8 +83,7 @@ class TimingCache:
         self.entries = {**self._read(), **self.entries, self.key(kernel, workload_key): list(timings)}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as f:
+            with atomic_write(self.path) as f:
                 json.dump(self.entries, f, indent=1, sort_keys=True)
-            os.replace(f.name, self.path)
         except OSError:
             self.saved = False

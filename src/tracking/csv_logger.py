@@ -8,13 +8,14 @@ continuation logs again. The continuation first moves those rows to a side file,
 from __future__ import annotations
 
 import csv
-import os
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from src.files import atomic_write
 from src.lightning_compat import AppendingExperimentWriter, appending_csv_writer
 
 
@@ -34,18 +35,17 @@ def set_aside_rows_from(metrics_csv: Path, first_step: int) -> Path | None:
     if not dropped:
         return None
     side = metrics_csv.with_name(f"metrics.rolled_back_{datetime.now():%Y%m%d-%H%M%S}.csv")
-    _write_rows(side, fields, dropped)
-    tmp = metrics_csv.with_name(f".{metrics_csv.name}.tmp-{os.getpid()}")
-    _write_rows(tmp, fields, [row for row, is_late in zip(rows, late, strict=True) if not is_late])
-    tmp.replace(metrics_csv)
+    with side.open("w", newline="") as f:
+        _write_rows(f, fields, dropped)
+    with atomic_write(metrics_csv, newline="") as f:
+        _write_rows(f, fields, [row for row, is_late in zip(rows, late, strict=True) if not is_late])
     return side
 
 
-def _write_rows(path: Path, fields: list[str], rows: list[dict[str, str]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+def _write_rows(f: IO[str], fields: list[str], rows: list[dict[str, str]]) -> None:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 class ContinuingCSVLogger(CSVLogger):

@@ -31,6 +31,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from src.errors import UserError, find_cause, first_line, os_error_reason
+from src.files import TMP_MARK, temp_path
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
@@ -205,9 +206,6 @@ class CheckpointWriteFailed(UserError):
     """A checkpoint could not be written (a full disk, a lost mount); the previous file is intact."""
 
 
-TMP_MARK = ".tmp-"  # a checkpoint being written: .<name>.tmp-<host>-<pid>
-
-
 def left_by_a_dead_writer(tmp: Path) -> bool:
     """Whether `tmp`'s writer is gone: a process of this host no longer alive. Files named by
     pid alone (written before the host was added) count as this host's."""
@@ -235,7 +233,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{TMP_MARK}{socket.gethostname()}-{os.getpid()}")
+        tmp = temp_path(path)
         for stale in path.parent.glob(f".*{TMP_MARK}*"):
             if left_by_a_dead_writer(stale):
                 stale.unlink(missing_ok=True)

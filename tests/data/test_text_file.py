@@ -1,10 +1,15 @@
 """The text-file source: exact chunked tokenization, caching, windows, order and resume."""
 
+import errno
+import io
+import os
+
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from src.data import text_file
 from src.data.packing import WindowPacker, num_windows
 from src.data.text_file import load_tokens, split_for_tokenization
 from src.data.windows import OrderedWindows, ShuffledWindowBatches
@@ -112,3 +117,38 @@ def test_a_given_path_is_never_downloaded_to(tmp_path, monkeypatch):
     )
     with pytest.raises(UserError, match="typo.txt: text file not found"):
         module.prepare_data()
+
+
+def full_disk_after_some_bytes(f, *args, **kwargs):
+    f.write(b"\x93NUMPY half")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_caching_leaves_no_file_in_the_cache_folder(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "input.txt"
+    path.write_text("To be, or not to be.\n")
+    monkeypatch.setattr(np, "save", full_disk_after_some_bytes)
+    with pytest.raises(OSError, match="No space left"):
+        load_tokens(path, tokenizer, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.undo()
+    assert list(load_tokens(path, tokenizer, tmp_path / "cache"))[-1] == tokenizer.eos_token_id
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+class CutConnection(io.BytesIO):
+    """A response that sends some bytes, then loses the connection."""
+
+    def read(self, size: int = -1) -> bytes:
+        if self.tell():
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+        return super().read(4)
+
+
+def test_a_download_cut_off_midway_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        text_file.urllib.request, "urlopen", lambda url, timeout: CutConnection(b"First Citizen:")
+    )
+    with pytest.raises(UserError, match="cannot download .* reset by peer"):
+        text_file.download("https://example.invalid/input.txt", tmp_path / "data" / "input.txt")
+    assert list((tmp_path / "data").iterdir()) == []

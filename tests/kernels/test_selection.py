@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import os
 
 import pytest
 import torch
@@ -286,3 +288,21 @@ def test_a_decoding_probe_reads_the_weights_of_every_layer_up_to_more_than_a_cac
         and layers * layer_bytes <= DECODING_WEIGHT_BYTES < (layers + 1) * layer_bytes
     )
     assert DECODING_WEIGHT_BYTES >= 4 * 32 * 2**20  # well beyond a 32 MiB last-level cache
+
+
+def test_a_full_disk_keeps_the_timings_for_the_process_and_leaves_the_file_and_no_temporary(
+    tmp_path, monkeypatch
+):
+    cache = TimingCache(tmp_path)
+    cache.put("rms_norm", "earlier", (0.5, 1.0))
+    before = (tmp_path / FILE_NAME).read_text()
+
+    def full_disk(entries, f, **kwargs):
+        f.write("{half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(json, "dump", full_disk)
+    cache.put("rms_norm", "later", (0.25, 1.0))
+    assert not cache.saved and cache.get("rms_norm", "later") == (0.25, 1.0)
+    assert [p.name for p in tmp_path.iterdir()] == [FILE_NAME]
+    assert (tmp_path / FILE_NAME).read_text() == before
