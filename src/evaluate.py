@@ -25,6 +25,7 @@ from src.errors import UserError, exit_on_user_error
 from src.evaluation.perplexity import file_perplexity
 from src.evaluation.scoring import score
 from src.evaluation.tasks import load_task, parse_tasks, sample
+from src.files import atomic_write
 from src.outputs import default_output_dir
 from src.serving.inference import ModelSource, read_source, resolve_device, resolve_dtype
 
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         else default_output_dir("eval") / f"{name}_{datetime.now():%Y-%m-%d_%H-%M-%S}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    with atomic_write(out) as f:  # an earlier file of that name stays whole if this write fails
+        f.write(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"wrote {out}", file=sys.stderr)
 

@@ -47,6 +47,7 @@ from src.errors import (
     find_user_error,
     os_error_reason,
 )
+from src.files import atomic_write
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models.config import SmolLM2Config
@@ -336,7 +337,8 @@ def fit(
             if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
                 plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
                 plan_file = Path(cfg.paths.output_dir) / "plan.json"
-                plan_file.write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+                with atomic_write(plan_file) as f:  # a continuation's plan replaces the last one whole
+                    f.write(json.dumps(plan.to_dict(), indent=2) + "\n")
             enable_tf32()
             if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
                 keep_freed_host_memory()
