@@ -9,6 +9,8 @@ whose Inductor cannot lower this op in a training graph) the PyTorch op runs.
 
 from __future__ import annotations
 
+from typing import Self
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,15 +63,19 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         return grad_x, grad_w
 
 
-class OneDNNLinear(nn.Linear):
-    """`nn.Linear` whose fp32 CPU matmuls (forward and backward) run on oneDNN; bias-free only."""
+class LinearReplacement(nn.Linear):
+    """An `nn.Linear` subclass that a kernel swaps in for a plain layer, sharing its parameters."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> OneDNNLinear:
+    def from_linear(cls, linear: nn.Linear) -> Self:
         """The same layer, sharing `linear`'s parameters (ties survive)."""
         new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
         new.weight, new.bias = linear.weight, linear.bias
         return new
+
+
+class OneDNNLinear(LinearReplacement):
+    """`nn.Linear` whose fp32 CPU matmuls (forward and backward) run on oneDNN; bias-free only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None or not uses_onednn(x, self.weight):

@@ -12,7 +12,8 @@ and costs memory: one more copy of the weight while the model decodes.
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from src.kernels.linear import LinearReplacement
 
 
 def uses_packed(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -28,15 +29,8 @@ def uses_packed(x: torch.Tensor, w: torch.Tensor) -> bool:
     )
 
 
-class PackedLinear(nn.Linear):
+class PackedLinear(LinearReplacement):
     """`nn.Linear` whose bf16 CPU inference reads a oneDNN-packed copy of its weight; bias-free only."""
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
-        """The same layer, sharing `linear`'s parameters (ties survive)."""
-        new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
-        new.weight, new.bias = linear.weight, linear.bias
-        return new
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
