@@ -9,7 +9,7 @@ whose Inductor cannot lower this op in a training graph) the PyTorch op runs.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -63,11 +63,14 @@ class _OneDNNLinearFunction(torch.autograd.Function):
         return grad_x, grad_w
 
 
+_Replacement = TypeVar("_Replacement", bound="LinearReplacement")
+
+
 class LinearReplacement(nn.Linear):
     """An `nn.Linear` subclass that a kernel swaps in for a plain layer, sharing its parameters."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Self:
+    def from_linear(cls: type[_Replacement], linear: nn.Linear) -> _Replacement:
         """The same layer, sharing `linear`'s parameters (ties survive)."""
         new = cls(linear.in_features, linear.out_features, bias=False, device="meta")
         new.weight, new.bias = linear.weight, linear.bias
