@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 from contextlib import nullcontext
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_p
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
 from src.training.plan import Plan, make_plan
-from src.training.run_folder import RunLock, claim_fresh_folder, takes_the_lock
+from src.training.run_folder import RunLock, claim_fresh_folder, launch_record, start_writing, takes_the_lock
 from src.training.spike import SpikeRule
 
 log = logging.getLogger(__name__)
@@ -88,13 +87,8 @@ def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config) -> list[str]:
     return kept(decisions)
 
 
-def hydra_subdir(ckpt_path: str | None) -> str:
-    return f".hydra/continued_{datetime.now():%Y-%m-%d_%H-%M-%S}" if ckpt_path else ".hydra"
-
-
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 OmegaConf.register_new_resolver("run_dir", run_dir_of, replace=True)
-OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, replace=True)
 
 
 def override_key(override: str) -> str:
@@ -186,8 +180,9 @@ def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
         )
 
 
-def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
-    """Build everything from `cfg` and fit; returns the final logged metrics."""
+def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None = None) -> dict[str, float]:
+    """Build everything from `cfg` and fit; returns the final logged metrics. `record` (Hydra's
+    `.hydra/` files, `launch_record`) is written into the run folder once the run holds it."""
     checkpoint = None
     if cfg.ckpt_path and cfg.init_from:
         raise UserError(
@@ -239,16 +234,24 @@ def train(cfg: DictConfig, overrides: list[str]) -> dict[str, float]:
         rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
     rank_zero_info(f"global batch: {global_batch}")
     start_step = checkpoint["global_step"] if checkpoint else 0
+    # From here on the run writes into its folder: one run at a time (global rank 0 locks it, the
+    # other ranks write into the folder it holds).
+    folder = Path(cfg.paths.output_dir)
+    lock = RunLock(folder, continuing=bool(cfg.ckpt_path))
     if cfg.plan:
         if takes_the_lock():
-            preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
+            try:
+                if lock.try_acquire():  # a live run's folder is left as it is: the plan is only printed
+                    start_writing(folder, record or {})
+                preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
+            finally:
+                lock.release()
         return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     continue_at = None if checkpoint is None else start_step
     del checkpoint  # Lightning reads the file again to restore the full training state
-    # From here on the run writes into its folder: one run at a time.
-    lock = RunLock(Path(cfg.paths.output_dir), continuing=bool(cfg.ckpt_path))
     with lock if takes_the_lock() else nullcontext():
+        start_writing(folder, record or {})
         return fit(
             cfg,
             overrides,
@@ -435,7 +438,9 @@ def check_not_a_multiprocess_sweep(mode: RunMode, trainer: DictConfig) -> None:
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
     check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
-    train(cfg, list(HydraConfig.get().overrides.task))
+    # Hydra's record of the launch, written by global rank 0 alone once it holds the run folder.
+    record = launch_record(cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
+    train(cfg, list(HydraConfig.get().overrides.task), record)
 
 
 def main() -> None:

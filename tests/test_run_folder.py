@@ -1,5 +1,6 @@
 """A run folder belongs to one run: fresh folders never collide, a live run's folder is refused
-to a second run, and checkpoint temp files are removed only once their writer is gone."""
+to a second run (which writes nothing there), and checkpoint temp files are removed only once
+their writer is gone."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import socket
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.training import run_folder
 from src.training.checkpoint import AtomicCheckpointIO, read_checkpoint
-from src.training.run_folder import LOCK_NAME, RunLock, claim_fresh_folder
+from src.training.run_folder import LOCK_NAME, HeldLogFile, RunLock, claim_fresh_folder, start_writing
 from tests.helpers import run_cli
 from tests.training import fast_overrides, run_training, write_text
 
@@ -74,17 +77,103 @@ def test_two_launches_at_once_train_into_two_folders(tmp_path, text):
         assert not (folder / LOCK_NAME).exists()  # released at exit
 
 
-def test_a_second_run_on_a_live_runs_folder_is_refused_in_one_line(tmp_path, text):
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def as_a_live_run_left_it(folder: Path) -> dict[str, bytes]:
+    """The folder with what a live run has written besides its lock (Hydra's record of its
+    launch, its log), byte for byte."""
+    (folder / ".hydra").mkdir()
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (folder / ".hydra" / name).write_text(f"# the live run's {name}\n")
+    (folder / "train.log").write_text("[the live run's log]\n")
+    return files_in(folder)
+
+
+def test_a_second_run_on_a_live_runs_folder_is_refused_in_one_line_and_writes_nothing_there(tmp_path, text):
     folder = tmp_path / "busy"
     with RunLock(folder, continuing=False):
-        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}"))
+        before = as_a_live_run_left_it(folder)
+        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}", "optim.lr=1e-2"))
+        after = files_in(folder)
     assert result.returncode == 2, result.stderr[-3000:]
     host = socket.gethostname()
     assert result.stderr.splitlines()[-1] == (
         f"error: {folder} is in use by a live run (pid {os.getpid()} on {host}); "
         "pick another run_name or hydra.run.dir"
     )
-    assert not (folder / "checkpoints").exists()
+    assert after == before
+
+
+def test_a_plan_for_a_live_runs_folder_is_printed_and_writes_nothing_there(tmp_path, text):
+    folder = tmp_path / "busy"
+    with RunLock(folder, continuing=False):
+        before = as_a_live_run_left_it(folder)
+        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}", "plan=true"))
+        after = files_in(folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tokens per step" in result.stderr
+    assert after == before
+
+
+def test_a_continuation_refused_while_its_run_goes_on_writes_nothing_there(tmp_path, text):
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=1", "val_at_start=false")
+    run_training(overrides)
+    folder = tmp_path / "run"
+    with RunLock(folder, continuing=False):
+        before = as_a_live_run_left_it(folder)
+        last = folder / "checkpoints" / "last.ckpt"
+        result = run_cli("src.train", *overrides, "trainer.max_steps=2", f"ckpt_path={last}")
+        after = files_in(folder)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1].endswith("continue once it has ended")
+    assert after == before  # no .hydra/continued_<time>/ either
+
+
+@pytest.mark.slow
+def test_a_run_and_its_continuation_write_hydras_record_of_their_launch(tmp_path, text):
+    """Written once the run holds its folder, as Hydra would have written it before."""
+    run = tmp_path / "run"
+    args = cli_args(tmp_path, text, "trainer.max_steps=1", "val_at_start=false")
+    assert run_cli("src.train", *args, f"hydra.run.dir={run}").returncode == 0
+    first = files_in(run / ".hydra")
+    assert sorted(first) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert OmegaConf.load(run / ".hydra" / "overrides.yaml") == args
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.max_steps == 1
+    assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.runtime.output_dir == str(run)
+    assert (run / "train.log").is_file()
+
+    again = [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=2"]
+    assert run_cli("src.train", *again).returncode == 0
+    (continued,) = (run / ".hydra").glob("continued_*")
+    assert sorted(files_in(continued)) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert OmegaConf.load(continued / "overrides.yaml") == again
+    assert OmegaConf.load(continued / "config.yaml").trainer.max_steps == 2
+    assert {k: v for k, v in files_in(run / ".hydra").items() if "/" not in k} == first
+
+
+def test_a_runs_log_is_held_until_the_run_holds_its_folder(tmp_path):
+    handler = HeldLogFile(str(tmp_path / "train.log"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logging.getLogger("tests.held").warning("before the lock")
+        assert not (tmp_path / "train.log").exists()
+        start_writing(tmp_path, {".hydra/config.yaml": "seed: 1\n"})
+        logging.getLogger("tests.held").warning("after it")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+    assert (tmp_path / "train.log").read_text() == "before the lock\nafter it\n"
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == "seed: 1\n"
+
+
+def test_a_refused_runs_held_log_is_dropped(tmp_path):
+    handler = HeldLogFile(str(tmp_path / "train.log"))
+    handler.handle(logging.makeLogRecord({"msg": "refused"}))
+    handler.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_continuing_a_run_that_is_still_going_is_refused(tmp_path, text):

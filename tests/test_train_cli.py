@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.helpers import run_cli
 from tests.training import logged
@@ -62,6 +63,7 @@ def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
         lr = logged(sweep / job, "lr")
         assert sorted(lr) == [0, 1, 2]
         lrs[job] = lr[2]
+        assert OmegaConf.load(sweep / job / ".hydra" / "config.yaml").optim.lr == pytest.approx(lr[2])
     assert lrs == pytest.approx({"0": 1e-3, "1": 3e-3})
 
 

@@ -3,13 +3,15 @@
 A fresh run claims a folder no other run has (two launches in the same second, a job
 array on a shared file system), and every run holds the folder's lock while it writes,
 so a second live run on it (the same `hydra.run.dir`, or continuing a run still going)
-stops with one line instead of interleaving checkpoints, metrics and samples.
+stops with one line instead of interleaving checkpoints, metrics and samples. A launch writes
+nothing there before it holds the lock: not even Hydra's record of it (`.hydra/`) or its log.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import socket
 from datetime import datetime
@@ -17,6 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
 
@@ -95,6 +98,11 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
+        if not self.try_acquire():
+            raise UserError(self.refusal())
+
+    def try_acquire(self) -> bool:
+        """Take the lock, or return False while a live run holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -102,13 +110,13 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UserError(self.refusal()) from None
+                return False
             except OSError as err:
                 os.close(fd)
                 if err.errno not in NO_LOCKING:
                     raise
                 rank_zero_warn(f"{self.path.parent}: no file locks here; a second run on it goes undetected")
-                return
+                return True
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break
             os.close(fd)  # a releasing owner removed the file between our open and flock: retry
@@ -119,6 +127,7 @@ class RunLock:
             rank_zero_info(f"taking over {self.path}: its run (pid {previous[0]} on {previous[1]}) has ended")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        return True
 
     def refusal(self) -> str:
         owner = read_owner(self.path)
@@ -134,6 +143,61 @@ class RunLock:
         HELD.discard(self.fd)
         os.close(self.fd)
         self.fd = None
+
+
+class HeldLogFile(logging.FileHandler):
+    """Hydra's `<run>/<job>.log` (conf/hydra/default.yaml), opened by `start_writing` once the run
+    holds its folder; records wait in memory until then, and a launch refused the folder of a
+    live run drops them (the console has shown them) instead of adding them to that run's log."""
+
+    def __init__(
+        self, filename: str, mode: str = "a", encoding: str | None = None, errors: str | None = None
+    ):
+        super().__init__(filename, mode, encoding, delay=True, errors=errors)
+        self.held: list[logging.LogRecord] | None = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is None:
+            super().emit(record)
+        else:
+            self.held.append(record)
+
+    def start(self) -> None:
+        with self.lock:
+            if self.stream is None:
+                self.stream = self._open()
+            held, self.held = self.held or [], None
+            for record in held:
+                super().emit(record)
+
+
+def hydra_subdir(ckpt_path: str | None) -> str:
+    return f".hydra/continued_{datetime.now():%Y-%m-%d_%H-%M-%S}" if ckpt_path else ".hydra"
+
+
+def launch_record(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
+    """The files Hydra would write into the run folder before the task starts (config.yaml,
+    hydra.yaml, overrides.yaml), taken now and written by `start_writing` once the run holds its
+    folder (conf/hydra/default.yaml). A continuation keeps the original .hydra/ and adds its own.
+    `hydra_cfg` is `HydraConfig.instance().cfg` (the `hydra:` node Hydra saves)."""
+    subdir = hydra_subdir(cfg.ckpt_path)
+    return {
+        f"{subdir}/config.yaml": OmegaConf.to_yaml(cfg),
+        f"{subdir}/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        f"{subdir}/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
+
+
+def start_writing(folder: Path, record: dict[str, str]) -> None:
+    """What a launch holds back until the run owns `folder`: `record` (relative path -> text:
+    Hydra's `.hydra/*.yaml`, taken at the start) and the log file."""
+    for name, text in record.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, HeldLogFile):
+            handler.start()
 
 
 def takes_the_lock() -> bool:
