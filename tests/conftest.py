@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,12 @@ if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
 import torch  # noqa: E402  (after the thread count is set)
+
+# A shell starts a background job (`make test &`, nohup) with Ctrl-C ignored, and every process
+# it starts inherits that: the tests that send SIGINT would see it ignored. A handler is reset to
+# the default in the commands the tests start, where an ignored signal would stay ignored.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = Path(
