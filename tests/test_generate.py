@@ -206,30 +206,38 @@ def test_unreadable_prompt_file_and_config_json_are_one_line_naming_the_file(tin
         assert captured.err.count("\n") == 1 and message in captured.err, captured.err
 
 
-def start_cli(ckpt: str, stdout: int) -> subprocess.Popen:
-    """A generation that runs for minutes (many samples), its stderr read as it comes."""
-    args = [f"ckpt_path={ckpt}", "prompt=Hi", "max_new_tokens=50", "num_samples=100000"]
-    return subprocess.Popen(
-        [sys.executable, "-m", "src.generate", *args],
-        cwd=REPO_ROOT,
-        stdout=stdout,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.fixture
+def start_cli(tiny):
+    """Starts a generation that runs for minutes (many samples), its stderr read as it comes;
+    killed when the test ends, so a test that fails never leaves it running."""
+    started: list[subprocess.Popen] = []
+
+    def start(stdout: int) -> subprocess.Popen:
+        args = [f"ckpt_path={tiny[1]}", "prompt=Hi", "max_new_tokens=50", "num_samples=100000"]
+        command = [sys.executable, "-m", "src.generate", *args]
+        started.append(
+            subprocess.Popen(command, cwd=REPO_ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        )
+        return started[-1]
+
+    yield start
+    for process in started:
+        process.kill()
+        process.communicate()
 
 
 @pytest.mark.slow
-def test_a_closed_stdout_exits_141_quietly(tiny):
+def test_a_closed_stdout_exits_141_quietly(start_cli):
     """As `| head -c3` does once it has its bytes: the reader is gone before the first write."""
-    process = start_cli(tiny[1], subprocess.PIPE)
+    process = start_cli(subprocess.PIPE)
     process.stdout.close()
     _, err = process.communicate(timeout=300)
     assert process.returncode == 141 and "Traceback" not in err and "Exception ignored" not in err, err
 
 
 @pytest.mark.slow
-def test_ctrl_c_during_generation_exits_130_quietly(tiny):
-    process = start_cli(tiny[1], subprocess.DEVNULL)
+def test_ctrl_c_during_generation_exits_130_quietly(start_cli):
+    process = start_cli(subprocess.DEVNULL)
     assert process.stderr.readline().startswith("loaded "), "generation did not start"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=300)
