@@ -6,15 +6,17 @@ AVX-512 and AMX. So under `kernels_policy=measure` (the default) each candidate 
 against the op it replaces on the model's own shapes (src/kernels/probes.py) and kept
 only if it is at least `MARGIN` faster; the timings are cached per CPU model and PyTorch
 version (src/kernels/timing_cache.py), so only a machine's first run pays for them.
-On a busy machine one timing can read either way, so each kernel is timed in two series
-and a decision is cached only when both fall on the same side of the threshold; when they
-disagree, `rule_keeps` decides and the next run measures again (two noisy series can still
-agree). `always` keeps every candidate. Where a probe cannot run, `rule_keeps` decides
+On a busy machine one timing can read either way, so each kernel is timed in two series,
+and in a third when those disagree: the decision is that of two series that agree (two
+noisy series can still agree). It is cached whatever it is, so that a run and its
+continuation on one machine use the same kernels and continue bit for bit. `always`
+keeps every candidate. Where a probe cannot run, `rule_keeps` decides
 from the CPU's vendor and family alone.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +90,22 @@ def faster_by_margin(ratio: float) -> bool:
     return ratio <= 1 - MARGIN
 
 
+def agreed_timings(
+    series: list[tuple[float, float]], another: Callable[[], tuple[float, float]]
+) -> tuple[float, float]:
+    """The (kernel s, PyTorch s) of the timing series that agree on keeping the kernel, as
+    the best time of each side. Two series that disagree get a third (`another()`), and
+    the two that agree decide: a decision rests on two series, not on one noisy moment.
+    (The best times of series that agree land on their side of the threshold too.)"""
+    keeps = [faster_by_margin(kernel_s / pytorch_s) for kernel_s, pytorch_s in series]
+    if keeps[0] != keeps[1]:
+        series = [*series, another()]
+        keeps.append(faster_by_margin(series[2][0] / series[2][1]))
+    majority = keeps.count(True) >= 2
+    agreeing = [timing for timing, keep in zip(series, keeps, strict=True) if keep == majority]
+    return min(kernel_s for kernel_s, _ in agreeing), min(pytorch_s for _, pytorch_s in agreeing)
+
+
 def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> bool:
     """The kernels kept without measuring: only where each was measured to win
     (benchmarks/README.md). AMD Zen 4 (family 25 with AVX-512) and Zen 5 (family 26 and up)
@@ -114,8 +132,8 @@ def choose_kernels(
 ) -> list[Decision]:
     """A decision for each candidate kernel, in order. Off the CPU none is kept (each would
     run PyTorch's op anyway). `cache`: None reads and writes the default folder. `timer` is
-    called twice per uncached kernel; two series that disagree are decided by the rule, and
-    not cached, so that one noisy moment is not kept for good."""
+    called two or three times per uncached kernel (`agreed_timings`); every decision is
+    cached, so the runs of one machine (a run and its continuation) keep the same kernels."""
     check_policy(policy)
     if policy == "always":
         return [Decision(name, True, reason="kernels_policy=always") for name in candidates]
@@ -134,17 +152,11 @@ def choose_kernels(
                     if isinstance(pair, str):
                         decisions.append(Decision(name, False, reason=pair))
                         continue
-                    series = (timer(pair), timer(pair))
+                    timings = agreed_timings([timer(pair), timer(pair)], functools.partial(timer, pair))
             except RuntimeError as err:  # e.g. out of memory: decide as the rule does
                 keep = rule_keeps(name)
                 decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))
                 continue
-            first, second = (kernel_s / pytorch_s for kernel_s, pytorch_s in series)
-            if faster_by_margin(first) != faster_by_margin(second):
-                reason = f"timings disagreed, {first:.2f}x then {second:.2f}x: by rule, not cached"
-                decisions.append(Decision(name, rule_keeps(name), reason=reason))
-                continue
-            timings = (min(kernel_s for kernel_s, _ in series), min(pytorch_s for _, pytorch_s in series))
             cache.put(name, workload.key(), timings)
         ratio = timings[0] / timings[1]
         decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached))
