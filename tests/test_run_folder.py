@@ -91,44 +91,48 @@ def as_a_live_run_left_it(folder: Path) -> dict[str, bytes]:
     return files_in(folder)
 
 
-def test_a_second_run_on_a_live_runs_folder_is_refused_in_one_line_and_writes_nothing_there(tmp_path, text):
-    folder = tmp_path / "busy"
+def launch_beside_a_live_run(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess, bool]:
+    """`python -m src.train *args` while a live run holds `folder`; and whether the folder's
+    files stayed byte for byte as that run left them."""
     with RunLock(folder, continuing=False):
         before = as_a_live_run_left_it(folder)
-        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}", "optim.lr=1e-2"))
-        after = files_in(folder)
+        result = run_cli("src.train", *args)
+        return result, files_in(folder) == before
+
+
+def test_a_second_run_on_a_live_runs_folder_is_refused_in_one_line_and_writes_nothing_there(tmp_path, text):
+    folder = tmp_path / "busy"
+    args = cli_args(tmp_path, text, f"hydra.run.dir={folder}", "optim.lr=1e-2")
+    result, untouched = launch_beside_a_live_run(folder, *args)
     assert result.returncode == 2, result.stderr[-3000:]
     host = socket.gethostname()
     assert result.stderr.splitlines()[-1] == (
         f"error: {folder} is in use by a live run (pid {os.getpid()} on {host}); "
         "pick another run_name or hydra.run.dir"
     )
-    assert after == before
+    assert untouched
 
 
 def test_a_plan_for_a_live_runs_folder_is_printed_and_writes_nothing_there(tmp_path, text):
     folder = tmp_path / "busy"
-    with RunLock(folder, continuing=False):
-        before = as_a_live_run_left_it(folder)
-        result = run_cli("src.train", *cli_args(tmp_path, text, f"hydra.run.dir={folder}", "plan=true"))
-        after = files_in(folder)
+    result, untouched = launch_beside_a_live_run(
+        folder, *cli_args(tmp_path, text, f"hydra.run.dir={folder}", "plan=true")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "tokens per step" in result.stderr
-    assert after == before
+    assert "tokens per step" in result.stderr and untouched
 
 
 def test_a_continuation_refused_while_its_run_goes_on_writes_nothing_there(tmp_path, text):
     overrides = fast_overrides(tmp_path, text, "trainer.max_steps=1", "val_at_start=false")
     run_training(overrides)
     folder = tmp_path / "run"
-    with RunLock(folder, continuing=False):
-        before = as_a_live_run_left_it(folder)
-        last = folder / "checkpoints" / "last.ckpt"
-        result = run_cli("src.train", *overrides, "trainer.max_steps=2", f"ckpt_path={last}")
-        after = files_in(folder)
+    last = folder / "checkpoints" / "last.ckpt"
+    result, untouched = launch_beside_a_live_run(
+        folder, *overrides, "trainer.max_steps=2", f"ckpt_path={last}"
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     assert result.stderr.splitlines()[-1].endswith("continue once it has ended")
-    assert after == before  # no .hydra/continued_<time>/ either
+    assert untouched  # no .hydra/continued_<time>/ either
 
 
 @pytest.mark.slow
