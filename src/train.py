@@ -183,6 +183,7 @@ def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
 def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None = None) -> dict[str, float]:
     """Build everything from `cfg` and fit; returns the final logged metrics. `record` (Hydra's
     `.hydra/` files, `launch_record`) is written into the run folder once the run holds it."""
+    record = record or {}
     checkpoint = None
     if cfg.ckpt_path and cfg.init_from:
         raise UserError(
@@ -242,7 +243,7 @@ def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None =
         if takes_the_lock():
             try:
                 if lock.try_acquire():  # a live run's folder is left as it is: the plan is only printed
-                    start_writing(folder, record or {})
+                    start_writing(folder, record)
                 preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
             finally:
                 lock.release()
@@ -251,7 +252,7 @@ def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None =
     continue_at = None if checkpoint is None else start_step
     del checkpoint  # Lightning reads the file again to restore the full training state
     with lock if takes_the_lock() else nullcontext():
-        start_writing(folder, record or {})
+        start_writing(folder, record)
         return fit(
             cfg,
             overrides,

@@ -16,6 +16,11 @@ import torch
 from src.kernels.linear import LinearReplacement
 
 
+def packing_available() -> bool:
+    """Whether this PyTorch build and CPU run oneDNN's bf16 matmuls, which the packed weight needs."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def uses_packed(x: torch.Tensor, w: torch.Tensor) -> bool:
     """Whether `PackedLinear` runs x @ w.T on its packed weight: bf16 CPU inference, eager."""
     return (
@@ -24,8 +29,7 @@ def uses_packed(x: torch.Tensor, w: torch.Tensor) -> bool:
         and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         and not w.is_inference()  # no version counter: an in-place write could not be seen
         and not torch.compiler.is_compiling()
-        and torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        and packing_available()
     )
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear
-from src.kernels.packed_linear import PackedLinear
+from src.kernels.packed_linear import PackedLinear, packing_available
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
@@ -145,7 +145,7 @@ def _packed_linear(w: Workload) -> Probe | str:
         return "acts in inference only"
     if w.dtype != torch.bfloat16:
         return "acts on bf16 only"
-    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    if not packing_available():
         return "no oneDNN bf16 on this CPU or PyTorch build"
     return _linears(w, PackedLinear.from_linear)
 

@@ -9,9 +9,9 @@ version (src/kernels/timing_cache.py), so only a machine's first run pays for th
 On a busy machine one timing can read either way, so each kernel is timed in two series,
 and in a third when those disagree: the decision is that of two series that agree (two
 noisy series can still agree). It is cached whatever it is, so that a run and its
-continuation on one machine use the same kernels and continue bit for bit. `always`
-keeps every candidate. Where a probe cannot run, `rule_keeps` decides
-from the CPU's vendor and family alone.
+continuation on one machine use the same kernels and continue bit for bit. `always` keeps
+every candidate. Where a probe cannot run, `rule_keeps` decides from the CPU's vendor and
+family alone.
 """
 
 from __future__ import annotations
@@ -90,16 +90,15 @@ def faster_by_margin(ratio: float) -> bool:
     return ratio <= 1 - MARGIN
 
 
-def agreed_timings(
-    series: list[tuple[float, float]], another: Callable[[], tuple[float, float]]
-) -> tuple[float, float]:
-    """The (kernel s, PyTorch s) of the timing series that agree on keeping the kernel, as
-    the best time of each side. Two series that disagree get a third (`another()`), and
-    the two that agree decide: a decision rests on two series, not on one noisy moment.
-    (The best times of series that agree land on their side of the threshold too.)"""
+def agreed_timings(measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """(kernel s, PyTorch s) from timing series of `measure` that agree on keeping the kernel,
+    as the best time of each side. Two series that disagree get a third, and the two that
+    agree decide: a decision rests on two series, not on one noisy moment. (The best times
+    of series that agree land on their side of the threshold too.)"""
+    series = [measure(), measure()]
     keeps = [faster_by_margin(kernel_s / pytorch_s) for kernel_s, pytorch_s in series]
     if keeps[0] != keeps[1]:
-        series = [*series, another()]
+        series.append(measure())
         keeps.append(faster_by_margin(series[2][0] / series[2][1]))
     majority = keeps.count(True) >= 2
     agreeing = [timing for timing, keep in zip(series, keeps, strict=True) if keep == majority]
@@ -152,7 +151,7 @@ def choose_kernels(
                     if isinstance(pair, str):
                         decisions.append(Decision(name, False, reason=pair))
                         continue
-                    timings = agreed_timings([timer(pair), timer(pair)], functools.partial(timer, pair))
+                    timings = agreed_timings(functools.partial(timer, pair))
             except RuntimeError as err:  # e.g. out of memory: decide as the rule does
                 keep = rule_keeps(name)
                 decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))

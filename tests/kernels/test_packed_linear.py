@@ -9,13 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.kernels import apply_cpu_kernels
-from src.kernels.packed_linear import PackedLinear
+from src.kernels.packed_linear import PackedLinear, packing_available
 from src.models import SmolLM2, SmolLM2Config, generate
 
-pytestmark = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    reason="needs oneDNN bf16",
-)
+pytestmark = pytest.mark.skipif(not packing_available(), reason="needs oneDNN bf16")
 
 
 def layer(dtype=torch.bfloat16) -> PackedLinear:
