@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,10 +31,22 @@ SHAKESPEARE = Path(
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _kernel_timings_cache(tmp_path_factory) -> None:
-    """Kernel timings of the test runs (and their subprocesses) go to a temporary folder, not
-    the user's cache."""
+def _session_caches(tmp_path_factory) -> None:
+    """Kernel timings and compiled kernels of the test runs (and their subprocesses) go to the
+    session's temporary folder, removed with it, not to the user's caches: Inductor's cache in
+    /tmp grows by its compiled code on every change of the model."""
     os.environ["SMOLLM2_CACHE_DIR"] = str(tmp_path_factory.mktemp("smollm2_cache"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor_cache")))
+
+
+@pytest.fixture(scope="module")
+def module_tmp_path(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder for one test module's shared files, removed when the module ends. Runs and
+    checkpoints of the tiny model take tens of MB each; kept to the session's end they added up
+    to gigabytes, more than a CI machine's disk had free."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -31,8 +31,8 @@ def test_busy_port_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory) -> TextGenerator:
-    path = tmp_path_factory.mktemp("app") / "tiny.ckpt"
+def generator(module_tmp_path) -> TextGenerator:
+    path = module_tmp_path / "tiny.ckpt"
     tiny_checkpoint(path)
     return TextGenerator.load(ModelSource(ckpt_path=str(path)))
 

@@ -59,9 +59,9 @@ def wait_until_serving(process: subprocess.Popen, port: int, log: Path, timeout:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(module_tmp_path) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("app") / "tiny.ckpt"
+    path = module_tmp_path / "tiny.ckpt"
     write_checkpoint(SmolLM2(SmolLM2Config.from_preset("tiny")).eval(), path)
     return path
 

@@ -18,9 +18,9 @@ from tests.training import fast_overrides, run_training, stream_overrides, write
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp_path):
     """A 2-step run whose last.ckpt the checkpoint cases start from."""
-    tmp = tmp_path_factory.mktemp("trained")
+    tmp = module_tmp_path
     text = write_text(tmp / "input.txt")
     run_training(fast_overrides(tmp, text, "trainer.max_steps=2", "schedule.warmup_steps=1"))
     return tmp, text, tmp / "run" / "checkpoints" / "last.ckpt"

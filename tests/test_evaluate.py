@@ -16,8 +16,8 @@ from tests.training import write_text
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evaluate")
+def files(module_tmp_path):
+    tmp = module_tmp_path
     model = tiny_checkpoint(tmp / "tiny.ckpt")
     return (
         model,

@@ -20,8 +20,8 @@ FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenize
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[SmolLM2, Path]:
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+def checkpoint(module_tmp_path) -> tuple[SmolLM2, Path]:
+    path = module_tmp_path / "model.ckpt"
     return tiny_checkpoint(path), path
 
 

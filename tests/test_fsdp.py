@@ -45,8 +45,8 @@ def train_cli(*overrides: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> SimpleNamespace:
-    tmp = tmp_path_factory.mktemp("fsdp")
+def runs(module_tmp_path) -> SimpleNamespace:
+    tmp = module_tmp_path
     text = write_text(tmp / "input.txt")
     one, split, straight, shrunk, bf16 = (tmp / name for name in NAMES)
     run_training(fast_overrides(one, text, "trainer.max_steps=4", "data.batch_size=8", *COMMON))

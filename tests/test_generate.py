@@ -20,8 +20,8 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[SmolLM2, str]:
-    path = tmp_path_factory.mktemp("generate") / "tiny.ckpt"
+def tiny(module_tmp_path) -> tuple[SmolLM2, str]:
+    path = module_tmp_path / "tiny.ckpt"
     return tiny_checkpoint(path), str(path)
 
 

@@ -31,9 +31,9 @@ def validation_loss(model: SmolLM2, overrides: list[str]) -> float:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
+def exported(module_tmp_path) -> Path:
     """A tiny model trained 3 steps at a high LR (far from any fresh init), exported as a HF folder."""
-    tmp = tmp_path_factory.mktemp("pretrained")
+    tmp = module_tmp_path
     text = write_text(tmp / "text.txt")
     run_training(fast_overrides(tmp, text, "trainer.max_steps=3", "optim.lr=1e-2", "val_at_start=false"))
     export_checkpoint(tmp / "run" / "checkpoints" / "last.ckpt", tmp / "hf")

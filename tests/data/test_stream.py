@@ -22,8 +22,8 @@ SEQ_LEN, BATCH = 32, 2
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cosmopedia")
+def shards(module_tmp_path):
+    folder = module_tmp_path
     return folder, write_shards(folder)
 
 

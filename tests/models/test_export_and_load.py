@@ -14,9 +14,9 @@ from tests.helpers import run_cli, write_checkpoint
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(module_tmp_path):
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("export")
+    folder = module_tmp_path
     model = SmolLM2(SmolLM2Config.from_preset("tiny")).eval()
     write_checkpoint(model, folder / "model.ckpt")
     result = run_cli("src.export", f"ckpt_path={folder / 'model.ckpt'}", f"out_dir={folder / 'hf'}")
