@@ -16,6 +16,9 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
 
+# Inductor sets this variable to its default folder the first time it looks: read it before.
+USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
 import torch  # noqa: E402  (after the thread count is set)
 
 # A shell starts a background job (`make test &`, nohup) with Ctrl-C ignored, and every process
@@ -36,7 +39,9 @@ def _session_caches(tmp_path_factory) -> None:
     session's temporary folder, removed with it, not to the user's caches: Inductor's cache in
     /tmp grows by its compiled code on every change of the model."""
     os.environ["SMOLLM2_CACHE_DIR"] = str(tmp_path_factory.mktemp("smollm2_cache"))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor_cache")))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = USER_INDUCTOR_CACHE or str(
+        tmp_path_factory.mktemp("inductor_cache")
+    )
 
 
 @pytest.fixture(scope="module")
