@@ -48,7 +48,7 @@ from src.errors import (
 )
 from src.files import atomic_write
 from src.kernels.probes import Workload
-from src.kernels.selection import choose_kernels, kept, summary
+from src.kernels.selection import KernelRecord, choose_kernels, kept, summary
 from src.models.config import SmolLM2Config
 from src.serving.inference import read_pretrained
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
@@ -76,15 +76,18 @@ def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
     return os.path.join(runs, run_name) if run_name else claim_fresh_folder(runs)
 
 
-def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config) -> list[str]:
+def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config, continued: KernelRecord | None) -> KernelRecord:
     """The candidate `kernels` this run keeps (`kernels_policy`; src/kernels/selection.py),
-    printed in one line. Each rank decides alone; the first writes the timings the others read."""
+    printed in one line: a continuation's on this machine are those its checkpoint kept
+    (`continued`). Each rank decides alone; the first writes the timings the others read."""
     dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
     workload = Workload(model_config, cfg.data.batch_size, cfg.data.seq_len, dtype, training=True)
     on_cpu = not uses_cuda(cfg.trainer.accelerator)
-    decisions = choose_kernels(list(cfg.kernels), workload, cfg.kernels_policy, on_cpu=on_cpu)
+    decisions = choose_kernels(
+        list(cfg.kernels), workload, cfg.kernels_policy, on_cpu=on_cpu, continued=continued
+    )
     rank_zero_info(summary(decisions, workload))
-    return kept(decisions)
+    return KernelRecord.of(kept(decisions), workload)
 
 
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
@@ -250,6 +253,7 @@ def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None =
         return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     continue_at = None if checkpoint is None else start_step
+    saved_kernels = (checkpoint or {}).get(ckpt.CPU_KERNELS)  # absent in checkpoints before it was stored
     del checkpoint  # Lightning reads the file again to restore the full training state
     with lock if takes_the_lock() else nullcontext():
         start_writing(folder, record)
@@ -264,6 +268,7 @@ def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None =
             continue_at=continue_at,
             tokens_per_step=global_batch.tokens,
             initial=initial,
+            continued_kernels=KernelRecord.from_dict(saved_kernels) if saved_kernels else None,
         )
 
 
@@ -302,10 +307,11 @@ def fit(
     continue_at: int | None = None,
     tokens_per_step: int,
     initial: dict[str, torch.Tensor] | None = None,
+    continued_kernels: KernelRecord | None = None,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train (from the checkpoint's
-    step `continue_at`, when continuing; from `initial` weights when given: same keys, so a
-    tied head stays the embedding).
+    step `continue_at`, when continuing, with the CPU kernels it kept, `continued_kernels`;
+    from `initial` weights when given: same keys, so a tied head stays the embedding).
 
     From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
     included (README: Reliability); a stop outside a trainer call is reported here.
@@ -326,7 +332,7 @@ def fit(
                 tokenizer=cfg.data.tokenizer,
                 compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
-                kernels=cpu_kernels(cfg, model_config),
+                kernels=cpu_kernels(cfg, model_config, continued_kernels),
                 wandb_run_id=run_id,
                 # What a continuation replays: not where this run came from, the checkpoint holds the weights.
                 cli_overrides=[o for o in overrides if override_key(o) not in ("ckpt_path", "init_from")],

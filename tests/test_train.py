@@ -120,6 +120,38 @@ def test_continuation_is_exact(tmp_path, text, accumulation):
     assert names == ["step_0000005.ckpt", "step_0000010.ckpt", "step_0000015.ckpt", "step_0000020.ckpt"]
 
 
+def test_a_continuation_keeps_its_checkpoints_kernels_when_the_timing_cache_says_otherwise(
+    tmp_path, text, monkeypatch
+):
+    """Between a run and its continuation the timing cache was deleted and measured again, and
+    now drops what the run kept: the continuation keeps the checkpoint's kernels, bit for bit."""
+    from src.kernels.probes import Workload
+    from src.kernels.timing_cache import TimingCache
+    from src.models import SmolLM2Config
+
+    monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path / "cache"))
+    workload = Workload(SmolLM2Config.from_preset("tiny"), 4, 32, torch.float32, training=True).key()
+
+    def cache_keeps(*names: str) -> None:
+        cache = TimingCache()
+        for name in ("causal_attention", "rms_norm", "onednn_linear"):
+            cache.put(name, workload, (0.5, 1.0) if name in names else (2.0, 1.0))
+
+    cache_keeps("causal_attention", "rms_norm")
+    common = ("schedule.total_steps=6",)
+    run_training(fast_overrides(tmp_path / "a", text, "trainer.max_steps=6", *common))
+    run_training(fast_overrides(tmp_path / "b", text, "trainer.max_steps=3", *common))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["cpu_kernels"]["kept"] == ["causal_attention", "rms_norm"]
+
+    cache_keeps("onednn_linear")
+    run_training(fast_overrides(tmp_path / "b", text, "trainer.max_steps=6", f"ckpt_path={last}", *common))
+    assert read_checkpoint(last)["cpu_kernels"]["kept"] == ["causal_attention", "rms_norm"]
+    a, b = weights(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"), weights(last)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     """Extending max_steps on resume keeps the schedule's horizon: no LR jump at the boundary."""
     extra = ("schedule.kind=cosine",)

@@ -9,9 +9,10 @@ version (src/kernels/timing_cache.py), so only a machine's first run pays for th
 On a busy machine one timing can read either way, so each kernel is timed in two series,
 and in a third when those disagree: the decision is that of two series that agree (two
 noisy series can still agree). It is cached whatever it is, so that a run and its
-continuation on one machine use the same kernels and continue bit for bit. `always` keeps
-every candidate. Where a probe cannot run, `rule_keeps` decides from the CPU's vendor and
-family alone.
+continuation on one machine use the same kernels and continue bit for bit. A checkpoint
+records the kernels its run kept too (`KernelRecord`): a continuation on the same machine and
+shapes keeps those, whatever the cache holds by then. `always` keeps every candidate. Where
+a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from src.errors import UserError
 from src.kernels.probes import Probe, Workload, probe
-from src.kernels.timing_cache import TimingCache, first_cpu_fields
+from src.kernels.timing_cache import TimingCache, first_cpu_fields, this_machine
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
@@ -49,6 +51,27 @@ class Decision:
         if self.ratio is not None:
             return f"{self.kernel} {self.ratio:.2f}x" + (" (cached)" if self.cached else "")
         return f"{self.kernel} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """The kernels a run kept, on which machine (CPU model and PyTorch version) and for which
+    workload (`Workload.key()`): stored in its checkpoints, so that its continuation keeps them."""
+
+    kept: tuple[str, ...]
+    machine: str
+    workload: str
+
+    @classmethod
+    def of(cls, kept: Sequence[str], workload: Workload) -> KernelRecord:
+        return cls(tuple(kept), this_machine(), workload.key())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": list(self.kept), "machine": self.machine, "workload": self.workload}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> KernelRecord:
+        return cls(tuple(saved["kept"]), saved["machine"], saved["workload"])
 
 
 def check_policy(policy: str) -> None:
@@ -128,16 +151,23 @@ def choose_kernels(
     cache: TimingCache | None = None,
     timer: Callable[[Probe], tuple[float, float]] = time_pair,
     on_cpu: bool = True,
+    continued: KernelRecord | None = None,
 ) -> list[Decision]:
     """A decision for each candidate kernel, in order. Off the CPU none is kept (each would
     run PyTorch's op anyway). `cache`: None reads and writes the default folder. `timer` is
     called two or three times per uncached kernel (`agreed_timings`); every decision is
-    cached, so the runs of one machine (a run and its continuation) keep the same kernels."""
+    cached, so the runs of one machine (a run and its continuation) keep the same kernels.
+    `continued`: what the checkpoint a run continues kept; on the same machine and workload
+    those are kept again without a look at the cache (it may have been deleted meanwhile):
+    a kernel rounds differently from PyTorch's op, so a continuation that swapped one would
+    not continue bit for bit."""
     check_policy(policy)
     if policy == "always":
         return [Decision(name, True, reason="kernels_policy=always") for name in candidates]
     if not on_cpu:
         return [Decision(name, False, reason="not a CPU run") for name in candidates]
+    if continued is not None and (continued.machine, continued.workload) == (this_machine(), workload.key()):
+        return [Decision(name, name in continued.kept, reason="as the continued run") for name in candidates]
     if cache is None and candidates:
         cache = TimingCache()
     decisions = []

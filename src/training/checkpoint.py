@@ -45,6 +45,7 @@ LR_SCHEDULE = "lr_schedule"  # LRSchedule as a dict, horizon included
 OVERRIDES = "cli_overrides"  # the run's command-line overrides, replayed by a continuation
 SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
 SPIKE = "spike"  # the loss-spike guard: rollbacks, rewound steps, its running statistic
+CPU_KERNELS = "cpu_kernels"  # the kernels the run kept, for which machine and shapes (KernelRecord)
 # The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
 MODEL_PREFIX = "model."
 

@@ -14,6 +14,7 @@ from torch.distributed.tensor import DTensor
 
 from src.kernels import apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
+from src.kernels.selection import KernelRecord
 from src.lightning_compat import set_logging_step
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
@@ -33,7 +34,8 @@ class SmolLM2LitModule(L.LightningModule):
     non-finite record stay there until a log step reduces and logs them.
     `nonfinite` ("stop" or "skip") says what a step with NaN/inf gradients does (src/training/nonfinite.py).
     `spike` says what a loss spike does (src/training/spike.py: nothing, warn, or roll back).
-    `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch).
+    `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch),
+    or records them with the machine and shapes they were chosen for, which checkpoints keep.
     """
 
     def __init__(
@@ -44,7 +46,7 @@ class SmolLM2LitModule(L.LightningModule):
         tokenizer: str | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
-        kernels: Sequence[str] = (),
+        kernels: KernelRecord | Sequence[str] = (),
         wandb_run_id: str | None = None,
         cli_overrides: list[str] | None = None,
         nonfinite: str = "stop",
@@ -52,6 +54,8 @@ class SmolLM2LitModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.config = model_config
+        self.kernel_record = kernels if isinstance(kernels, KernelRecord) else None
+        kernels = kernels.kept if isinstance(kernels, KernelRecord) else kernels
         self.model = apply_cpu_kernels(SmolLM2(model_config), kernels)
         if activation_checkpointing:
             apply_activation_checkpointing(self.model)
@@ -208,6 +212,8 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
         if self.spike.active:
             checkpoint[ckpt.SPIKE] = self.spike.state_dict()
+        if self.kernel_record is not None:
+            checkpoint[ckpt.CPU_KERNELS] = self.kernel_record.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Called before the optimizer state is restored; a group's saved flags replace the

@@ -15,7 +15,7 @@ from src.errors import UserError
 from src.kernels import KERNELS, applied_kernels
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.probes import DECODING_WEIGHT_BYTES, Workload, _decoding_layers, _layer_and_head_shapes
-from src.kernels.selection import MARGIN, choose_kernels, kept, rule_keeps, summary, time_pair
+from src.kernels.selection import MARGIN, KernelRecord, choose_kernels, kept, rule_keeps, summary, time_pair
 from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
@@ -166,6 +166,58 @@ def test_timings_of_another_cpu_or_torch_version_are_not_used(tmp_path, machine)
     timer = FakeTimer.steady((2.0, 1.0))
     decisions = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path, machine), timer=timer)
     assert timer.kernels_timed == 1 and kept(decisions) == []
+
+
+def test_a_continuation_on_this_machine_keeps_what_its_checkpoint_kept_whatever_the_cache_says(tmp_path):
+    """The cache says every kernel loses (it may have been re-measured or deleted since the
+    checkpoint): the continued run's record decides, without a timing."""
+    names = list(TRAINING_KERNELS)
+    choose_kernels(
+        names, FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer.steady(*[(2.0, 1.0)] * 3)
+    )
+    record = KernelRecord.from_dict(KernelRecord.of(["rms_norm", "onednn_linear"], FP32_TRAINING).to_dict())
+    timer = FakeTimer()
+    decisions = choose_kernels(
+        names, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, continued=record
+    )
+    assert timer.calls == 0 and kept(decisions) == ["rms_norm", "onednn_linear"]
+    assert "as the continued run" in summary(decisions, FP32_TRAINING)
+    # A candidate the continuation drops (kernels=[...] given again) stays dropped.
+    assert kept(choose_kernels(["rms_norm"], FP32_TRAINING, timer=timer, continued=record)) == ["rms_norm"]
+    assert kept(choose_kernels(["causal_attention"], FP32_TRAINING, timer=timer, continued=record)) == []
+
+
+@pytest.mark.parametrize("changed", ["machine", "workload"])
+def test_a_checkpoints_kernels_from_another_machine_or_workload_are_measured_again(tmp_path, changed):
+    """Kernels that won on another CPU (or other shapes) may lose here; bit-exactness across CPUs
+    is not on offer anyway, their matmuls round differently."""
+    record = KernelRecord.of(["rms_norm"], FP32_TRAINING)
+    if changed == "machine":
+        record = KernelRecord(record.kept, "another CPU | torch 2.13.0+cpu", record.workload)
+    else:
+        record = KernelRecord.of(["rms_norm"], Workload(TINY, 8, 32, torch.float32, training=True))
+    timer = FakeTimer.steady((2.0, 1.0))
+    decisions = choose_kernels(
+        ["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, continued=record
+    )
+    assert timer.kernels_timed == 1 and kept(decisions) == []
+
+
+def test_always_and_off_the_cpu_ignore_the_checkpoints_kernels(tmp_path):
+    record = KernelRecord.of([], FP32_TRAINING)
+    always = choose_kernels(["rms_norm"], FP32_TRAINING, "always", TimingCache(tmp_path), continued=record)
+    assert kept(always) == ["rms_norm"]
+    assert (
+        kept(
+            choose_kernels(
+                ["rms_norm"],
+                FP32_TRAINING,
+                on_cpu=False,
+                continued=KernelRecord.of(["rms_norm"], FP32_TRAINING),
+            )
+        )
+        == []
+    )
 
 
 def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
