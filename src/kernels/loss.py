@@ -52,14 +52,18 @@ def _chunked_loss(
     ignore_index: int,
     onednn: bool,
     grad_x: torch.Tensor | None = None,
-    grad_w: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean loss of x (N, C) @ w.T (V, C) against targets (N,); fills grad_x, grad_w if given.
+    want_grad_w: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean loss of x (N, C) @ w.T (V, C) against targets (N,), and with `want_grad_w` its
+    fp32 gradient for w; fills grad_x if given.
 
-    Matmuls run in x's dtype, softmax and loss in fp32, as under autocast.
+    Matmuls run in x's dtype, softmax and loss in fp32, as under autocast. The first chunk's
+    weight gradient becomes grad_w (in fp32 the matmul's own output: no pass to zero or copy
+    a (V, C) tensor), the others are added to it.
     """
     count = (targets != ignore_index).sum().clamp(min=1)
-    want_grad = grad_x is not None or grad_w is not None
+    want_grad = grad_x is not None or want_grad_w
+    grad_w = None
     loss = torch.zeros((), device=x.device, dtype=torch.float32)
     for start in range(0, x.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
@@ -72,13 +76,15 @@ def _chunked_loss(
         loss -= (_target_log_probs(logits, safe, grad_scale) * valid).sum()
         if grad_x is not None:
             grad_x[rows] = linear(logits, w.t(), onednn)  # grad @ w
-        if grad_w is not None:
+        if want_grad_w:
             chunk_grad_w = weight_grad(logits, xc, onednn)  # grad.T @ xc
-            if start == 0:  # grad_w starts empty: no pass to zero it
-                grad_w.copy_(chunk_grad_w)
+            if grad_w is None:
+                grad_w = chunk_grad_w.to(torch.float32).contiguous()
             else:
                 grad_w += chunk_grad_w
-    return loss / count
+    if want_grad_w and grad_w is None:  # no tokens
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    return loss / count, grad_w
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -88,10 +94,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn):
         x, w = hidden.to(dtype), weight.to(dtype)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, C)
-        grad_w = None
-        if ctx.needs_input_grad[1]:  # written by the first chunk; zeros only if there is none
-            grad_w = (torch.empty_like if len(x) else torch.zeros_like)(weight, dtype=torch.float32)
-        loss = _chunked_loss(x, w, targets, chunk_size, ignore_index, onednn, grad_x, grad_w)
+        loss, grad_w = _chunked_loss(
+            x, w, targets, chunk_size, ignore_index, onednn, grad_x, want_grad_w=ctx.needs_input_grad[1]
+        )
         ctx.save_for_backward(grad_x, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
         return loss
@@ -128,4 +133,4 @@ def lm_cross_entropy(
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
             return _LinearCrossEntropy.apply(x, head_weight, t, chunk_size, ignore_index, dtype, onednn)
-        return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index, onednn)
+        return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index, onednn)[0]

@@ -74,5 +74,9 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
     loss = lm_cross_entropy(hidden, weight, targets, chunk_size=5)
     loss.backward(retain_graph=True)
     first = hidden.grad.clone(), weight.grad.clone()
-    loss.backward()  # the stored gradients were not scaled in place by the first pass
+    loss.backward(retain_graph=True)  # the stored gradients were not scaled in place by the first pass
     torch.testing.assert_close((hidden.grad, weight.grad), (2 * first[0], 2 * first[1]))
+    # A third: backward's gradients are new tensors, never the stored ones, which autograd would
+    # then take as .grad and add the next pass's gradients into (2x would still read right).
+    loss.backward()
+    torch.testing.assert_close((hidden.grad, weight.grad), (3 * first[0], 3 * first[1]))
