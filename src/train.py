@@ -457,6 +457,14 @@ def main() -> None:
     if "experiment=null" in sys.argv[1:]:  # Hydra cannot null a default chosen by interpolation
         print("error: experiment=null cannot drop the recipe; use ~experiment", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    if any(override_key(arg) == "hydra.output_subdir" for arg in sys.argv[1:]):
+        # Hydra would write it before the run folder's lock is checked, into a live run's folder too.
+        print(
+            "error: hydra.output_subdir is fixed: the run writes .hydra/ once it holds its folder; "
+            "drop the override",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_USER_ERROR)
     try:
         hydra_main()
     except (ConfigCompositionException, OverrideParseException) as err:

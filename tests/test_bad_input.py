@@ -118,6 +118,10 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
     for args, message in [
         (["model=nope"], "Could not find 'model/nope'; choose one of smollm2_1.7b, smollm2_135m"),
         (["experiment=null"], "experiment=null cannot drop the recipe; use ~experiment"),
+        (
+            ["hydra.output_subdir=.hydra"],
+            "hydra.output_subdir is fixed: the run writes .hydra/ once it holds",
+        ),
         (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
         ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
         ([f"paths.root_dir={tmp_path}", "trainer.devices=0"], "trainer.devices must be a positive count"),
