@@ -46,6 +46,7 @@ class Decision:
     ratio: float | None = None  # kernel seconds / PyTorch seconds, where timed
     reason: str = ""
     cached: bool = False
+    probe_s: float = 0.0  # seconds spent building and timing its probe at this start
 
     def describe(self) -> str:
         if self.ratio is not None:
@@ -174,6 +175,7 @@ def choose_kernels(
     for name in candidates:
         timings = cache.get(name, workload.key())
         cached = timings is not None
+        started = time.perf_counter()
         if timings is None:
             try:
                 with torch.random.fork_rng(devices=[]):  # a run's seeded weights never depend on the cache
@@ -188,7 +190,8 @@ def choose_kernels(
                 continue
             cache.put(name, workload.key(), timings)
         ratio = timings[0] / timings[1]
-        decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached))
+        probe_s = 0.0 if cached else time.perf_counter() - started
+        decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached, probe_s=probe_s))
     return decisions
 
 
@@ -209,4 +212,6 @@ def summary(decisions: Sequence[Decision], workload: Workload) -> str:
         line += (
             f" (time over PyTorch's op on this model's {dtype} {mode} shapes; kept below {1 - MARGIN:.2f}x)"
         )
+    if measured := [d.probe_s for d in decisions if d.ratio is not None and not d.cached]:
+        line += f"; measured in {sum(measured):.1f} s"
     return line

@@ -276,6 +276,10 @@ def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_
     assert all(d.ratio is not None and d.ratio > 0 for d in decisions if d.kernel in TRAINING_KERNELS)
     line = summary(decisions, FP32_TRAINING)
     assert "\n" not in line and all(name in line for name in KERNELS)
+    spent = sum(d.probe_s for d in decisions)
+    assert spent > 0 and line.endswith(f"; measured in {spent:.1f} s")  # what the start paid
+    again = summary(choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path)), FP32_TRAINING)
+    assert "measured in" not in again and "(cached)" in again  # read back: nothing measured
 
 
 def test_inference_on_cpu_in_bf16_can_keep_only_the_packed_linear_and_logs_why(tmp_path, monkeypatch, caplog):
