@@ -457,8 +457,11 @@ def main() -> None:
     if "experiment=null" in sys.argv[1:]:  # Hydra cannot null a default chosen by interpolation
         print("error: experiment=null cannot drop the recipe; use ~experiment", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    if any(override_key(arg) == "hydra.output_subdir" for arg in sys.argv[1:]):
-        # Hydra would write it before the run folder's lock is checked, into a live run's folder too.
+    if any(
+        override_key(arg) == "hydra.output_subdir" and arg.partition("=")[2] != "null" for arg in sys.argv[1:]
+    ):
+        # Hydra would write it before the run folder's lock is checked, into a live run's folder
+        # too. (Lightning starts the other ranks of a DDP run with `hydra.output_subdir=null`.)
         print(
             "error: hydra.output_subdir is fixed: the run writes .hydra/ once it holds its folder; "
             "drop the override",
