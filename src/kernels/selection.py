@@ -175,7 +175,7 @@ def choose_kernels(
     for name in candidates:
         timings = cache.get(name, workload.key())
         cached = timings is not None
-        started = time.perf_counter()
+        probe_s, started = 0.0, time.perf_counter()
         if timings is None:
             try:
                 with torch.random.fork_rng(devices=[]):  # a run's seeded weights never depend on the cache
@@ -189,8 +189,8 @@ def choose_kernels(
                 decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))
                 continue
             cache.put(name, workload.key(), timings)
+            probe_s = time.perf_counter() - started
         ratio = timings[0] / timings[1]
-        probe_s = 0.0 if cached else time.perf_counter() - started
         decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached, probe_s=probe_s))
     return decisions
 
@@ -212,6 +212,6 @@ def summary(decisions: Sequence[Decision], workload: Workload) -> str:
         line += (
             f" (time over PyTorch's op on this model's {dtype} {mode} shapes; kept below {1 - MARGIN:.2f}x)"
         )
-    if measured := [d.probe_s for d in decisions if d.ratio is not None and not d.cached]:
-        line += f"; measured in {sum(measured):.1f} s"
+    if spent := sum(d.probe_s for d in decisions):  # 0 where every timing came from the cache
+        line += f"; measured in {spent:.1f} s"
     return line

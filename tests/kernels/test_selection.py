@@ -207,17 +207,9 @@ def test_always_and_off_the_cpu_ignore_the_checkpoints_kernels(tmp_path):
     record = KernelRecord.of([], FP32_TRAINING)
     always = choose_kernels(["rms_norm"], FP32_TRAINING, "always", TimingCache(tmp_path), continued=record)
     assert kept(always) == ["rms_norm"]
-    assert (
-        kept(
-            choose_kernels(
-                ["rms_norm"],
-                FP32_TRAINING,
-                on_cpu=False,
-                continued=KernelRecord.of(["rms_norm"], FP32_TRAINING),
-            )
-        )
-        == []
-    )
+    keeps_it = KernelRecord.of(["rms_norm"], FP32_TRAINING)
+    off_cpu = choose_kernels(["rms_norm"], FP32_TRAINING, on_cpu=False, continued=keeps_it)
+    assert kept(off_cpu) == []
 
 
 def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
