@@ -40,17 +40,52 @@ def _causal_mask(block: int, group: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(after.shape, dtype=like.dtype, device=like.device).masked_fill_(after, float("-inf"))
 
 
-def _row_layouts(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(B, T, H, D) queries, scaled by 1/sqrt(D) -> (B*K, T*G, D) rows ordered (query, head
-    in group); (B, T, K, D) keys and values -> (B*K, T, D)."""
-    B, T, H, D = q.shape
-    K = k.shape[2]
-    q_rows = (q * D**-0.5).view(B, T, K, H // K, D).transpose(1, 2)  # (B, K, T, G, D)
-    return (
-        q_rows.reshape(B * K, T * (H // K), D),
-        k.transpose(1, 2).reshape(B * K, T, D),
-        v.transpose(1, 2).reshape(B * K, T, D),
-    )
+def _copy_blocked(positions: torch.Tensor, blocks: torch.Tensor, scale: float, into_blocks: bool) -> None:
+    """Copy times `scale` between positions (B, T, K, G, D) and a block buffer seen as
+    (B, n, block, K, G, D) (`_blocked`), in the direction `into_blocks` says; one pass."""
+    T, block = positions.shape[1], blocks.shape[2]
+    full = T // block * block
+    pairs = [(positions[:, :full].unflatten(1, (T // block, block)), blocks[:, : T // block])]
+    if full < T:  # a short last block: its first T - full rows
+        pairs.append((positions[:, full:], blocks[:, T // block, : T - full]))
+    for src, dst in pairs:
+        if not into_blocks:
+            src, dst = dst, src
+        torch.mul(src, scale, out=dst)
+
+
+def _blocked(blocks: torch.Tensor, batch: int, block: int) -> torch.Tensor:
+    """A (n, B*K, block*G, D) buffer seen as (B, n, block, K, G, D), the order of (B, T, H, D)."""
+    n, BK, rows, D = blocks.shape
+    return blocks.view(n, batch, BK // batch, block, rows // block, D).permute(1, 0, 3, 2, 4, 5)
+
+
+def _to_blocks(x: torch.Tensor, block: int, group: int, scale: float = 1.0) -> torch.Tensor:
+    """(B, T, H, D) -> (n, B*K, block*G, D) times `scale`: block i holds positions
+    i*block.. in rows ordered (position, head in group), so that every block's (B*K, rows, D)
+    is contiguous, as `torch.bmm` wants its operands (it copies any other layout). A short last
+    block fills only its first rows."""
+    B, T, H, D = x.shape
+    n = -(-T // block)
+    blocks = torch.empty((n, B * (H // group), block * group, D), dtype=x.dtype, device=x.device)
+    positions = x.view(B, T, H // group, group, D)
+    _copy_blocked(positions, _blocked(blocks, B, block), scale, into_blocks=True)
+    return blocks
+
+
+def _from_blocks(blocks: torch.Tensor, shape: torch.Size, block: int, scale: float = 1.0) -> torch.Tensor:
+    """The inverse of `_to_blocks`: (n, B*K, block*G, D) -> (B, T, H, D) of `shape`, times `scale`."""
+    B, T, H, D = shape
+    x = torch.empty(shape, dtype=blocks.dtype, device=blocks.device)
+    positions = x.view(B, T, blocks.shape[1] // B, H * B // blocks.shape[1], D)
+    _copy_blocked(positions, _blocked(blocks, B, block), scale, into_blocks=False)
+    return x
+
+
+def _key_layout(k: torch.Tensor) -> torch.Tensor:
+    """(B, T, K, D) keys or values -> (B*K, T, D)."""
+    B, T, K, D = k.shape
+    return k.transpose(1, 2).reshape(B * K, T, D)
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -59,51 +94,51 @@ class _CausalAttention(torch.autograd.Function):
         ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, keep: bool
     ) -> torch.Tensor:
         B, T, H, D = q.shape
-        K, G = k.shape[2], H // k.shape[2]
+        G = H // k.shape[2]
         kept = []  # each block's probabilities, if backward is to reuse them
         with torch.autocast("cpu", enabled=False):
-            qr, kr, vr = _row_layouts(q, k, v)
-            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T): its slices need no copy in bmm
+            qb = _to_blocks(q, block, G, D**-0.5)  # (n, BK, block*G, D)
+            kr, vr = _key_layout(k), _key_layout(v)  # (BK, T, D)
+            kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T)
             mask = _causal_mask(block, G, q)
-            out = torch.empty_like(qr)  # (BK, T*G, D)
-            for start in range(0, T, block):
+            out = torch.empty_like(qb)
+            for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
-                rows = slice(start * G, end * G)
-                probs = _probabilities(qr[:, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
-                out[:, rows] = torch.bmm(probs, vr[:, :end])
+                rows = slice(0, (end - start) * G)
+                probs = _probabilities(qb[i, :, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
+                torch.bmm(probs, vr[:, :end], out=out[i, :, rows])
                 if keep:
                     kept.append(probs)
-        # The row layouts replace q, k and v (same memory): backward does not redo them.
-        ctx.save_for_backward(qr, kr, vr, *kept)
-        ctx.block, ctx.shape = block, (B, T, H, D)
-        return out.view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+        # The block layouts replace q, k and v (same memory): backward does not redo them.
+        ctx.save_for_backward(qb, kr, vr, *kept)
+        ctx.block, ctx.shape = block, q.shape
+        return _from_blocks(out, q.shape, block)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        qr, kr, vr, *kept = ctx.saved_tensors
+        qb, kr, vr, *kept = ctx.saved_tensors
         block, (B, T, H, D) = ctx.block, ctx.shape
         K = kr.shape[0] // B
         G = H // K
         with torch.autocast("cpu", enabled=False):
             if not kept:
-                kr_t, mask = kr.transpose(1, 2).contiguous(), _causal_mask(block, G, qr)
+                kr_t, mask = kr.transpose(1, 2).contiguous(), _causal_mask(block, G, qb)
             vr_t = vr.transpose(1, 2).contiguous()  # (BK, D, T)
-            grad_rows = grad_out.reshape(B, T, K, G, D).transpose(1, 2).reshape(B * K, T * G, D)
-            grad_q = torch.empty_like(qr)  # (BK, T*G, D)
+            grad_ob = _to_blocks(grad_out, block, G)  # (n, BK, block*G, D)
+            grad_qb = torch.empty_like(qb)
             grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=kr.device)  # summed over blocks
             grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=vr.device)
             for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
-                rows = slice(start * G, end * G)
-                q_rows, grad_o = qr[:, rows], grad_rows[:, rows]  # (BK, n*G, D)
+                rows = slice(0, (end - start) * G)
+                q_rows, grad_o = qb[i, :, rows], grad_ob[i, :, rows]  # (BK, n*G, D)
                 probs = kept[i] if kept else _probabilities(q_rows, kr_t[:, :, :end], mask, start)
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
                 grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-                grad_q[:, rows] = torch.bmm(grad_scores, kr[:, :end])
+                torch.bmm(grad_scores, kr[:, :end], out=grad_qb[i, :, rows])
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
-        scale = D**-0.5
-        grad_q = grad_q.mul_(scale).view(B, K, T, G, D).permute(0, 2, 1, 3, 4).reshape(B, T, H, D)
+        grad_q = _from_blocks(grad_qb, ctx.shape, block, D**-0.5)
         grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(kr.dtype)
         grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(vr.dtype)
         return grad_q, grad_k, grad_v, None, None

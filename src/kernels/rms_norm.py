@@ -2,7 +2,8 @@
 
 `F.rms_norm` is a composite of small ops on CPU, and autograd's backward through them
 saves and revisits each intermediate; `rms_norm` saves only its input and the per-row
-scale, and applies the weight in the same pass. `FusedRMSNorm` also writes its output in
+scale, applies the weight in the same pass, and goes back through LayerNorm's fused CPU
+backward (RMSNorm is LayerNorm with mean 0 and no centring). `FusedRMSNorm` also writes its output in
 the autocast dtype: it only feeds matmuls, which would each cast it (q, k, v or gate, up),
 so one cast and one saved copy replace three, with the same values.
 """
@@ -26,14 +27,20 @@ class _RMSNormFunction(torch.autograd.Function):
         return torch.mul(x * rstd, weight, out=torch.empty(x.shape, dtype=dtype, device=x.device))
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         x, weight, rstd = ctx.saved_tensors
-        x_hat = x * rstd
-        grad_weight = (grad_y * x_hat).flatten(0, -2).sum(0)
-        grad_x_hat = grad_y * weight  # fp32
-        # x_hat = x * rstd(x)  =>  grad_x = rstd * (grad_x_hat - x_hat * mean(grad_x_hat * x_hat))
-        dot = (grad_x_hat * x_hat).mean(-1, keepdim=True)
-        return grad_x_hat.sub_(x_hat.mul_(dot)).mul_(rstd), grad_weight, None, None
+        grad_y = grad_y.to(x.dtype)
+        wants_x, wants_weight = ctx.needs_input_grad[:2]
+        # LayerNorm's fused backward given mean 0 is RMSNorm's (x_hat = x * rstd), but for
+        # LayerNorm's centring term, -rstd * mean(grad_y * weight) per row, added back here.
+        mean = torch.zeros_like(rstd)
+        grad_x, grad_weight, _ = torch.ops.aten.native_layer_norm_backward(
+            grad_y, x, x.shape[-1:], mean, rstd, weight, None, [wants_x, wants_weight, False]
+        )
+        if wants_x:
+            centring = torch.mv(grad_y.reshape(-1, x.shape[-1]), weight).view(rstd.shape)
+            grad_x.add_(centring.mul_(rstd / x.shape[-1]))
+        return grad_x, grad_weight, None, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:

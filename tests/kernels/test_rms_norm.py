@@ -53,3 +53,15 @@ def test_fused_norm_without_autocast_equals_the_model_norm_in_value_and_gradient
     for a, b in zip(*results, strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("wants", ["x", "weight"])
+def test_rms_norm_gradient_of_one_input_alone_from_a_strided_gradient(wants):
+    """A frozen weight (or input) gets no gradient; the upstream gradient may be any view."""
+    x = (3 * torch.randn(5, 2, 48)).requires_grad_(wants == "x")
+    weight = (1 + torch.randn(48) / 4).requires_grad_(wants == "weight")
+    grad_y = torch.randn(2, 5, 48).transpose(0, 1)  # not contiguous
+    leaf = x if wants == "x" else weight
+    (got,) = torch.autograd.grad(rms_norm(x, weight, 1e-5, torch.float32), leaf, grad_y)
+    (expected,) = torch.autograd.grad(F.rms_norm(x, (48,), weight, 1e-5), leaf, grad_y)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
