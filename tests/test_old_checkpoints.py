@@ -46,6 +46,9 @@ def test_checkpoint_from_before_the_layout_move_continues_to_the_weights_its_own
     continued = read_checkpoint(last)
     assert continued["global_step"] == expected["continued_to"]
     assert continued["lr_schedule"]["kind"] == "cosine"  # from the stored override `schedule=cosine`
+    # Not bit for bit: the CPU kernels have changed since (1708a24's RMSNorm backward rounds
+    # differently: 1.4e-9 relative here). The two steps from the fixture move the sums by 0.57
+    # and 3e-3 relative, so a continuation off by anything a step changes is far outside 1e-7.
     total, absolute = state_sums(last)
-    assert total == pytest.approx(expected["step4_state_dict_sum"], rel=1e-9, abs=1e-6)
-    assert absolute == pytest.approx(expected["step4_state_dict_abs_sum"], rel=1e-9)
+    assert total == pytest.approx(expected["step4_state_dict_sum"], rel=1e-7)
+    assert absolute == pytest.approx(expected["step4_state_dict_abs_sum"], rel=1e-7)

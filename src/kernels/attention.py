@@ -13,6 +13,8 @@ traced like any other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from src.models.smollm2 import ScaledDotProductAttention
@@ -51,7 +53,16 @@ def _copy_blocked(positions: torch.Tensor, blocks: torch.Tensor, scale: float, i
     for src, dst in pairs:
         if not into_blocks:
             src, dst = dst, src
-        torch.mul(src, scale, out=dst)
+        _write(dst, torch.mul, src, scale)
+
+
+def _write(dst: torch.Tensor, op: Callable[..., torch.Tensor], *args: object) -> None:
+    """`op(*args)` written into `dst`: through `out=` eagerly (no temporary); as a copy under
+    torch.compile, whose Dynamo takes no `out=` view and whose Inductor elides the copy."""
+    if torch.compiler.is_compiling():
+        dst.copy_(op(*args))
+    else:
+        op(*args, out=dst)
 
 
 def _blocked(blocks: torch.Tensor, batch: int, block: int) -> torch.Tensor:
@@ -106,7 +117,7 @@ class _CausalAttention(torch.autograd.Function):
                 end = min(start + block, T)
                 rows = slice(0, (end - start) * G)
                 probs = _probabilities(qb[i, :, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
-                torch.bmm(probs, vr[:, :end], out=out[i, :, rows])
+                _write(out[i, :, rows], torch.bmm, probs, vr[:, :end])
                 if keep:
                     kept.append(probs)
         # The block layouts replace q, k and v (same memory): backward does not redo them.
@@ -136,7 +147,7 @@ class _CausalAttention(torch.autograd.Function):
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
                 grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-                torch.bmm(grad_scores, kr[:, :end], out=grad_qb[i, :, rows])
+                _write(grad_qb[i, :, rows], torch.bmm, grad_scores, kr[:, :end])
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
         grad_q = _from_blocks(grad_qb, ctx.shape, block, D**-0.5)
         grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(kr.dtype)
