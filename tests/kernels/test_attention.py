@@ -80,3 +80,16 @@ def test_blockwise_module_is_the_sdpa_module_on_model_layouts():
     for a, b in zip(got, expected, strict=True):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_causal_attention_takes_strided_inputs_and_gradients():
+    """Heads-major tensors seen as (B, T, heads, D), as a caller may hand them over."""
+    q, k, v, grad_out = (
+        t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in attention_inputs(2, 40, 6, 2, 16)
+    )
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    assert not any(t.is_contiguous() for t in (q, k, v, grad_out))
+    got = output_and_grads(partial(causal_attention, block=16), q, k, v, grad_out)
+    expected = output_and_grads(sdpa, q, k, v, grad_out)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
