@@ -26,18 +26,27 @@ class _Swap(NamedTuple):
     plain: type[nn.Module]  # the module type it replaces
     replacement: type[nn.Module]
     build: Callable[[nn.Module], nn.Module]  # the replacement of a plain module, sharing its parameters
+    # Raised with every change to the kernel's code or probe: timings cached for an earlier
+    # revision are not used (src/kernels/timing_cache.py), the new code is measured again.
+    revision: int
 
 
 _SWAPS: dict[str, _Swap] = {
+    # 2: per-block query buffers (no copies in bmm)
     "causal_attention": _Swap(
-        ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention()
+        ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention(), 2
     ),
-    "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm),
-    "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear),
+    "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm, 2),  # 2: LayerNorm's fused backward
+    "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear, 1),
     # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
-    "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear),
+    "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 1),
 }
 KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
+
+
+def kernel_revision(kernel: str) -> int:
+    """The revision of a kernel's code, part of the key of its cached timings."""
+    return _SWAPS[kernel].revision
 
 
 def check_kernels(kernels: Sequence[str]) -> None:

@@ -1,8 +1,9 @@
 """Kernel timings measured once per machine, kept in a JSON file outside the repository.
 
-A timing holds for one CPU model and one PyTorch version (a new release can change which
-library a matmul calls), so both are part of every key: on another CPU or after an
-upgrade the key differs and the kernel is measured again. The folder is
+A timing holds for one CPU model, one PyTorch version (a new release can change which
+library a matmul calls) and one revision of the kernel's code, so all three are part of
+every key: on another CPU, after an upgrade or a change to the kernel, the key differs and
+the kernel is measured again. The folder is
 `$SMOLLM2_CACHE_DIR`, else `$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from src.files import atomic_write
+from src.kernels.converter import kernel_revision
 
 FILE_NAME = "kernel_timings.json"
 
@@ -71,7 +73,7 @@ class TimingCache:
             return {}
 
     def key(self, kernel: str, workload_key: str) -> str:
-        return f"{self.machine} | {kernel} | {workload_key}"
+        return f"{self.machine} | {kernel} v{kernel_revision(kernel)} | {workload_key}"
 
     def get(self, kernel: str, workload_key: str) -> tuple[float, float] | None:
         timings = self.entries.get(self.key(kernel, workload_key))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-from src.kernels import KERNELS, applied_kernels
+from src.kernels import KERNELS, applied_kernels, converter
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.probes import DECODING_WEIGHT_BYTES, Workload, _decoding_layers, _layer_and_head_shapes
 from src.kernels.selection import MARGIN, KernelRecord, choose_kernels, kept, rule_keeps, summary, time_pair
@@ -232,6 +232,21 @@ def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_th
         choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
     ) == ["rms_norm"]
     assert not cache.saved and cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+
+
+def test_timings_of_an_earlier_revision_of_a_kernel_are_measured_again(tmp_path, monkeypatch):
+    """A kernel whose code changed may now win or lose where its old code did not."""
+    choose_kernels(
+        ["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer.steady((0.5, 1.0))
+    )
+    swaps = converter._SWAPS
+    monkeypatch.setitem(
+        swaps, "rms_norm", swaps["rms_norm"]._replace(revision=swaps["rms_norm"].revision + 1)
+    )
+    timer = FakeTimer.steady((2.0, 1.0))
+    again = choose_kernels(["rms_norm"], FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert timer.kernels_timed == 1 and not again[0].cached and kept(again) == []
+    assert len(json.loads((tmp_path / FILE_NAME).read_text())) == 2  # each revision its own entry
 
 
 def test_a_probe_that_fails_is_decided_by_the_rule_and_says_so(tmp_path, monkeypatch):
