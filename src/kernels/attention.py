@@ -87,8 +87,9 @@ def _to_blocks(x: torch.Tensor, block: int, group: int, scale: float = 1.0) -> t
 def _from_blocks(blocks: torch.Tensor, shape: torch.Size, block: int, scale: float = 1.0) -> torch.Tensor:
     """The inverse of `_to_blocks`: (n, B*K, block*G, D) -> (B, T, H, D) of `shape`, times `scale`."""
     B, T, H, D = shape
+    K = blocks.shape[1] // B
     x = torch.empty(shape, dtype=blocks.dtype, device=blocks.device)
-    positions = x.view(B, T, blocks.shape[1] // B, H * B // blocks.shape[1], D)
+    positions = x.view(B, T, K, H // K, D)
     _copy_blocked(positions, _blocked(blocks, B, block), scale, into_blocks=False)
     return x
 
