@@ -3,9 +3,9 @@
 `F.rms_norm` is a composite of small ops on CPU, and autograd's backward through them
 saves and revisits each intermediate; `rms_norm` saves only its input and the per-row
 scale, applies the weight in the same pass, and goes back through LayerNorm's fused CPU
-backward (RMSNorm is LayerNorm with mean 0 and no centring). `FusedRMSNorm` also writes its output in
-the autocast dtype: it only feeds matmuls, which would each cast it (q, k, v or gate, up),
-so one cast and one saved copy replace three, with the same values.
+backward (RMSNorm is LayerNorm with mean 0 and no centring). `FusedRMSNorm` also writes
+its output in the autocast dtype: it only feeds matmuls, which would each cast it (q, k, v
+or gate, up), so one cast and one saved copy replace three, with the same values.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ in a training step on AMD Zen 5 and 0.70x on an Intel Xeon, where MKL already ru
 AVX-512 and AMX. So under `kernels_policy=measure` (the default) each candidate is timed
 against the op it replaces on the model's own shapes (src/kernels/probes.py) and kept
 only if it is at least `MARGIN` faster; the timings are cached per CPU model, PyTorch
-version and kernel revision (src/kernels/timing_cache.py), so only a machine's first run pays for them.
+version and kernel revision (src/kernels/timing_cache.py), so only a machine's first run
+pays for them.
 On a busy machine one timing can read either way, so each kernel is timed in two series,
 and in a third when those disagree: the decision is that of two series that agree (two
 noisy series can still agree). It is cached whatever it is, so that a run and its

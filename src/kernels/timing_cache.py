@@ -3,8 +3,8 @@
 A timing holds for one CPU model, one PyTorch version (a new release can change which
 library a matmul calls) and one revision of the kernel's code, so all three are part of
 every key: on another CPU, after an upgrade or a change to the kernel, the key differs and
-the kernel is measured again. The folder is
-`$SMOLLM2_CACHE_DIR`, else `$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
+the kernel is measured again. The folder is `$SMOLLM2_CACHE_DIR`, else
+`$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
 """
 
 from __future__ import annotations
