@@ -25,9 +25,12 @@ BLOCK_RECOMPUTED, BLOCK_KEPT = 96, 128
 KEEP_PROBABILITIES_MAX_TOKENS = 1024  # see keeps_probabilities
 
 
-def _probabilities(q_rows: torch.Tensor, k_t: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
-    """Softmax of q_rows (BK, n*G, D) against the first keys k_t (BK, D, S), causal."""
-    scores = torch.bmm(q_rows, k_t)  # (BK, n*G, S)
+def _probabilities(
+    q_rows: torch.Tensor, k_t: torch.Tensor, mask: torch.Tensor, start: int, scratch: torch.Tensor
+) -> torch.Tensor:
+    """Softmax of q_rows (BK, n*G, D) against the first keys k_t (BK, D, S), causal; the
+    scores are written into `scratch` (`_scratch`)."""
+    scores = _bmm(scratch, q_rows, k_t)  # (BK, n*G, S)
     scores[:, :, start:] += mask[: q_rows.shape[1], : k_t.shape[2] - start]  # the diagonal block
     return torch.softmax(scores, dim=-1)
 
@@ -63,6 +66,22 @@ def _write(dst: torch.Tensor, op: Callable[..., torch.Tensor], *args: object) ->
         dst.copy_(op(*args))
     else:
         op(*args, out=dst)
+
+
+def _scratch(qb: torch.Tensor, keys: int) -> torch.Tensor:
+    """A flat buffer for one block's scores, or their gradient, against up to `keys` keys,
+    for queries in blocks qb (n, BK, rows, D). Every block reuses it: a tensor written and
+    read again while it is still in cache, where a new one per block went out to memory."""
+    return torch.empty(qb.shape[1] * qb.shape[2] * keys, dtype=qb.dtype, device=qb.device)
+
+
+def _bmm(scratch: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`torch.bmm(a, b)` written into the start of the flat `scratch`, seen as a contiguous
+    tensor; a new tensor under torch.compile, whose Dynamo takes no `out=` view."""
+    if torch.compiler.is_compiling():
+        return torch.bmm(a, b)
+    shape = (a.shape[0], a.shape[1], b.shape[2])
+    return torch.bmm(a, b, out=scratch[: shape[0] * shape[1] * shape[2]].view(shape))
 
 
 def _blocked(blocks: torch.Tensor, batch: int, block: int) -> torch.Tensor:
@@ -114,10 +133,11 @@ class _CausalAttention(torch.autograd.Function):
             kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T)
             mask = _causal_mask(block, G, q)
             out = torch.empty_like(qb)
+            scores = _scratch(qb, T)
             for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
                 rows = slice(0, (end - start) * G)
-                probs = _probabilities(qb[i, :, rows], kr_t[:, :, :end], mask, start)  # (BK, n*G, end)
+                probs = _probabilities(qb[i, :, rows], kr_t[:, :, :end], mask, start, scores)  # (BK, nG, end)
                 _write(out[i, :, rows], torch.bmm, probs, vr[:, :end])
                 if keep:
                     kept.append(probs)
@@ -140,13 +160,14 @@ class _CausalAttention(torch.autograd.Function):
             grad_qb = torch.empty_like(qb)
             grad_k = torch.zeros(kr.shape, dtype=torch.float32, device=kr.device)  # summed over blocks
             grad_v = torch.zeros(vr.shape, dtype=torch.float32, device=vr.device)
+            scratch = _scratch(qb, T)  # scores, then their gradient
             for i, start in enumerate(range(0, T, block)):
                 end = min(start + block, T)
                 rows = slice(0, (end - start) * G)
                 q_rows, grad_o = qb[i, :, rows], grad_ob[i, :, rows]  # (BK, n*G, D)
-                probs = kept[i] if kept else _probabilities(q_rows, kr_t[:, :, :end], mask, start)
+                probs = kept[i] if kept else _probabilities(q_rows, kr_t[:, :, :end], mask, start, scratch)
                 grad_v[:, :end] += torch.bmm(probs.transpose(1, 2), grad_o)
-                grad_probs = torch.bmm(grad_o, vr_t[:, :, :end])
+                grad_probs = _bmm(scratch, grad_o, vr_t[:, :, :end])
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
                 _write(grad_qb[i, :, rows], torch.bmm, grad_scores, kr[:, :end])
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)

@@ -32,9 +32,9 @@ class _Swap(NamedTuple):
 
 
 _SWAPS: dict[str, _Swap] = {
-    # 2: per-block query buffers (no copies in bmm)
+    # 2: per-block query buffers (no copies in bmm); 3: one scores buffer reused by every block
     "causal_attention": _Swap(
-        ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention(), 2
+        ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention(), 3
     ),
     "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm, 2),  # 2: LayerNorm's fused backward
     "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear, 1),
