@@ -11,11 +11,14 @@ With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from src.kernels.linear import linear, weight_grad
 
 ROWS_PER_SOFTMAX_PASS_CPU = 8  # (8, 49152) fp32 log-probs = 1.5 MB: each pass stays in L2
+_LOG_SMALLEST_NORMAL = math.log(torch.finfo(torch.float32).tiny)  # about -87.3
 
 
 def _target_log_probs(
@@ -35,13 +38,27 @@ def _target_log_probs(
     picked = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)  # (n, 1)
     for start in range(0, logits.shape[0], step):
         rows = slice(start, start + step)
-        logp = torch.log_softmax(logits[rows], dim=-1, dtype=torch.float32)
-        picked[rows] = logp.gather(1, targets[rows])
-        if grad_scale is not None:
-            grad = logp.exp_()  # the softmax, in place
+        if grad_scale is not None and eager_cpu:
+            grad = torch.softmax(logits[rows], dim=-1, dtype=torch.float32)
+            picked[rows] = _log_of_picked(grad, logits[rows], targets[rows])
+        else:
+            logp = torch.log_softmax(logits[rows], dim=-1, dtype=torch.float32)
+            picked[rows] = logp.gather(1, targets[rows])
+            grad = logp.exp_() if grad_scale is not None else None  # the softmax, in place
+        if grad is not None:
             grad.scatter_add_(1, targets[rows], torch.full_like(targets[rows], -1, dtype=grad.dtype))
             torch.mul(grad, grad_scale[rows], out=logits[rows])
     return picked.squeeze(1)
+
+
+def _log_of_picked(probs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log(probs) at (n, 1) targets: one exp per logit (the softmax's) where the log-softmax
+    and then its exp take two. Rows whose target probability fell below fp32's normal range,
+    where the log would lose precision or be -inf, are recomputed as a log-softmax."""
+    picked = probs.gather(1, targets).log_()
+    if (picked < _LOG_SMALLEST_NORMAL).any():  # a host check: this runs eagerly on CPU only
+        picked = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(1, targets)
+    return picked
 
 
 def _chunked_loss(

@@ -44,6 +44,22 @@ def test_equals_plain_cross_entropy_under_bf16_autocast():
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)
 
 
+def test_a_target_probability_below_fp32_range_still_gives_its_exact_log():
+    # Logits = hidden (identity head); the first token's target sits 200 below the others,
+    # so its probability (e^-200) is 0 in fp32: its log must come from the log-softmax.
+    V = 40
+    hidden = torch.randn(1, 3, V)
+    targets = torch.tensor([[5, 7, 9]])
+    hidden[0, 0, 5] = -200.0
+    hidden.requires_grad_()
+    weight = torch.eye(V).requires_grad_()
+    expected = loss_and_grads(plain, hidden, weight, targets)
+    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=2)
+    assert torch.isfinite(got[0]) and got[0] > 60
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_ignored_targets_count_neither_in_the_mean_nor_the_gradient():
     hidden, weight, targets = leaves()
     targets[0, :5] = -100
