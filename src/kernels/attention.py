@@ -45,9 +45,9 @@ def _causal_mask(block: int, group: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros(after.shape, dtype=like.dtype, device=like.device).masked_fill_(after, float("-inf"))
 
 
-def _copy_blocked(positions: torch.Tensor, blocks: torch.Tensor, scale: float, into_blocks: bool) -> None:
-    """Copy times `scale` between positions (B, T, K, G, D) and a block buffer seen as
-    (B, n, block, K, G, D) (`_blocked`), in the direction `into_blocks` says; one pass."""
+def _copy_blocked(positions: torch.Tensor, blocks: torch.Tensor, into_blocks: bool) -> None:
+    """Copy between positions (B, T, K, G, D) and a block buffer seen as (B, n, block, K, G, D)
+    (`_blocked`), in the direction `into_blocks` says; one pass."""
     T, block = positions.shape[1], blocks.shape[2]
     full = T // block * block
     pairs = [(positions[:, :full].unflatten(1, (T // block, block)), blocks[:, : T // block])]
@@ -56,7 +56,7 @@ def _copy_blocked(positions: torch.Tensor, blocks: torch.Tensor, scale: float, i
     for src, dst in pairs:
         if not into_blocks:
             src, dst = dst, src
-        _write(dst, torch.mul, src, scale)
+        dst.copy_(src)
 
 
 def _write(dst: torch.Tensor, op: Callable[..., torch.Tensor], *args: object) -> None:
@@ -90,8 +90,8 @@ def _blocked(blocks: torch.Tensor, batch: int, block: int) -> torch.Tensor:
     return blocks.view(n, batch, BK // batch, block, rows // block, D).permute(1, 0, 3, 2, 4, 5)
 
 
-def _to_blocks(x: torch.Tensor, block: int, group: int, scale: float = 1.0) -> torch.Tensor:
-    """(B, T, H, D) -> (n, B*K, block*G, D) times `scale`: block i holds positions
+def _to_blocks(x: torch.Tensor, block: int, group: int) -> torch.Tensor:
+    """(B, T, H, D) -> (n, B*K, block*G, D): block i holds positions
     i*block.. in rows ordered (position, head in group), so that every block's (B*K, rows, D)
     is contiguous, as `torch.bmm` wants its operands (it copies any other layout). A short last
     block fills only its first rows."""
@@ -99,24 +99,29 @@ def _to_blocks(x: torch.Tensor, block: int, group: int, scale: float = 1.0) -> t
     n = -(-T // block)
     blocks = torch.empty((n, B * (H // group), block * group, D), dtype=x.dtype, device=x.device)
     positions = x.view(B, T, H // group, group, D)
-    _copy_blocked(positions, _blocked(blocks, B, block), scale, into_blocks=True)
+    _copy_blocked(positions, _blocked(blocks, B, block), into_blocks=True)
     return blocks
 
 
-def _from_blocks(blocks: torch.Tensor, shape: torch.Size, block: int, scale: float = 1.0) -> torch.Tensor:
-    """The inverse of `_to_blocks`: (n, B*K, block*G, D) -> (B, T, H, D) of `shape`, times `scale`."""
+def _from_blocks(blocks: torch.Tensor, shape: torch.Size, block: int) -> torch.Tensor:
+    """The inverse of `_to_blocks`: (n, B*K, block*G, D) -> (B, T, H, D) of `shape`."""
     B, T, H, D = shape
     K = blocks.shape[1] // B
     x = torch.empty(shape, dtype=blocks.dtype, device=blocks.device)
     positions = x.view(B, T, K, H // K, D)
-    _copy_blocked(positions, _blocked(blocks, B, block), scale, into_blocks=False)
+    _copy_blocked(positions, _blocked(blocks, B, block), into_blocks=False)
     return x
 
 
-def _key_layout(k: torch.Tensor) -> torch.Tensor:
-    """(B, T, K, D) keys or values -> (B*K, T, D)."""
+def _key_layout(k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """(B, T, K, D) keys or values -> (B*K, T, D), times `scale` if given; one pass."""
     B, T, K, D = k.shape
-    return k.transpose(1, 2).reshape(B * K, T, D)
+    out = torch.empty((B, K, T, D), dtype=k.dtype, device=k.device)
+    if scale is None:
+        out.copy_(k.transpose(1, 2))
+    else:
+        _write(out, torch.mul, k.transpose(1, 2), scale)
+    return out.view(B * K, T, D)
 
 
 class _CausalAttention(torch.autograd.Function):
@@ -128,8 +133,9 @@ class _CausalAttention(torch.autograd.Function):
         G = H // k.shape[2]
         kept = []  # each block's probabilities, if backward is to reuse them
         with torch.autocast("cpu", enabled=False):
-            qb = _to_blocks(q, block, G, D**-0.5)  # (n, BK, block*G, D)
-            kr, vr = _key_layout(k), _key_layout(v)  # (BK, T, D)
+            qb = _to_blocks(q, block, G)  # (n, BK, block*G, D)
+            # The 1/sqrt(D) scale goes on the keys, a third of the queries' size here (GQA).
+            kr, vr = _key_layout(k, D**-0.5), _key_layout(v)  # (BK, T, D)
             kr_t = kr.transpose(1, 2).contiguous()  # (BK, D, T)
             mask = _causal_mask(block, G, q)
             out = torch.empty_like(qb)
@@ -142,6 +148,7 @@ class _CausalAttention(torch.autograd.Function):
                 if keep:
                     kept.append(probs)
         # The block layouts replace q, k and v (same memory): backward does not redo them.
+        # With the keys scaled, so is the queries' gradient dS @ K, but not the keys' dS^T @ Q.
         ctx.save_for_backward(qb, kr, vr, *kept)
         ctx.block, ctx.shape = block, q.shape
         return _from_blocks(out, q.shape, block)
@@ -171,8 +178,8 @@ class _CausalAttention(torch.autograd.Function):
                 grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
                 _write(grad_qb[i, :, rows], torch.bmm, grad_scores, kr[:, :end])
                 grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q_rows)
-        grad_q = _from_blocks(grad_qb, ctx.shape, block, D**-0.5)
-        grad_k = grad_k.view(B, K, T, D).transpose(1, 2).to(kr.dtype)
+        grad_q = _from_blocks(grad_qb, ctx.shape, block)
+        grad_k = grad_k.mul_(D**-0.5).view(B, K, T, D).transpose(1, 2).to(kr.dtype)
         grad_v = grad_v.view(B, K, T, D).transpose(1, 2).to(vr.dtype)
         return grad_q, grad_k, grad_v, None, None
 

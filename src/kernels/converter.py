@@ -32,7 +32,7 @@ class _Swap(NamedTuple):
 
 
 _SWAPS: dict[str, _Swap] = {
-    # 2: per-block query buffers (no copies in bmm); 3: one scores buffer reused by every block
+    # 2: per-block query buffers (no copies in bmm); 3: one reused scores buffer, keys scaled
     "causal_attention": _Swap(
         ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention(), 3
     ),
