@@ -26,6 +26,10 @@ SMALL = {
     "benchmarks.loss": [
         "--preset", "tiny", "--tokens", "64", "--dtypes", "fp32,bf16", "--warmup", "0", "--repeats", "1",
     ],
+    "benchmarks.step_profile": [
+        "--preset", "tiny", "--shape", "1x32", "--dtype", "bf16", "--warmup", "0", "--steps", "1",
+        "--by-shape", "--by-caller",
+    ],
     "benchmarks.data_pipeline": [
         "--docs", "60", "--shards", "2", "--seq-len", "64", "--batch-size", "2", "--batches", "3",
         "--workers", "0", "--train-tokens-per-s", "1000",
