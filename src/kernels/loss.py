@@ -11,14 +11,11 @@ With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from src.kernels.linear import linear, weight_grad
 
 ROWS_PER_SOFTMAX_PASS_CPU = 8  # (8, 49152) fp32 log-probs = 1.5 MB: each pass stays in L2
-_LOG_SMALLEST_NORMAL = math.log(torch.finfo(torch.float32).tiny)  # about -87.3
 
 
 def _target_log_probs(
@@ -52,13 +49,15 @@ def _target_log_probs(
 
 
 def _log_of_picked(probs: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log(probs) at (n, 1) targets: one exp per logit (the softmax's) where the log-softmax
-    and then its exp take two. Rows whose target probability fell below fp32's normal range,
-    where the log would lose precision or be -inf, are recomputed as a log-softmax."""
-    picked = probs.gather(1, targets).log_()
-    if (picked < _LOG_SMALLEST_NORMAL).any():  # a host check: this runs eagerly on CPU only
-        picked = torch.log_softmax(logits, dim=-1, dtype=torch.float32).gather(1, targets)
-    return picked
+    """The log-softmax at (n, 1) targets, from the softmax `probs` of `logits`: one exp per
+    logit (the softmax's), where the log-softmax and then its exp take two.
+
+    Not log(probs[target]), which is -inf once that probability falls below fp32's range:
+    log p_t = x_t - max(x) - log(sum exp(x - max x)), and the sum is 1 / (the largest
+    probability), which is at least 1/V. No branch, so no host read.
+    """
+    top = logits.amax(dim=-1, keepdim=True).float()  # (n, 1)
+    return logits.gather(1, targets).float().sub_(top).add_(probs.amax(dim=-1, keepdim=True).log_())
 
 
 def _chunked_loss(

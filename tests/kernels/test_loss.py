@@ -46,7 +46,7 @@ def test_equals_plain_cross_entropy_under_bf16_autocast():
 
 def test_a_target_probability_below_fp32_range_still_gives_its_exact_log():
     # Logits = hidden (identity head); the first token's target sits 200 below the others,
-    # so its probability (e^-200) is 0 in fp32: its log must come from the log-softmax.
+    # so its probability (e^-200) is 0 in fp32: its log must still be exact.
     V = 40
     hidden = torch.randn(1, 3, V)
     targets = torch.tensor([[5, 7, 9]])
