@@ -26,7 +26,15 @@ def test_ranks_split_the_global_batch():
 @pytest.mark.slow
 def test_ddp_matches_one_process_and_resumes(tmp_path):
     text = write_text(tmp_path / "input.txt")
-    common = ("schedule.total_steps=4", "callbacks.text_samples.prompts=[]", "eval_every=2")
+    # The kernels are pinned: measured, a rank's batch of 4 and one process's batch of 8 are
+    # different workloads that may keep different kernels, whose roundings AdamW can amplify
+    # past the tolerance below on weights whose gradient is near zero.
+    common = (
+        "schedule.total_steps=4",
+        "callbacks.text_samples.prompts=[]",
+        "eval_every=2",
+        "kernels_policy=always",
+    )
     run_training(fast_overrides(tmp_path / "one", text, "trainer.max_steps=4", "data.batch_size=8", *common))
 
     ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4")
