@@ -31,6 +31,11 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per candidate")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per candidate")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    add_host_args(parser)
+
+
+def add_host_args(parser: argparse.ArgumentParser) -> None:
+    """--threads and --keep-freed-host-memory, which `setup` applies."""
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--keep-freed-host-memory",

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import machine_line, markdown_table, setup, time_interleaved
+from benchmarks.common import add_host_args, machine_line, markdown_table, setup, time_interleaved
 from src.callbacks.layer_health import LayerHealth
 from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2, SmolLM2Config
@@ -30,8 +30,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (and health calls)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--keep-freed-host-memory", action=argparse.BooleanOptionalAction, default=True)
+    add_host_args(parser)
     args = parser.parse_args()
     device = setup(args)
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import DTYPES, machine_line, markdown_table, setup
+from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, setup
 from benchmarks.train_step import adamw, loss_fns, make_step
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.probes import Workload
@@ -55,8 +55,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=25, help="ops listed, by self time")
     parser.add_argument("--by-shape", action="store_true", help="one row per op and input shapes")
     parser.add_argument("--by-caller", action="store_true", help="one row per op and calling op")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    parser.add_argument("--keep-freed-host-memory", action=argparse.BooleanOptionalAction, default=True)
+    add_host_args(parser)
     parser.set_defaults(device="cpu")  # CPU self time; a GPU's time goes to its kernels (gpu_check)
     args = parser.parse_args()
     if args.steps < 1:
