@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, setup
 from benchmarks.train_step import adamw, loss_fns, make_step
-from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels import KERNELS, apply_cpu_kernels, loss_matmuls
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, SmolLM2Config
@@ -71,7 +71,7 @@ def main() -> None:
     model = apply_cpu_kernels(copy.deepcopy(plain), kept(decisions))
     x = torch.randint(0, plain.config.vocab_size, (B, T + 1), device=device)
     inputs, targets = x[:, :T], x[:, 1:]
-    loss = loss_fns({"ours": model}, inputs, targets, args.chunk_size, "onednn_linear" in kept(decisions))
+    loss = loss_fns({"ours": model}, inputs, targets, args.chunk_size, loss_matmuls(kept(decisions)))
     step = make_step(loss["ours"], adamw(model), device, dtype)
     for _ in range(args.warmup):
         step()

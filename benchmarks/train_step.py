@@ -28,7 +28,7 @@ from benchmarks.common import (
     setup,
     time_interleaved,
 )
-from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels import KERNELS, apply_cpu_kernels, loss_matmuls
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
@@ -42,25 +42,29 @@ COMPILED = "ours compiled"
 
 
 def loss_fns(
-    models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, chunk_size: int, onednn: bool
+    models: dict[str, nn.Module],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int,
+    matmuls: dict[str, bool],
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
     The compiled model gets the compiled loss, as `compile=true` training does (src/training/lit_module.py);
-    the loss's matmuls use oneDNN where `onednn` (the kept onednn_linear), except for the
-    model with PyTorch kernels.
+    the loss's matmuls are set by `matmuls` (`loss_matmuls` of the kept kernels), except for
+    the model with PyTorch kernels.
     """
     compiled_cross_entropy = torch.compile(lm_cross_entropy)
 
-    def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor], onednn: bool) -> torch.Tensor:
+    def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor], matmuls: dict) -> torch.Tensor:
         hidden = model.hidden_states(inputs)  # (B, T, C)
-        return cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size, onednn=onednn)
+        return cross_entropy(hidden, model.lm_head.weight, targets, chunk_size=chunk_size, **matmuls)
 
     def loss_fn(name: str, model: nn.Module) -> Callable[[], torch.Tensor]:
         if name == "transformers":
             return lambda: model(input_ids=inputs, labels=inputs).loss
         cross_entropy = compiled_cross_entropy if name == COMPILED else lm_cross_entropy
-        return lambda: ours(model, cross_entropy, onednn=onednn and name != PYTORCH_KERNELS)
+        return lambda: ours(model, cross_entropy, {} if name == PYTORCH_KERNELS else matmuls)
 
     return {name: loss_fn(name, model) for name, model in models.items()}
 
@@ -134,8 +138,7 @@ def main() -> None:
                 apply_compile(models[COMPILED])  # in place, per block: state_dict keys stay the same
             if args.pytorch_kernels:
                 models[PYTORCH_KERNELS] = plain
-            onednn = "onednn_linear" in kept(decisions)
-            losses = loss_fns(models, inputs, targets, args.chunk_size, onednn)
+            losses = loss_fns(models, inputs, targets, args.chunk_size, loss_matmuls(kept(decisions)))
             steps = {name: make_step(fn, adamw(models[name]), device, dtype) for name, fn in losses.items()}
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)

@@ -134,7 +134,7 @@ def test_a_continuation_keeps_its_checkpoints_kernels_when_the_timing_cache_says
 
     def cache_keeps(*names: str) -> None:
         cache = TimingCache()
-        for name in ("causal_attention", "rms_norm", "onednn_linear"):
+        for name in ("causal_attention", "rms_norm", "onednn_linear", "onednn_linear_torch_wgrad"):
             cache.put(name, workload, (0.5, 1.0) if name in names else (2.0, 1.0))
 
     cache_keeps("causal_attention", "rms_norm")

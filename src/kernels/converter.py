@@ -16,7 +16,7 @@ from torch import nn
 
 from src.errors import UserError
 from src.kernels.attention import BlockwiseCausalAttention
-from src.kernels.linear import OneDNNLinear
+from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
@@ -38,6 +38,10 @@ _SWAPS: dict[str, _Swap] = {
     ),
     "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm, 2),  # 2: LayerNorm's fused backward
     "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear, 1),
+    # the same with PyTorch's weight gradient; where both are named, onednn_linear takes the layers
+    "onednn_linear_torch_wgrad": _Swap(
+        nn.Linear, OneDNNLinearTorchWeightGrad, OneDNNLinearTorchWeightGrad.from_linear, 1
+    ),
     # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
     "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 1),
 }
@@ -47,6 +51,21 @@ KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU infe
 def kernel_revision(kernel: str) -> int:
     """The revision of a kernel's code, part of the key of its cached timings."""
     return _SWAPS[kernel].revision
+
+
+def replaced_module(kernel: str) -> type[nn.Module]:
+    """The plain module type a kernel replaces: of kernels that replace the same type, a
+    model takes the first named (`apply_cpu_kernels`)."""
+    return _SWAPS[kernel].plain
+
+
+def loss_matmuls(kernels: Sequence[str]) -> dict[str, bool]:
+    """`lm_cross_entropy`'s matmul switches for a model with `kernels` applied: the loss's
+    matmuls go where its linear layers' do."""
+    linears = [_SWAPS[name].replacement for name in kernels if _SWAPS[name].plain is nn.Linear]
+    if not linears or not issubclass(linears[0], OneDNNLinear):
+        return {"onednn": False}
+    return {"onednn": True, "onednn_weight_grad": linears[0].onednn_weight_grad}
 
 
 def check_kernels(kernels: Sequence[str]) -> None:

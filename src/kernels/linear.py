@@ -5,6 +5,12 @@ PyTorch sends fp32 matmuls to MKL, which runs AVX2 code on AMD CPUs, while oneDN
 for fp32 CPU tensors, in full fp32; `OneDNNLinear` is an `nn.Linear` whose forward and
 backward matmuls use it. Everywhere else (CUDA, bf16, autocast, under `torch.compile`,
 whose Inductor cannot lower this op in a training graph) the PyTorch op runs.
+
+oneDNN's linear takes its input row-major, so a weight gradient `grad_y.T @ x` costs a
+transposed copy of an activation there, which MKL's matmul does not need.
+`OneDNNLinearTorchWeightGrad` therefore leaves the weight gradient to PyTorch's matmul:
+which of the two wins depends on how much faster oneDNN is than MKL on the CPU at hand,
+so both are measured (src/kernels/selection.py).
 """
 
 from __future__ import annotations
@@ -49,18 +55,20 @@ def weight_grad(grad_y: torch.Tensor, x: torch.Tensor, onednn: bool = True) -> t
 
 class _OneDNNLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, onednn_weight_grad: bool) -> torch.Tensor:
         ctx.save_for_backward(x, w)
+        ctx.onednn_weight_grad = onednn_weight_grad
         return linear(x, w)
 
     @staticmethod
-    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, w = ctx.saved_tensors
         grad_x = linear(grad_y, w.t()) if ctx.needs_input_grad[0] else None  # (..., in)
         grad_w = None
         if ctx.needs_input_grad[1]:  # (out, in)
-            grad_w = weight_grad(grad_y.reshape(-1, grad_y.shape[-1]), x.reshape(-1, x.shape[-1]))
-        return grad_x, grad_w
+            grad_y, x = grad_y.reshape(-1, grad_y.shape[-1]), x.reshape(-1, x.shape[-1])
+            grad_w = weight_grad(grad_y, x, onednn=ctx.onednn_weight_grad)
+        return grad_x, grad_w, None
 
 
 _Replacement = TypeVar("_Replacement", bound="LinearReplacement")
@@ -80,9 +88,18 @@ class LinearReplacement(nn.Linear):
 class OneDNNLinear(LinearReplacement):
     """`nn.Linear` whose fp32 CPU matmuls (forward and backward) run on oneDNN; bias-free only."""
 
+    onednn_weight_grad = True  # whether the weight gradient is oneDNN's too
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None or not uses_onednn(x, self.weight):
             return super().forward(x)
         if torch.is_grad_enabled():
-            return _OneDNNLinearFunction.apply(x, self.weight)
+            return _OneDNNLinearFunction.apply(x, self.weight, self.onednn_weight_grad)
         return linear(x, self.weight)
+
+
+class OneDNNLinearTorchWeightGrad(OneDNNLinear):
+    """`OneDNNLinear` whose weight gradient is PyTorch's matmul (MKL's on x86): no transposed
+    copy of the layer's input per backward."""
+
+    onednn_weight_grad = False

@@ -6,14 +6,15 @@ The plain way, `F.cross_entropy(F.linear(hidden, W).float(), targets)`, keeps th
 chunks and, when gradients are wanted, each chunk's gradients are computed right away in
 the forward pass: the loss ends the graph, so backward only has to scale the stored (N, C)
 and (V, C) gradients by the incoming scalar. No logits are kept and no matmul is redone.
-With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py).
+With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py), the
+weight gradient's too unless `onednn_weight_grad=False`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from src.kernels.linear import linear, weight_grad
+from src.kernels.linear import linear, uses_onednn, weight_grad
 
 ROWS_PER_SOFTMAX_PASS_CPU = 8  # (8, 49152) fp32 log-probs = 1.5 MB: each pass stays in L2
 
@@ -67,6 +68,7 @@ def _chunked_loss(
     chunk_size: int,
     ignore_index: int,
     onednn: bool,
+    onednn_weight_grad: bool = True,
     grad_x: torch.Tensor | None = None,
     want_grad_w: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -75,7 +77,8 @@ def _chunked_loss(
 
     Matmuls run in x's dtype, softmax and loss in fp32, as under autocast. The first chunk's
     weight gradient becomes grad_w (in fp32 the matmul's own output: no pass to zero or copy
-    a (V, C) tensor), the others are added to it.
+    a (V, C) tensor), the others are added to it: in fp32 through PyTorch's matmul, inside
+    it (`addmm_`), without a (V, C) temporary.
     """
     count = (targets != ignore_index).sum().clamp(min=1)
     want_grad = grad_x is not None or want_grad_w
@@ -93,11 +96,13 @@ def _chunked_loss(
         if grad_x is not None:
             grad_x[rows] = linear(logits, w.t(), onednn)  # grad @ w
         if want_grad_w:
-            chunk_grad_w = weight_grad(logits, xc, onednn)  # grad.T @ xc
+            onednn_grad = onednn and onednn_weight_grad and uses_onednn(logits, xc)
             if grad_w is None:
-                grad_w = chunk_grad_w.to(torch.float32).contiguous()
+                grad_w = weight_grad(logits, xc, onednn_grad).to(torch.float32).contiguous()
+            elif logits.dtype == grad_w.dtype and not onednn_grad:  # fp32 through PyTorch's matmul
+                grad_w.addmm_(logits.t(), xc)  # += grad.T @ xc
             else:
-                grad_w += chunk_grad_w
+                grad_w += weight_grad(logits, xc, onednn_grad)
     if want_grad_w and grad_w is None:  # no tokens
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
     return loss / count, grad_w
@@ -107,11 +112,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Loss with its gradients computed in forward; backward just scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn):
+    def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad):
         x, w = hidden.to(dtype), weight.to(dtype)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, C)
+        want_grad_w = ctx.needs_input_grad[1]
         loss, grad_w = _chunked_loss(
-            x, w, targets, chunk_size, ignore_index, onednn, grad_x, want_grad_w=ctx.needs_input_grad[1]
+            x, w, targets, chunk_size, ignore_index, onednn, onednn_weight_grad, grad_x, want_grad_w
         )
         ctx.save_for_backward(grad_x, grad_w)
         ctx.dtypes = hidden.dtype, weight.dtype
@@ -123,7 +129,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = ctx.dtypes
         grad_hidden = None if grad_x is None else (grad_x * grad_loss).to(hidden_dtype)
         grad_weight = None if grad_w is None else (grad_w * grad_loss).to(weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None
 
 
 def lm_cross_entropy(
@@ -134,12 +140,15 @@ def lm_cross_entropy(
     chunk_size: int = 1024,
     ignore_index: int = -100,
     onednn: bool = False,
+    onednn_weight_grad: bool = True,
 ) -> torch.Tensor:
     """Mean cross-entropy of (B, T, C) hidden states against (B, T) target ids, in fp32.
 
     Equals `F.cross_entropy(F.linear(hidden, head_weight).float(), targets)` in value and
     gradients (under autocast too: the head matmul runs in the autocast dtype) while only
-    `chunk_size` tokens' logits exist at a time. `onednn`: fp32 CPU matmuls through oneDNN.
+    `chunk_size` tokens' logits exist at a time. `onednn`: fp32 CPU matmuls through oneDNN,
+    the weight gradient's only with `onednn_weight_grad` (`loss_matmuls` in
+    src/kernels/converter.py sets both as the linear layers' kernel does).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -148,5 +157,7 @@ def lm_cross_entropy(
     x, t = hidden.flatten(0, -2), targets.flatten()  # (N, C), (N,)
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
-            return _LinearCrossEntropy.apply(x, head_weight, t, chunk_size, ignore_index, dtype, onednn)
+            return _LinearCrossEntropy.apply(
+                x, head_weight, t, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad
+            )
         return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index, onednn)[0]

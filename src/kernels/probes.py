@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from src.kernels.attention import BlockwiseCausalAttention
-from src.kernels.linear import OneDNNLinear
+from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad
 from src.kernels.packed_linear import PackedLinear, packing_available
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models.config import SmolLM2Config
@@ -132,12 +132,18 @@ def _decoding_layers(c: SmolLM2Config, dtype: torch.dtype) -> int:
     return max(1, min(c.num_layers, DECODING_WEIGHT_BYTES // layer_bytes))
 
 
-def _onednn_linear(w: Workload) -> Probe | str:
+def _onednn_linear(w: Workload, linear: type[OneDNNLinear] = OneDNNLinear) -> Probe | str:
     if w.dtype != torch.float32:
         return "acts on fp32 only"
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch build has no oneDNN"
-    return _linears(w, OneDNNLinear.from_linear)
+    return _linears(w, linear.from_linear)
+
+
+def _onednn_linear_torch_wgrad(w: Workload) -> Probe | str:
+    if w.training or w.dtype != torch.float32:
+        return _onednn_linear(w, OneDNNLinearTorchWeightGrad)
+    return "onednn_linear without gradients"
 
 
 def _packed_linear(w: Workload) -> Probe | str:
@@ -186,5 +192,6 @@ _PROBES: dict[str, Callable[[Workload], Probe | str]] = {
     "causal_attention": _attention,
     "rms_norm": _rms_norm,
     "onednn_linear": _onednn_linear,
+    "onednn_linear_torch_wgrad": _onednn_linear_torch_wgrad,
     "packed_linear": _packed_linear,
 }

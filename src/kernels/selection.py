@@ -18,9 +18,11 @@ a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ from typing import Any
 import torch
 
 from src.errors import UserError
+from src.kernels.converter import replaced_module
 from src.kernels.probes import Probe, Workload, probe
 from src.kernels.timing_cache import TimingCache, first_cpu_fields, this_machine
 
@@ -50,9 +53,10 @@ class Decision:
     probe_s: float = 0.0  # seconds spent building and timing its probe at this start
 
     def describe(self) -> str:
-        if self.ratio is not None:
-            return f"{self.kernel} {self.ratio:.2f}x" + (" (cached)" if self.cached else "")
-        return f"{self.kernel} ({self.reason})"
+        if self.ratio is None:
+            return f"{self.kernel} ({self.reason})"
+        notes = "; ".join(note for note in ("cached" if self.cached else "", self.reason) if note)
+        return f"{self.kernel} {self.ratio:.2f}x" + (f" ({notes})" if notes else "")
 
 
 @dataclass(frozen=True)
@@ -134,16 +138,39 @@ def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> boo
     """The kernels kept without measuring: only where each was measured to win
     (benchmarks/README.md). AMD Zen 4 (family 25 with AVX-512) and Zen 5 (family 26 and up)
     keep causal_attention, rms_norm and packed_linear (the last measured on Zen 4 only); only
-    Zen 5 keeps onednn_linear (1.67x MKL in training there, 1.02x on Zen 4). Intel CPUs, with
-    AMX or AVX-512 or neither, AVX2-only CPUs and other architectures keep none: MKL already
-    runs AVX-512 and AMX on Intel (the oneDNN linear was 0.70x there), and PyTorch's ops
-    cannot be slower than themselves.
+    Zen 5 keeps onednn_linear (1.67x MKL in training there, 1.02x on Zen 4), only Zen 4
+    onednn_linear_torch_wgrad (MKL's fp32 matmul is about oneDNN's there: a training step
+    0.96x PyTorch's). Intel CPUs, with AMX or AVX-512 or neither, AVX2-only CPUs and other
+    architectures keep none: MKL already runs AVX-512 and AMX on Intel (the oneDNN linear was
+    0.70x there), and PyTorch's ops cannot be slower than themselves.
     """
     vendor, family, flags = cpu or _cpu_identity()
-    zen4_or_later = vendor == "AuthenticAMD" and (family >= 26 or (family == 25 and "avx512f" in flags))
+    zen4 = vendor == "AuthenticAMD" and family == 25 and "avx512f" in flags
+    zen5_or_later = vendor == "AuthenticAMD" and family >= 26
     if kernel == "onednn_linear":
-        return vendor == "AuthenticAMD" and family >= 26
-    return zen4_or_later
+        return zen5_or_later
+    if kernel == "onednn_linear_torch_wgrad":
+        return zen4
+    return zen4 or zen5_or_later
+
+
+def one_per_module(decisions: Sequence[Decision]) -> list[Decision]:
+    """The decisions with at most one kept kernel per replaced module type (a model takes the
+    first named of several, `apply_cpu_kernels`): the fastest where all were timed, else the
+    first; the others are dropped and say why."""
+    result = list(decisions)
+    rivals: dict[type, list[int]] = defaultdict(list)
+    for i, decision in enumerate(decisions):
+        if decision.keep:
+            rivals[replaced_module(decision.kernel)].append(i)
+    for members in rivals.values():
+        timed = all(decisions[i].ratio is not None for i in members)
+        winner = min(members, key=lambda i: decisions[i].ratio) if timed else members[0]
+        reason = f"{decisions[winner].kernel} is " + ("faster" if timed else "named first")
+        for i in members:
+            if i != winner:
+                result[i] = dataclasses.replace(decisions[i], keep=False, reason=reason)
+    return result
 
 
 def choose_kernels(
@@ -162,14 +189,16 @@ def choose_kernels(
     `continued`: what the checkpoint a run continues kept; on the same machine and workload
     those are kept again without a look at the cache (it may have been deleted meanwhile):
     a kernel rounds differently from PyTorch's op, so a continuation that swapped one would
-    not continue bit for bit."""
+    not continue bit for bit. Of kept kernels that replace the same module, one stays
+    (`one_per_module`)."""
     check_policy(policy)
     if policy == "always":
-        return [Decision(name, True, reason="kernels_policy=always") for name in candidates]
+        return one_per_module([Decision(name, True, reason="kernels_policy=always") for name in candidates])
     if not on_cpu:
         return [Decision(name, False, reason="not a CPU run") for name in candidates]
     if continued is not None and (continued.machine, continued.workload) == (this_machine(), workload.key()):
-        return [Decision(name, name in continued.kept, reason="as the continued run") for name in candidates]
+        reason = "as the continued run"
+        return one_per_module([Decision(name, name in continued.kept, reason=reason) for name in candidates])
     if cache is None and candidates:
         cache = TimingCache()
     decisions = []
@@ -193,7 +222,7 @@ def choose_kernels(
             probe_s = time.perf_counter() - started
         ratio = timings[0] / timings[1]
         decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached, probe_s=probe_s))
-    return decisions
+    return one_per_module(decisions)
 
 
 def kept(decisions: Sequence[Decision]) -> list[str]:

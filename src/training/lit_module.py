@@ -12,7 +12,7 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
-from src.kernels import apply_cpu_kernels
+from src.kernels import apply_cpu_kernels, loss_matmuls
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.selection import KernelRecord
 from src.lightning_compat import set_logging_step
@@ -70,7 +70,7 @@ class SmolLM2LitModule(L.LightningModule):
         self.cli_overrides = list(cli_overrides or [])
         self.compile_model = compile
         self.cross_entropy = lm_cross_entropy
-        self.onednn_loss = "onednn_linear" in kernels  # the loss's matmuls follow the linear layers
+        self.loss_matmuls = loss_matmuls(kernels)  # the loss's matmuls follow the linear layers
         self._step_loss: torch.Tensor | None = None
         self._grad_norm: torch.Tensor | None = None
         self._lr = self.peak_lr
@@ -98,7 +98,7 @@ class SmolLM2LitModule(L.LightningModule):
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
         hidden = self.model.hidden_states(inputs)  # (B, T, C)
-        return self.cross_entropy(hidden, self.model.lm_head.weight, targets, onednn=self.onednn_loss)
+        return self.cross_entropy(hidden, self.model.lm_head.weight, targets, **self.loss_matmuls)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-from src.kernels import KERNELS, apply_cpu_kernels
+from src.kernels import KERNELS, applied_kernels, apply_cpu_kernels, loss_matmuls
 from src.kernels import attention as attention_kernel
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear, uses_onednn
@@ -30,6 +30,14 @@ def test_converter_swaps_every_module_and_keeps_parameters_ties_and_keys():
     assert isinstance(block.attn.sdpa, BlockwiseCausalAttention) and isinstance(block.mlp_norm, FusedRMSNorm)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == 7 * len(model.blocks) + 1 and all(type(m) is OneDNNLinear for m in linears)
+
+
+def test_the_first_named_linear_kernel_takes_the_layers_and_the_loss_follows_it():
+    both = ["onednn_linear_torch_wgrad", "onednn_linear"]
+    assert applied_kernels(apply_cpu_kernels(tiny(), both)) == ["onednn_linear_torch_wgrad"]
+    assert loss_matmuls(both) == {"onednn": True, "onednn_weight_grad": False}
+    assert loss_matmuls(["rms_norm", "onednn_linear"]) == {"onednn": True, "onednn_weight_grad": True}
+    assert loss_matmuls(["causal_attention"]) == loss_matmuls(["packed_linear"]) == {"onednn": False}
 
 
 def test_converter_applies_only_the_named_kernels_and_once():

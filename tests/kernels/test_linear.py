@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.kernels.linear import OneDNNLinear, uses_onednn, weight_grad
+from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad, uses_onednn, weight_grad
 
 
 def onednn_layer(in_features: int = 24, out_features: int = 40) -> OneDNNLinear:
@@ -23,6 +23,23 @@ def test_linear_uses_onednn_for_fp32_on_cpu_and_equals_f_linear():
     expected = (y, *torch.autograd.grad(y, (x, layer.weight), grad_y))
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def outputs_and_grads(layer: nn.Linear, x: torch.Tensor, grad_y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    y = layer(x)
+    return (y, *torch.autograd.grad(y, (x, layer.weight), grad_y))
+
+
+def test_the_torch_weight_grad_variant_takes_pytorchs_weight_gradient_and_onednns_other_products():
+    plain = nn.Linear(24, 40, bias=False)
+    x, grad_y = torch.randn(3, 5, 24, requires_grad=True), torch.randn(3, 5, 40)
+    onednn_y, onednn_grad_x, onednn_grad_w = outputs_and_grads(OneDNNLinear.from_linear(plain), x, grad_y)
+    y, grad_x, grad_w = outputs_and_grads(OneDNNLinearTorchWeightGrad.from_linear(plain), x, grad_y)
+    assert torch.equal(y, onednn_y) and torch.equal(grad_x, onednn_grad_x)
+    assert torch.equal(
+        grad_w, grad_y.reshape(15, 40).T @ x.detach().reshape(15, 24)
+    )  # torch.mm's, bit for bit
+    torch.testing.assert_close(grad_w, onednn_grad_w, atol=1e-5, rtol=1e-5)
 
 
 def test_linear_under_autocast_is_the_plain_bf16_linear():

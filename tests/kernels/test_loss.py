@@ -24,12 +24,16 @@ def loss_and_grads(fn, hidden, weight, targets, **kwargs):
     return loss.detach(), hidden.grad, weight.grad
 
 
-@pytest.mark.parametrize("onednn", [False, True], ids=["pytorch", "onednn"])
+@pytest.mark.parametrize(
+    "matmuls",
+    [{}, {"onednn": True}, {"onednn": True, "onednn_weight_grad": False}],
+    ids=["pytorch", "onednn", "onednn-torch-wgrad"],
+)
 @pytest.mark.parametrize("chunk_size", [1, 5, 24, 1000])
-def test_equals_plain_cross_entropy_in_fp32(chunk_size, onednn):
+def test_equals_plain_cross_entropy_in_fp32(chunk_size, matmuls):
     hidden, weight, targets = leaves()
     expected = loss_and_grads(plain, hidden, weight, targets)
-    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=chunk_size, onednn=onednn)
+    got = loss_and_grads(lm_cross_entropy, hidden, weight, targets, chunk_size=chunk_size, **matmuls)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 

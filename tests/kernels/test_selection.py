@@ -25,6 +25,7 @@ TRAINING_KERNELS = (
     "causal_attention",
     "rms_norm",
     "onednn_linear",
+    "onednn_linear_torch_wgrad",
 )  # conf/train.yaml's; packed_linear is for inference
 FP32_TRAINING = Workload(TINY, 4, 32, torch.float32, training=True)
 INTEL_AMX = ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -70,12 +71,12 @@ class OneRealSeries:
 
 def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
     barely = 1 - MARGIN / 2  # inside the noise margin: PyTorch's op is kept
-    timer = FakeTimer.steady((0.5, 1.0), (barely, 1.0), (1.4, 1.0))
+    timer = FakeTimer.steady((0.5, 1.0), (barely, 1.0), (1.4, 1.0), (0.9, 1.0))
     decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
     assert [d.kernel for d in decisions] == list(KERNELS)
-    assert kept(decisions) == ["causal_attention"]
-    assert [d.ratio for d in decisions] == [0.5, barely, 1.4, None]
-    assert decisions[3].reason == "acts in inference only"  # packed_linear, not timed
+    assert kept(decisions) == ["causal_attention", "onednn_linear_torch_wgrad"]
+    assert [d.ratio for d in decisions] == [0.5, barely, 1.4, 0.9, None]
+    assert decisions[4].reason == "acts in inference only"  # packed_linear, not timed
 
 
 def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_path):
@@ -83,24 +84,25 @@ def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_
     bf16 = Workload(TINY, 4, 32, torch.bfloat16, training=True)
     decisions = choose_kernels(KERNELS, bf16, cache=TimingCache(tmp_path), timer=timer)
     assert kept(decisions) == ["causal_attention", "rms_norm"]
-    assert decisions[2].reason == "acts on fp32 only" and timer.kernels_timed == 2
+    assert [d.reason for d in decisions[2:4]] == ["acts on fp32 only"] * 2 and timer.kernels_timed == 2
 
     decoding = Workload(TINY, 1, 1, torch.float32, training=False)
     decisions = choose_kernels(
         KERNELS, decoding, cache=TimingCache(tmp_path), timer=FakeTimer.steady((0.5, 1.0))
     )
     assert kept(decisions) == ["onednn_linear"]
-    assert [d.reason for d in decisions[:2]] == [
+    assert [d.reason for d in decisions[:2]] + [decisions[3].reason] == [
         "unused by cached decoding",
         "acts only when gradients are wanted",
+        "onednn_linear without gradients",
     ]
 
 
 def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     timer = FakeTimer()
-    assert kept(choose_kernels(KERNELS, FP32_TRAINING, "always", TimingCache(tmp_path), timer)) == list(
-        KERNELS
-    )
+    always = choose_kernels(KERNELS, FP32_TRAINING, "always", TimingCache(tmp_path), timer)
+    assert kept(always) == ["causal_attention", "rms_norm", "onednn_linear"]  # one kernel per module type
+    assert [d.reason for d in always[3:]] == ["onednn_linear is named first"] * 2
     assert (
         kept(choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, on_cpu=False))
         == []
@@ -108,6 +110,17 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     assert timer.calls == 0 and not (tmp_path / FILE_NAME).exists()
     with pytest.raises(UserError, match="kernels_policy='fastest': use measure .* or always"):
         choose_kernels(KERNELS, FP32_TRAINING, "fastest")
+
+
+def test_of_two_kept_kernels_for_the_same_layers_the_faster_stays_and_the_other_says_why(tmp_path):
+    rivals = ["onednn_linear", "onednn_linear_torch_wgrad"]
+    timer = FakeTimer.steady((0.93, 1.0), (0.9, 1.0))
+    decisions = choose_kernels(rivals, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
+    assert kept(decisions) == ["onednn_linear_torch_wgrad"]
+    assert decisions[0].describe() == "onednn_linear 0.93x (onednn_linear_torch_wgrad is faster)"
+    again = choose_kernels(rivals, FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer())
+    assert kept(again) == ["onednn_linear_torch_wgrad"]
+    assert again[0].describe() == "onednn_linear 0.93x (cached; onednn_linear_torch_wgrad is faster)"
 
 
 def test_timings_are_cached_per_workload_and_read_back_by_the_next_run(tmp_path):
@@ -173,7 +186,7 @@ def test_a_continuation_on_this_machine_keeps_what_its_checkpoint_kept_whatever_
     checkpoint): the continued run's record decides, without a timing."""
     names = list(TRAINING_KERNELS)
     choose_kernels(
-        names, FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer.steady(*[(2.0, 1.0)] * 3)
+        names, FP32_TRAINING, cache=TimingCache(tmp_path), timer=FakeTimer.steady(*[(2.0, 1.0)] * len(names))
     )
     record = KernelRecord.from_dict(KernelRecord.of(["rms_norm", "onednn_linear"], FP32_TRAINING).to_dict())
     timer = FakeTimer()
@@ -265,7 +278,7 @@ def test_a_probe_that_fails_is_decided_by_the_rule_and_says_so(tmp_path, monkeyp
         (INTEL_AMX, []),
         (INTEL_AVX512, []),
         (ZEN3_AVX2, []),
-        (ZEN4, ["causal_attention", "rms_norm", "packed_linear"]),
+        (ZEN4, ["causal_attention", "rms_norm", "onednn_linear_torch_wgrad", "packed_linear"]),
         (ZEN5, ["causal_attention", "rms_norm", "onednn_linear", "packed_linear"]),
         (("", 0, set()), []),  # no /proc/cpuinfo, or not x86
     ],
@@ -302,7 +315,8 @@ def test_inference_on_cpu_in_bf16_can_keep_only_the_packed_linear_and_logs_why(t
     assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, nn.Linear))
     assert (
         "CPU kernels: kept packed_linear 0.50x; dropped causal_attention (unused by cached decoding), "
-        "rms_norm (acts only when gradients are wanted), onednn_linear (acts on fp32 only)" in caplog.text
+        "rms_norm (acts only when gradients are wanted), onednn_linear (acts on fp32 only), "
+        "onednn_linear_torch_wgrad (acts on fp32 only)" in caplog.text
     )
 
 
