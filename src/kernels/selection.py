@@ -13,7 +13,9 @@ noisy series can still agree). It is cached whatever it is, so that a run and it
 continuation on one machine use the same kernels and continue bit for bit. A checkpoint
 records the kernels its run kept too (`KernelRecord`): a continuation on the same machine and
 shapes keeps those, whatever the cache holds by then. `always` keeps every candidate. Where
-a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone.
+a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone. Kernels
+that replace the same module (two oneDNN linears) are rivals: one of them stays
+(`one_per_module`).
 """
 
 from __future__ import annotations
