@@ -26,7 +26,8 @@ from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, SmolLM2Config
 
-MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm")
+MATMULS += ("mkldnn::_linear_pointwise",)  # the oneDNN linear kernels' fp32 matmuls
 _WRAPPERS = {"aten::to", "aten::_to_copy", "aten::contiguous"}  # ops that only call a copy
 
 
