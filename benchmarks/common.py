@@ -98,15 +98,22 @@ class Timing:
 
 
 def time_interleaved(
-    candidates: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+    candidates: dict[str, Callable[[], object]],
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    alternate: bool = False,
 ) -> dict[str, Timing]:
-    """Warm each candidate up, then time them round-robin `repeats` times each."""
+    """Warm each candidate up, then time them round-robin `repeats` times each; with
+    `alternate`, every other round runs in reverse order (A B, B A, ...), so that neither
+    candidate always runs right after the other."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
+    for round_ in range(repeats):
+        order = list(candidates.items())
+        for name, fn in reversed(order) if alternate and round_ % 2 else order:
             synchronize(device)
             start = time.perf_counter()
             fn()
