@@ -16,13 +16,10 @@ import argparse
 import copy
 import statistics
 
-import torch
-
-from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, setup, time_interleaved
-from benchmarks.train_step import adamw, loss_fns, make_step
+from benchmarks.common import add_host_args, machine_line, markdown_table, setup, time_interleaved
+from benchmarks.train_step import add_our_step_args, our_step, plain_model_and_batch
 from src.errors import UserError
-from src.kernels import apply_cpu_kernels, check_kernels, loss_matmuls
-from src.models import SmolLM2, SmolLM2Config
+from src.kernels import apply_cpu_kernels, check_kernels
 
 
 def kernel_list(text: str) -> list[str]:
@@ -34,12 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--shape", default="2x1024", help="BATCHxSEQ")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    add_our_step_args(parser)
     parser.add_argument("--a", default="", help="comma-separated kernels of A (empty: plain PyTorch)")
     parser.add_argument("--b", required=True, help="comma-separated kernels of B")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each")
     parser.add_argument("--rounds", type=int, default=6, help="timed steps of each, one per round")
     add_host_args(parser)
@@ -55,16 +49,13 @@ def main() -> None:
             parser.error(str(err))
     device = setup(args)
 
-    torch.manual_seed(0)
-    plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).train()
-    B, T = (int(n) for n in args.shape.split("x"))
-    x = torch.randint(0, plain.config.vocab_size, (B, T + 1))
-    inputs, targets = x[:, :T], x[:, 1:]
-    steps = {}
-    for name, kernels in sets.items():
-        model = apply_cpu_kernels(copy.deepcopy(plain), kernels)
-        loss = loss_fns({name: model}, inputs, targets, args.chunk_size, loss_matmuls(kernels))[name]
-        steps[name] = make_step(loss, adamw(model), device, DTYPES[args.dtype])
+    plain, inputs, targets = plain_model_and_batch(args, device)
+    steps = {
+        name: our_step(
+            apply_cpu_kernels(copy.deepcopy(plain), kernels), kernels, inputs, targets, args, device
+        )
+        for name, kernels in sets.items()
+    }
     timings = time_interleaved(steps, device, args.warmup, args.rounds, alternate=True)
     ratios = [b / a for a, b in zip(timings["A"].seconds, timings["B"].seconds, strict=True)]
 

@@ -13,18 +13,15 @@ node that called it (which cast, which backward).
 from __future__ import annotations
 
 import argparse
-import copy
 from collections import defaultdict
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, setup
-from benchmarks.train_step import adamw, loss_fns, make_step
-from src.kernels import KERNELS, apply_cpu_kernels, loss_matmuls
+from benchmarks.train_step import add_our_step_args, our_step, plain_model_and_batch
+from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
-from src.models import SmolLM2, SmolLM2Config
 
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm")
 MATMULS += ("mkldnn::_linear_pointwise",)  # the oneDNN linear kernels' fp32 matmuls
@@ -47,10 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--shape", default="2x1024", help="BATCHxSEQ")
-    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
+    add_our_step_args(parser)
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps, averaged")
     parser.add_argument("--rows", type=int, default=25, help="ops listed, by self time")
@@ -64,16 +58,11 @@ def main() -> None:
     device = setup(args)
     dtype = DTYPES[args.dtype]
 
-    torch.manual_seed(0)
-    plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
-    B, T = (int(n) for n in args.shape.split("x"))
-    workload = Workload(plain.config, B, T, dtype, training=True)
+    plain, inputs, targets = plain_model_and_batch(args, device)
+    workload = Workload(plain.config, *inputs.shape, dtype, training=True)
     decisions = choose_kernels(KERNELS, workload, on_cpu=True)
-    model = apply_cpu_kernels(copy.deepcopy(plain), kept(decisions))
-    x = torch.randint(0, plain.config.vocab_size, (B, T + 1), device=device)
-    inputs, targets = x[:, :T], x[:, 1:]
-    loss = loss_fns({"ours": model}, inputs, targets, args.chunk_size, loss_matmuls(kept(decisions)))
-    step = make_step(loss["ours"], adamw(model), device, dtype)
+    model = apply_cpu_kernels(plain, kept(decisions))
+    step = our_step(model, kept(decisions), inputs, targets, args, device)
     for _ in range(args.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:

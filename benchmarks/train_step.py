@@ -88,6 +88,38 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
 
 
+def add_our_step_args(parser: argparse.ArgumentParser) -> None:
+    """--preset, --shape, --dtype and --chunk-size of one training step of ours (`our_step`)."""
+    parser.add_argument("--preset", default="smollm2_135m")
+    parser.add_argument("--shape", default="2x1024", help="BATCHxSEQ")
+    parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
+
+
+def plain_model_and_batch(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[SmolLM2, torch.Tensor, torch.Tensor]:
+    """Our plain model of --preset (seed 0) and random (B, T) inputs and targets of --shape."""
+    torch.manual_seed(0)
+    plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
+    B, T = (int(n) for n in args.shape.split("x"))
+    x = torch.randint(0, plain.config.vocab_size, (B, T + 1), device=device)
+    return plain, x[:, :T], x[:, 1:]
+
+
+def our_step(
+    model: SmolLM2,
+    kernels: list[str],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> Callable[[], torch.Tensor]:
+    """One training step of `model` with `kernels` applied (the loss's matmuls following them)."""
+    loss = loss_fns({"ours": model}, inputs, targets, args.chunk_size, loss_matmuls(kernels))["ours"]
+    return make_step(loss, adamw(model), device, DTYPES[args.dtype])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
