@@ -82,6 +82,8 @@ def _chunked_loss(
     """
     count = (targets != ignore_index).sum().clamp(min=1)
     want_grad = grad_x is not None or want_grad_w
+    onednn_grad = onednn and onednn_weight_grad and uses_onednn(x, w)  # the weight gradient's matmul
+    add_in_matmul = x.dtype == torch.float32 and not onednn_grad  # fp32 through PyTorch's matmul
     grad_w = None
     loss = torch.zeros((), device=x.device, dtype=torch.float32)
     for start in range(0, x.shape[0], chunk_size):
@@ -96,10 +98,9 @@ def _chunked_loss(
         if grad_x is not None:
             grad_x[rows] = linear(logits, w.t(), onednn)  # grad @ w
         if want_grad_w:
-            onednn_grad = onednn and onednn_weight_grad and uses_onednn(logits, xc)
             if grad_w is None:
                 grad_w = weight_grad(logits, xc, onednn_grad).to(torch.float32).contiguous()
-            elif logits.dtype == grad_w.dtype and not onednn_grad:  # fp32 through PyTorch's matmul
+            elif add_in_matmul:
                 grad_w.addmm_(logits.t(), xc)  # += grad.T @ xc
             else:
                 grad_w += weight_grad(logits, xc, onednn_grad)
