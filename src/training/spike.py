@@ -108,7 +108,7 @@ class SpikeGuard:
             threshold = median + self.rule.k * (recent - median).abs().nanmedian()
             first = (loss > threshold) & (self._record[0] == 0)
             self._record = torch.where(
-                first, torch.stack((loss.new_tensor(step), loss, threshold)), self._record
+                first, torch.stack((loss.new_full((), step), loss, threshold)), self._record
             )
         self._losses[self.seen % self.rule.window] = loss
         self.seen += 1
