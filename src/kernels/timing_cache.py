@@ -42,9 +42,16 @@ def cpu_name() -> str:
     return first_cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
+# Variables that make oneDNN, MKL or PyTorch's own kernels use fewer of the CPU's instructions
+# (AVX2 code on an AVX-512 CPU, say): the same CPU then runs other code, so timings differ.
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+
+
 def this_machine() -> str:
-    """What a timing holds for: the CPU model and the PyTorch version."""
-    return f"{cpu_name()} | torch {torch.__version__}"
+    """What a timing holds for: the CPU model and the PyTorch version, and any instruction-set
+    limit set for this process (`ISA_LIMITS`)."""
+    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+    return " | ".join([cpu_name(), f"torch {torch.__version__}", *limits])
 
 
 def default_cache_dir() -> Path:

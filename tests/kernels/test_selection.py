@@ -16,7 +16,7 @@ from src.kernels import KERNELS, applied_kernels, converter
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.probes import DECODING_WEIGHT_BYTES, Workload, _decoding_layers, _layer_and_head_shapes
 from src.kernels.selection import MARGIN, KernelRecord, choose_kernels, kept, rule_keeps, summary, time_pair
-from src.kernels.timing_cache import FILE_NAME, TimingCache, this_machine
+from src.kernels.timing_cache import FILE_NAME, ISA_LIMITS, TimingCache, this_machine
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
 
@@ -230,6 +230,15 @@ def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
     assert torch.__version__ in before
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     assert this_machine() != before and this_machine().endswith("torch 9.9.9")
+
+
+def test_an_instruction_set_limit_is_another_machine(monkeypatch):
+    for name in ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    full = this_machine()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert this_machine() == f"{full} | ONEDNN_MAX_CPU_ISA=AVX2 | ATEN_CPU_CAPABILITY=avx2"
 
 
 def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_the_process(tmp_path):
