@@ -51,7 +51,7 @@ class Step:
 
 DRY_CAP_S = 240  # a CPU shared with other jobs; the dry run's steps take 10-60 s
 STEPS = [  # the GPU caps add up to more than the budget: a step that ends early leaves time to the next
-    Step("GPU-marked tests", gpu_steps.gpu_tests, 90),
+    Step("GPU-marked tests", gpu_steps.gpu_tests, 120),
     Step("Host-sync census of the training step", gpu_steps.sync_census, 75),
     Step("Training step against transformers", gpu_steps.train_step, 150),
     Step("Attention kernel (SDPA backend)", gpu_steps.sdpa_backend, 45),
@@ -68,6 +68,7 @@ class Checker:
     work: Path
     deadline: float = 0.0
     commands: list[str] = field(default_factory=list)
+    outputs: tuple[Path, ...] = ()  # the last command's stdout and stderr files
 
     def python(self, name: str, *args: str) -> str:
         """`python args...`; its stdout, or StepFailed with the end of its output."""
@@ -76,6 +77,7 @@ class Checker:
         if timeout < 5:
             raise StepFailed("timed out: no time left in the step's limit")
         out, err = self.work / f"{name}.out", self.work / f"{name}.err"
+        self.outputs = out, err
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
         with open(out, "w") as stdout, open(err, "w") as stderr:
             proc = subprocess.Popen(
@@ -234,13 +236,15 @@ def main() -> None:
 def run_step(step: Step, ctx: Context, checker: Checker, deadline: float) -> None:
     """Run one step to its status, seconds and body (its commands first), whatever happens in it."""
     start = time.monotonic()
-    checker.deadline, checker.commands = deadline, []
+    checker.deadline, checker.commands, checker.outputs = deadline, [], ()
     try:
         step.body, step.status = step.run(ctx), "ok"
     except StepFailed as failed:
         step.status, step.body = failed.status, failed.output and f"```\n{failed.output}\n```"
-    except Exception as err:  # a bug in reading a step's results must not lose the other steps
-        step.status, step.body = f"error: {type(err).__name__}: {err}".replace("\n", " "), ""
+    except Exception as err:  # a bug in reading a step's results must not lose the other steps ...
+        step.status = f"error: {type(err).__name__}: {err}".replace("\n", " ")
+        output = tail(*(f for f in checker.outputs if f.is_file()))  # ... nor what its command printed
+        step.body = output and f"```\n{output}\n```"
     step.seconds = time.monotonic() - start
     if checker.commands:
         step.body = "```\n" + "\n".join(checker.commands) + "\n```\n\n" + step.body

@@ -9,6 +9,7 @@ tiny ones that make the same steps take seconds on a CPU.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
 import statistics
@@ -22,6 +23,7 @@ from src.training import checkpoint as ckpt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = "skipped: no CUDA"
+TEST_TIMEOUT_S = 60  # per GPU-marked test
 
 
 class StepFailed(Exception):
@@ -99,9 +101,26 @@ class Context:
 def gpu_tests(ctx: Context) -> str:
     tests = (REPO_ROOT / "tests").rglob("test_*.py")  # only these files: the others need not import there
     files = sorted(str(p.relative_to(REPO_ROOT)) for p in tests if "pytest.mark.gpu" in p.read_text())
-    out = ctx.python("gpu_tests", "-m", "pytest", "-m", "gpu", "-rA", "-p", "no:cacheprovider", *files)
-    summary = out[out.find("short test summary info") :] if "short test summary info" in out else out
-    return "```\n" + "\n".join(summary.strip().splitlines()[-40:]) + "\n```"
+    # -v names each test as it ends, so a step cut off by its time limit still reports those that ran;
+    # a test that hangs (a collective, a compile) fails after TEST_TIMEOUT_S where pytest-timeout is there.
+    timeout = (f"--timeout={TEST_TIMEOUT_S}",) if importlib.util.find_spec("pytest_timeout") else ()
+    args = ("-m", "pytest", "-m", "gpu", "-v", "-rA", "-p", "no:cacheprovider", *timeout, *files)
+    try:
+        out = ctx.python("gpu_tests", *args)
+    except StepFailed as failed:
+        out_file = ctx.work / "gpu_tests.out"
+        if out_file.is_file():
+            failed.output = pytest_results(out_file.read_text()) + "\n" + failed.output
+        raise
+    return "```\n" + pytest_results(out) + "\n```"
+
+
+def pytest_results(out: str) -> str:
+    """pytest's short summary (-rA) where it got that far, else the names -v printed as tests ended."""
+    if "short test summary info" in out:
+        return "\n".join(out[out.find("short test summary info") :].strip().splitlines()[-60:])
+    ended = re.compile(r"::\S+ (PASSED|FAILED|ERROR|SKIPPED)")
+    return "\n".join(line for line in out.splitlines() if ended.search(line))
 
 
 CENSUS_LOG, CENSUS_EVERY, CENSUS_STEPS = 4, 6, 12

@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import hydra
 import pytest
 
 from benchmarks import gpu_steps
-from benchmarks.gpu_check import STEPS
+from benchmarks.gpu_check import STEPS, Checker, Step, run_step
 from src.train import override_key
 from src.training.config_checks import check_run_config
 from src.training.global_batch import resolve_global_batch
@@ -87,3 +88,32 @@ def test_the_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     assert "**NOT met**" not in text  # a CPU run claims no GPU target, either way
     assert text.count("skipped: no CUDA") >= 6  # the census, train step (3), generation, attention (2)
     assert "zero host reads in the quiet steps [1, 2, 3, 5, 7, 9, 10, 11] (0): met" in text
+
+
+def test_gpu_tests_report_the_tests_that_ended_when_pytest_was_cut_off():
+    cut_off = "collected 3 items\n\ntests/a.py::test_x PASSED [ 33%]\ntests/b.py::test_y FAILED [ 66%]\n"
+    assert gpu_steps.pytest_results(cut_off).splitlines() == [
+        "tests/a.py::test_x PASSED [ 33%]",
+        "tests/b.py::test_y FAILED [ 66%]",
+    ]
+    summary = "=== short test summary info ===\nPASSED tests/a.py::test_x\nFAILED tests/b.py::test_y\n"
+    finished = cut_off + summary
+    assert gpu_steps.pytest_results(finished).splitlines()[1:] == [
+        "PASSED tests/a.py::test_x",
+        "FAILED tests/b.py::test_y",
+    ]
+
+
+def test_a_step_that_fails_reading_its_results_keeps_what_its_command_printed(tmp_path):
+    def misread(ctx: gpu_steps.Context) -> str:
+        out = ctx.python("probe", "-c", "print('tokens/s 123,456')")
+        raise ValueError(f"no table in {out!r}")
+
+    checker = Checker(tmp_path)
+    ctx = gpu_steps.Context(
+        plan=gpu_steps.DRY_RUN, work=tmp_path, text=tmp_path / "input.txt", cuda=False, python=checker.python
+    )
+    step = Step("misread", misread, gpu_cap_s=60)
+    run_step(step, ctx, checker, deadline=time.monotonic() + 60)
+    assert step.status.startswith("error: ValueError: no table in")
+    assert "tokens/s 123,456" in step.body

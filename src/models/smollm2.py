@@ -81,7 +81,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def fused_kernel_takes_gqa(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether SDPA's fused kernel for these inputs accepts fewer key/value heads than query heads.
 
-    CPU's flash kernel does in every dtype; on CUDA only flash does, and flash takes 16-bit
+    CPU's flash kernel does in every dtype; on CUDA flash and cuDNN's attention do (PyTorch
+    puts cuDNN first on Hopper and later with cuDNN 9.15 or newer), and both take 16-bit
     inputs only: fp32 with `enable_gqa` would run SDPA's slow math kernel instead of the
     memory-efficient one. Elsewhere (MPS, XPU) nothing is assumed.
     """
