@@ -123,7 +123,11 @@ def pytest_results(out: str) -> str:
     return "\n".join(line for line in out.splitlines() if ended.search(line))
 
 
-CENSUS_LOG, CENSUS_EVERY, CENSUS_STEPS = 4, 6, 12
+CENSUS_LOG, CENSUS_EVERY, CENSUS_STEPS = (
+    3,
+    6,
+    12,
+)  # the spike guard decides at log steps: 6 is a multiple of 3
 
 
 def sync_census(ctx: Context) -> str:
@@ -135,6 +139,10 @@ def sync_census(ctx: Context) -> str:
         f"trainer.max_steps={CENSUS_STEPS}",
         "trainer.accumulate_grad_batches=2",
         f"trainer.log_every_n_steps={CENSUS_LOG}",
+        # the loss-spike guard judges every step's loss on the device from step 5 on: counted too
+        "spike.mode=warn",
+        "spike.window=8",
+        "spike.min_steps=4",
         "+callbacks.sync_census._target_=benchmarks.sync_census.SyncCensus",
         f"+callbacks.sync_census.out_file={out_file}",
     )
