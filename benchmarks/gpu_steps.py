@@ -123,11 +123,8 @@ def pytest_results(out: str) -> str:
     return "\n".join(line for line in out.splitlines() if ended.search(line))
 
 
-CENSUS_LOG, CENSUS_EVERY, CENSUS_STEPS = (
-    3,
-    6,
-    12,
-)  # the spike guard decides at log steps: 6 is a multiple of 3
+# Checkpoints at log steps (6 a multiple of 3): the loss-spike guard on in the census needs that.
+CENSUS_LOG, CENSUS_EVERY, CENSUS_STEPS = 3, 6, 12
 
 
 def sync_census(ctx: Context) -> str:
