@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
+from torch.overrides import TorchFunctionMode
 
 from src.data.windows import ShuffledWindowBatches
 from src.errors import UserError
 from src.training.checkpoint import read_checkpoint
 from src.training.config_checks import check_spike
 from src.training.nonfinite import TrainingDiverged
-from src.training.spike import SpikeRule
+from src.training.spike import SpikeGuard, SpikeRule
 from tests.test_host_sync import HostReadCensus
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 
@@ -116,3 +118,30 @@ def test_a_rollback_needs_checkpoints_at_log_steps_and_a_text_file(tmp_path):
             check_spike(cfg)
     with pytest.raises(UserError, match=r"spike.mode must be one of"):
         SpikeRule(mode="stop")
+
+
+class HostDataCensus(TorchFunctionMode):
+    """Records tensors made from host data (Python numbers, host tensors) while the guard runs on
+    another device: on a GPU each is a blocking copy in every step."""
+
+    FROM_HOST_DATA = {torch.tensor, torch.as_tensor, torch.Tensor.new_tensor}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        tensors = [a for a in pytree.tree_leaves((args, kwargs or {})) if isinstance(a, torch.Tensor)]
+        if func in self.FROM_HOST_DATA or any(t.device.type == "cpu" for t in tensors):
+            self.found.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def test_judging_each_loss_sends_nothing_from_the_host_to_the_device():
+    # "meta" stands in for the GPU: the losses and the guard's buffers live there.
+    guard = SpikeGuard(SpikeRule(mode="warn", window=4, min_steps=2))
+    with HostDataCensus() as census:
+        for step in range(1, 7):
+            guard.observe(torch.full((), 2.0 + step, device="meta"), step)
+    assert guard.seen == 6
+    assert census.found == []
