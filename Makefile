@@ -13,9 +13,11 @@ STAMP := $(VENV)/.installed
 .PHONY: venv train test test-fast lint format
 venv: $(STAMP)
 
+# torch only where the venv has none: the reinstall after a pyproject.toml change keeps the build chosen before.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
