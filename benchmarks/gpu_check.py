@@ -71,7 +71,7 @@ class Checker:
     outputs: tuple[Path, ...] = ()  # the last command's stdout and stderr files
 
     def python(self, name: str, *args: str) -> str:
-        """`python args...`; its stdout, or StepFailed with the end of its output."""
+        """`python args...`; its stdout, or StepFailed with the end of its output (and all its stdout)."""
         self.commands.append(shlex.join(["python", *args]))
         timeout = self.deadline - time.monotonic()
         if timeout < 5:
@@ -93,9 +93,11 @@ class Checker:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                raise StepFailed(f"timed out after {timeout:.0f} s", tail(out, err)) from None
+                status = f"timed out after {timeout:.0f} s"
+                raise StepFailed(status, tail(out, err), out.read_text(errors="replace")) from None
         if code:
-            raise StepFailed(f"failed: its command {len(self.commands)} exited {code}", tail(out, err))
+            status = f"failed: its command {len(self.commands)} exited {code}"
+            raise StepFailed(status, tail(out, err), out.read_text(errors="replace"))
         return out.read_text()
 
 

@@ -27,11 +27,12 @@ TEST_TIMEOUT_S = 60  # per GPU-marked test
 
 
 class StepFailed(Exception):
-    """A step's command failed or ran out of time: `status` goes in the table, `output` below it."""
+    """A step's command failed or ran out of time: `status` goes in the table, `output` below it;
+    `stdout`: all the command printed, for a step that reads more of it than the end."""
 
-    def __init__(self, status: str, output: str = "") -> None:
+    def __init__(self, status: str, output: str = "", stdout: str = "") -> None:
         super().__init__(status)
-        self.status, self.output = status, output
+        self.status, self.output, self.stdout = status, output, stdout
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,8 @@ def gpu_tests(ctx: Context) -> str:
     try:
         out = ctx.python("gpu_tests", *args)
     except StepFailed as failed:
-        out_file = ctx.work / "gpu_tests.out"
-        if out_file.is_file():
-            failed.output = pytest_results(out_file.read_text()) + "\n" + failed.output
+        if results := pytest_results(failed.stdout):
+            failed.output = results + "\n" + failed.output
         raise
     return "```\n" + pytest_results(out) + "\n```"
 

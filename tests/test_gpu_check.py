@@ -117,3 +117,13 @@ def test_a_step_that_fails_reading_its_results_keeps_what_its_command_printed(tm
     run_step(step, ctx, checker, deadline=time.monotonic() + 60)
     assert step.status.startswith("error: ValueError: no table in")
     assert "tokens/s 123,456" in step.body
+
+
+def test_a_failed_command_hands_the_step_all_it_printed(tmp_path):
+    checker = Checker(tmp_path, deadline=time.monotonic() + 60)
+    lines = "".join(f"tests/t.py::test_{i} PASSED\\n" for i in range(40))
+    with pytest.raises(gpu_steps.StepFailed) as failed:
+        checker.python("fails", "-c", f"print('{lines}', end=''); raise SystemExit(3)")
+    assert failed.value.status == "failed: its command 1 exited 3"
+    assert failed.value.stdout.splitlines() == [f"tests/t.py::test_{i} PASSED" for i in range(40)]
+    assert len(failed.value.output.splitlines()) < 40  # the report's excerpt is only the end
