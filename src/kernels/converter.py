@@ -19,6 +19,7 @@ from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.rms_norm import FusedRMSNorm
+from src.kernels.upcast import UpcastCausalAttention, UpcastLinear
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
 
 
@@ -44,6 +45,11 @@ _SWAPS: dict[str, _Swap] = {
     ),
     # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
     "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 1),
+    # bf16 computed in fp32, for CPUs without bf16 arithmetic; rivals of the two above
+    "upcast_attention": _Swap(
+        ScaledDotProductAttention, UpcastCausalAttention, lambda _: UpcastCausalAttention(), 1
+    ),
+    "upcast_linear": _Swap(nn.Linear, UpcastLinear, UpcastLinear.from_linear, 1),
 }
 KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
 
@@ -63,6 +69,8 @@ def loss_matmuls(kernels: Sequence[str]) -> dict[str, bool]:
     """`lm_cross_entropy`'s matmul switches for a model with `kernels` applied: the loss's
     matmuls go where its linear layers' do."""
     linears = [_SWAPS[name].replacement for name in kernels if _SWAPS[name].plain is nn.Linear]
+    if linears and issubclass(linears[0], UpcastLinear):
+        return {"onednn": False, "upcast": True}
     if not linears or not issubclass(linears[0], OneDNNLinear):
         return {"onednn": False}
     return {"onednn": True, "onednn_weight_grad": linears[0].onednn_weight_grad}

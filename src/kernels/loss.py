@@ -7,7 +7,8 @@ chunks and, when gradients are wanted, each chunk's gradients are computed right
 the forward pass: the loss ends the graph, so backward only has to scale the stored (N, C)
 and (V, C) gradients by the incoming scalar. No logits are kept and no matmul is redone.
 With `onednn=True` the fp32 CPU matmuls go through oneDNN (src/kernels/linear.py), the
-weight gradient's too unless `onednn_weight_grad=False`.
+weight gradient's too unless `onednn_weight_grad=False`; with `upcast=True` bf16 CPU matmuls
+run in fp32 on the bf16-rounded operands (src/kernels/upcast.py).
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Loss with its gradients computed in forward; backward just scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad):
-        x, w = hidden.to(dtype), weight.to(dtype)
+    def forward(
+        ctx, hidden, weight, targets, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad, widen
+    ):
+        x, w = _matmul_operands(hidden, weight, dtype, widen)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None  # (N, C)
         want_grad_w = ctx.needs_input_grad[1]
         loss, grad_w = _chunked_loss(
@@ -130,7 +133,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = ctx.dtypes
         grad_hidden = None if grad_x is None else (grad_x * grad_loss).to(hidden_dtype)
         grad_weight = None if grad_w is None else (grad_w * grad_loss).to(weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None
+
+
+def _matmul_operands(
+    hidden: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, widen: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden and weight rounded to `dtype`, then widened to fp32 if `widen`: the bf16
+    matmul's products exactly, at the fp32 matmul's speed (src/kernels/upcast.py). The
+    logits stay fp32, which the loss computes in anyway."""
+    x, w = hidden.to(dtype), weight.to(dtype)
+    return (x.float(), w.float()) if widen else (x, w)
 
 
 def lm_cross_entropy(
@@ -142,6 +155,7 @@ def lm_cross_entropy(
     ignore_index: int = -100,
     onednn: bool = False,
     onednn_weight_grad: bool = True,
+    upcast: bool = False,
 ) -> torch.Tensor:
     """Mean cross-entropy of (B, T, C) hidden states against (B, T) target ids, in fp32.
 
@@ -149,16 +163,20 @@ def lm_cross_entropy(
     gradients (under autocast too: the head matmul runs in the autocast dtype) while only
     `chunk_size` tokens' logits exist at a time. `onednn`: fp32 CPU matmuls through oneDNN,
     the weight gradient's only with `onednn_weight_grad` (`loss_matmuls` in
-    src/kernels/converter.py sets both as the linear layers' kernel does).
+    src/kernels/converter.py sets both as the linear layers' kernel does). `upcast`: bf16
+    CPU matmuls in fp32, as `UpcastLinear`'s (eager only).
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    widen = upcast and dtype == torch.bfloat16 and device == "cpu" and not torch.compiler.is_compiling()
     x, t = hidden.flatten(0, -2), targets.flatten()  # (N, C), (N,)
     with torch.autocast(device, enabled=False):
         if torch.is_grad_enabled() and (hidden.requires_grad or head_weight.requires_grad):
             return _LinearCrossEntropy.apply(
-                x, head_weight, t, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad
+                x, head_weight, t, chunk_size, ignore_index, dtype, onednn, onednn_weight_grad, widen
             )
-        return _chunked_loss(x.to(dtype), head_weight.to(dtype), t, chunk_size, ignore_index, onednn)[0]
+        return _chunked_loss(
+            *_matmul_operands(x, head_weight, dtype, widen), t, chunk_size, ignore_index, onednn
+        )[0]

@@ -22,6 +22,7 @@ from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad
 from src.kernels.packed_linear import PackedLinear, packing_available
 from src.kernels.rms_norm import FusedRMSNorm
+from src.kernels.upcast import UpcastCausalAttention, UpcastLinear
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
 
@@ -84,7 +85,7 @@ def _training_step(
     return step
 
 
-def _attention(w: Workload) -> Probe | str:
+def _attention(w: Workload, attention: type[nn.Module] = BlockwiseCausalAttention) -> Probe | str:
     if not w.training:
         return "unused by cached decoding"
     c = w.config
@@ -98,7 +99,13 @@ def _attention(w: Workload) -> Probe | str:
         # The model hands attention (B, H, T, D) views of (B, T, H, D) tensors.
         return _training_step(lambda *qkv: attention(*(t.transpose(1, 2) for t in qkv)), [q, k, v], w.dtype)
 
-    return Probe(step(BlockwiseCausalAttention()), step(ScaledDotProductAttention()))
+    return Probe(step(attention()), step(ScaledDotProductAttention()))
+
+
+def _upcast_attention(w: Workload) -> Probe | str:
+    if w.dtype != torch.bfloat16:
+        return "acts on bf16 only"
+    return _attention(w, UpcastCausalAttention)
 
 
 def _rms_norm(w: Workload) -> Probe | str:
@@ -156,6 +163,12 @@ def _packed_linear(w: Workload) -> Probe | str:
     return _linears(w, PackedLinear.from_linear)
 
 
+def _upcast_linear(w: Workload) -> Probe | str:
+    if w.dtype != torch.bfloat16:
+        return "acts on bf16 only"
+    return _linears(w, UpcastLinear.from_linear)
+
+
 def _linears(w: Workload, replace: Callable[[nn.Linear], nn.Linear]) -> Probe:
     """The step's matmuls through `replace`d linears against plain ones: forward and backward
     of one layer's share in training, one-token products over `_decoding_layers` layers in
@@ -194,4 +207,6 @@ _PROBES: dict[str, Callable[[Workload], Probe | str]] = {
     "onednn_linear": _onednn_linear,
     "onednn_linear_torch_wgrad": _onednn_linear_torch_wgrad,
     "packed_linear": _packed_linear,
+    "upcast_attention": _upcast_attention,
+    "upcast_linear": _upcast_linear,
 }

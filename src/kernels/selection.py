@@ -143,10 +143,15 @@ def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> boo
     Zen 5 keeps onednn_linear (1.67x MKL in training there, 1.02x on Zen 4), only Zen 4
     onednn_linear_torch_wgrad (MKL's fp32 matmul is about oneDNN's there: a training step
     0.96x PyTorch's). Intel CPUs, with AMX or AVX-512 or neither, AVX2-only CPUs and other
-    architectures keep none: MKL already runs AVX-512 and AMX on Intel (the oneDNN linear was
-    0.70x there), and PyTorch's ops cannot be slower than themselves.
+    architectures keep none of those: MKL already runs AVX-512 and AMX on Intel (the oneDNN
+    linear was 0.70x there), and PyTorch's ops cannot be slower than themselves. The upcast
+    kernels are kept on x86 CPUs without bf16 arithmetic (AVX512-BF16 or AMX), where bf16
+    matmuls are emulated: measured on Zen 2 (AVX2), and bf16 matmuls on Zen 4 limited to
+    AVX-512 without bf16 ran below its fp32 rate.
     """
     vendor, family, flags = cpu or _cpu_identity()
+    if kernel in ("upcast_attention", "upcast_linear"):
+        return vendor in ("AuthenticAMD", "GenuineIntel") and not flags & {"avx512_bf16", "amx_bf16"}
     zen4 = vendor == "AuthenticAMD" and family == 25 and "avx512f" in flags
     zen5_or_later = vendor == "AuthenticAMD" and family >= 26
     if kernel == "onednn_linear":

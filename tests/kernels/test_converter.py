@@ -38,6 +38,7 @@ def test_the_first_named_linear_kernel_takes_the_layers_and_the_loss_follows_it(
     assert loss_matmuls(both) == {"onednn": True, "onednn_weight_grad": False}
     assert loss_matmuls(["rms_norm", "onednn_linear"]) == {"onednn": True, "onednn_weight_grad": True}
     assert loss_matmuls(["causal_attention"]) == loss_matmuls(["packed_linear"]) == {"onednn": False}
+    assert loss_matmuls(["upcast_attention", "upcast_linear"]) == {"onednn": False, "upcast": True}
 
 
 def test_converter_applies_only_the_named_kernels_and_once():
@@ -64,18 +65,18 @@ def test_unknown_kernels_are_a_one_line_user_error(kernels, message):
     assert "\n" not in str(info.value)
 
 
-def model_loss_and_grads(model, x, onednn):
+def model_loss_and_grads(model, x, onednn, **matmuls):
     model.zero_grad(set_to_none=True)
     hidden = model.hidden_states(x[:, :-1])
-    loss = lm_cross_entropy(hidden, model.lm_head.weight, x[:, 1:], chunk_size=16, onednn=onednn)
+    loss = lm_cross_entropy(hidden, model.lm_head.weight, x[:, 1:], chunk_size=16, onednn=onednn, **matmuls)
     loss.backward()
     return [loss.detach()] + [p.grad.clone() for p in model.parameters()]
 
 
-def plain_and_converted() -> tuple[SmolLM2, SmolLM2]:
+def plain_and_converted(kernels=KERNELS) -> tuple[SmolLM2, SmolLM2]:
     plain, converted = tiny(), tiny()
     converted.load_state_dict(plain.state_dict())
-    return plain, apply_cpu_kernels(converted, KERNELS)
+    return plain, apply_cpu_kernels(converted, kernels)
 
 
 def test_model_with_and_without_kernels_gives_the_same_loss_and_gradients_in_fp32():
@@ -89,13 +90,15 @@ def test_model_with_and_without_kernels_gives_the_same_loss_and_gradients_in_fp3
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_model_with_kernels_under_bf16_autocast_is_as_close_to_fp32_as_without():
+@pytest.mark.parametrize("kernels", [KERNELS, ["rms_norm", "upcast_attention", "upcast_linear"]])
+def test_model_with_kernels_under_bf16_autocast_is_as_close_to_fp32_as_without(kernels):
     """bf16 rounds differently on each path; neither may stray further from the fp32 result."""
-    plain, converted = plain_and_converted()
+    plain, converted = plain_and_converted(kernels)
     x = torch.randint(0, plain.config.vocab_size, (2, 41))
     exact = model_loss_and_grads(plain, x, onednn=False)
     with torch.autocast("cpu", torch.bfloat16):
-        got, expected = model_loss_and_grads(converted, x, onednn=True), model_loss_and_grads(plain, x, False)
+        got = model_loss_and_grads(converted, x, **loss_matmuls(kernels))
+        expected = model_loss_and_grads(plain, x, False)
     for a, b, want in zip(got, expected, exact, strict=True):
         kernels_error, plain_error = ((t - want).norm() / want.norm() for t in (a, b))
         assert kernels_error <= 1.5 * plain_error + 1e-3

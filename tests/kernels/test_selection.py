@@ -26,7 +26,7 @@ TRAINING_KERNELS = (
     "rms_norm",
     "onednn_linear",
     "onednn_linear_torch_wgrad",
-)  # conf/train.yaml's; packed_linear is for inference
+)  # conf/train.yaml's that act in fp32; packed_linear is for inference, the upcast kernels for bf16
 FP32_TRAINING = Workload(TINY, 4, 32, torch.float32, training=True)
 INTEL_AMX = ("GenuineIntel", 6, {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 INTEL_AVX512 = ("GenuineIntel", 6, {"avx2", "avx512f"})
@@ -75,26 +75,31 @@ def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
     decisions = choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer)
     assert [d.kernel for d in decisions] == list(KERNELS)
     assert kept(decisions) == ["causal_attention", "onednn_linear_torch_wgrad"]
-    assert [d.ratio for d in decisions] == [0.5, barely, 1.4, 0.9, None]
+    assert [d.ratio for d in decisions] == [0.5, barely, 1.4, 0.9, None, None, None]
     assert decisions[4].reason == "acts in inference only"  # packed_linear, not timed
+    assert [d.reason for d in decisions[5:]] == ["acts on bf16 only"] * 2  # the upcast kernels
 
 
 def test_kernels_that_cannot_act_on_the_workload_are_dropped_without_timing(tmp_path):
-    timer = FakeTimer.steady((0.5, 1.0), (0.5, 1.0))
+    timer = FakeTimer.steady((0.5, 1.0), (0.5, 1.0), (0.4, 1.0), (0.5, 1.0))
     bf16 = Workload(TINY, 4, 32, torch.bfloat16, training=True)
     decisions = choose_kernels(KERNELS, bf16, cache=TimingCache(tmp_path), timer=timer)
-    assert kept(decisions) == ["causal_attention", "rms_norm"]
-    assert [d.reason for d in decisions[2:4]] == ["acts on fp32 only"] * 2 and timer.kernels_timed == 2
+    assert kept(decisions) == ["rms_norm", "upcast_attention", "upcast_linear"]
+    assert decisions[0].reason == "upcast_attention is faster"  # its rival for the attention module
+    assert [d.reason for d in decisions[2:4]] == ["acts on fp32 only"] * 2 and timer.kernels_timed == 4
 
     decoding = Workload(TINY, 1, 1, torch.float32, training=False)
     decisions = choose_kernels(
         KERNELS, decoding, cache=TimingCache(tmp_path), timer=FakeTimer.steady((0.5, 1.0))
     )
     assert kept(decisions) == ["onednn_linear"]
-    assert [d.reason for d in decisions[:2]] + [decisions[3].reason] == [
+    assert [d.reason for d in decisions[:2]] + [d.reason for d in decisions[3:]] == [
         "unused by cached decoding",
         "acts only when gradients are wanted",
         "onednn_linear without gradients",
+        "acts on bf16 only",
+        "acts on bf16 only",
+        "acts on bf16 only",
     ]
 
 
@@ -102,7 +107,12 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     timer = FakeTimer()
     always = choose_kernels(KERNELS, FP32_TRAINING, "always", TimingCache(tmp_path), timer)
     assert kept(always) == ["causal_attention", "rms_norm", "onednn_linear"]  # one kernel per module type
-    assert [d.reason for d in always[3:]] == ["onednn_linear is named first"] * 2
+    assert [d.reason for d in always[3:]] == [
+        "onednn_linear is named first",
+        "onednn_linear is named first",
+        "causal_attention is named first",
+        "onednn_linear is named first",
+    ]
     assert (
         kept(choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, on_cpu=False))
         == []
@@ -285,8 +295,8 @@ def test_a_probe_that_fails_is_decided_by_the_rule_and_says_so(tmp_path, monkeyp
     ("cpu", "expected"),
     [
         (INTEL_AMX, []),
-        (INTEL_AVX512, []),
-        (ZEN3_AVX2, []),
+        (INTEL_AVX512, ["upcast_attention", "upcast_linear"]),  # bf16 emulated there
+        (ZEN3_AVX2, ["upcast_attention", "upcast_linear"]),
         (ZEN4, ["causal_attention", "rms_norm", "onednn_linear_torch_wgrad", "packed_linear"]),
         (ZEN5, ["causal_attention", "rms_norm", "onednn_linear", "packed_linear"]),
         (("", 0, set()), []),  # no /proc/cpuinfo, or not x86
@@ -311,21 +321,31 @@ def test_measuring_on_this_machine_gives_a_ratio_per_kernel_and_leaves_the_seed_
     assert "measured in" not in again and "(cached)" in again  # read back: nothing measured
 
 
-def test_inference_on_cpu_in_bf16_can_keep_only_the_packed_linear_and_logs_why(tmp_path, monkeypatch, caplog):
-    """bf16 decoding: only packed_linear can act (the others act on fp32, gradients, uncached attention)."""
+def test_the_upcast_kernels_are_measured_on_bf16_training_shapes(tmp_path):
+    bf16 = Workload(TINY, 2, 32, torch.bfloat16, training=True)
+    upcast = ["upcast_attention", "upcast_linear"]
+    decisions = choose_kernels(upcast, bf16, cache=TimingCache(tmp_path), timer=OneRealSeries())
+    assert [d.kernel for d in decisions] == upcast and all(d.ratio > 0 for d in decisions)
+
+
+def test_bf16_inference_keeps_the_faster_of_the_bf16_linears_and_logs_why(tmp_path, monkeypatch, caplog):
+    """bf16 decoding: only packed_linear and upcast_linear can act (the others act on fp32, on
+    gradients, on uncached attention), and they are rivals for the linear layers."""
     monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path))
-    timer = FakeTimer.steady((0.5, 1.0))
+    monkeypatch.setattr("src.kernels.probes.packing_available", lambda: True)  # whatever this CPU has
+    timer = FakeTimer.steady((0.5, 1.0), (0.6, 1.0))
     monkeypatch.setattr(
         "src.serving.inference.choose_kernels", functools.partial(choose_kernels, timer=timer)
     )
     with caplog.at_level("INFO"):
         model = ready_for_inference(SmolLM2(TINY), "cpu", torch.bfloat16)
-    assert applied_kernels(model) == ["packed_linear"] and timer.kernels_timed == 1
+    assert applied_kernels(model) == ["packed_linear"] and timer.kernels_timed == 2
     assert all(type(m) is PackedLinear for m in model.modules() if isinstance(m, nn.Linear))
     assert (
         "CPU kernels: kept packed_linear 0.50x; dropped causal_attention (unused by cached decoding), "
         "rms_norm (acts only when gradients are wanted), onednn_linear (acts on fp32 only), "
-        "onednn_linear_torch_wgrad (acts on fp32 only)" in caplog.text
+        "onednn_linear_torch_wgrad (acts on fp32 only), upcast_attention (unused by cached decoding), "
+        "upcast_linear 0.60x (packed_linear is faster)" in caplog.text
     )
 
 
