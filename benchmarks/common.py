@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from src.kernels.linear import linear
 from src.kernels.timing_cache import cpu_name
+from src.kernels.upcast import upcast_linear
 from src.training.hardware import keep_freed_host_memory
 
 _freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
@@ -156,14 +157,25 @@ def matmul_peak_flops(
 ) -> float:
     """Best FLOP/s of a large square matmul (`size`, see `matmul_size`): the denominator for MFU.
 
-    The best of PyTorch's matmul and ours (`src.kernels.linear.linear`, oneDNN for fp32 on CPU),
-    so that MFU is against the fastest kernel this machine has, not the one PyTorch picks.
+    The best of PyTorch's matmul and ours (`src.kernels.linear.linear`, oneDNN for fp32 on CPU;
+    for bf16 on CPU also `upcast_linear`, fp32 arithmetic where bf16's is emulated), so that
+    MFU is against the fastest kernel this machine has, not the one PyTorch picks.
     A GPU product takes about a millisecond: more repeats there, so its clocks ramp up first.
     """
     repeats = repeats or (20 if device.type == "cuda" else 5)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    candidates = {"torch": lambda: a @ b, "ours": lambda: linear(a, b)}
+
+    def products(n: int) -> dict[str, Callable[[], object]]:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        candidates = {"torch": lambda: a @ b, "ours": lambda: linear(a, b)}
+        if dtype == torch.bfloat16 and device.type == "cpu":
+            candidates["upcast"] = lambda: upcast_linear(a, b)
+        return candidates
+
+    # Once at an eighth of the size: a candidate more than twice the fastest's time there is not
+    # the peak, and is not timed at full size (an emulated bf16 matmul takes minutes at 4096).
+    small = {name: min(t.seconds) for name, t in time_interleaved(products(size // 8), device, 1, 1).items()}
+    candidates = {n: fn for n, fn in products(size).items() if small[n] <= 2 * min(small.values())}
     timings = time_interleaved(candidates, device, warmup=repeats // 4 or 1, repeats=repeats)
     return 2 * size**3 / min(min(t.seconds) for t in timings.values())
 
