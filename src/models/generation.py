@@ -115,14 +115,14 @@ def generate_tokens(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     logits = _last_logits(model, input_ids, cache, 0)  # (B, V)
     position = torch.full((1,), T, device=device)  # where the next token goes, kept on the device
-    for _ in range(max_new_tokens):
+    for remaining in range(max_new_tokens - 1, -1, -1):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eos_id is not None:
             token = token.masked_fill(finished, eos_id)
             finished |= token == eos_id
         yield token
-        if eos_id is not None and bool(finished.all()):
-            return
+        if remaining == 0 or (eos_id is not None and bool(finished.all())):
+            return  # no forward pass for a token after the last
         if compile_steps:
             torch.compiler.cudagraph_mark_step_begin()  # this step's logits replace the last's
         logits = step(model, token[:, None], cache, position)

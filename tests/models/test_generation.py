@@ -42,6 +42,16 @@ def test_generation_stops_at_eos(model):
     assert out.tolist() == [[5, 6, 7, first]]
 
 
+def test_n_new_tokens_take_n_forward_passes_the_prefill_included(model):
+    calls = []
+    hook = model.lm_head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        out = generate(model, torch.tensor([[5, 6, 7]]), max_new_tokens=4)
+    finally:
+        hook.remove()
+    assert out.shape == (1, 7) and len(calls) == 4
+
+
 def test_prompt_too_long_for_the_context_is_rejected(model):
     prompt = torch.zeros(1, model.config.max_position_embeddings, dtype=torch.long)
     with pytest.raises(UserError, match="exceeds the model's context"):
