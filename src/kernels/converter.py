@@ -46,10 +46,11 @@ _SWAPS: dict[str, _Swap] = {
     # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
     "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 1),
     # bf16 computed in fp32, for CPUs without bf16 arithmetic; rivals of the two above
+    # (upcast_linear 2: products of fewer than UPCAST_MIN_ROWS rows left to PyTorch)
     "upcast_attention": _Swap(
         ScaledDotProductAttention, UpcastCausalAttention, lambda _: UpcastCausalAttention(), 1
     ),
-    "upcast_linear": _Swap(nn.Linear, UpcastLinear, UpcastLinear.from_linear, 1),
+    "upcast_linear": _Swap(nn.Linear, UpcastLinear, UpcastLinear.from_linear, 2),
 }
 KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
 

@@ -22,7 +22,7 @@ from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import OneDNNLinear, OneDNNLinearTorchWeightGrad
 from src.kernels.packed_linear import PackedLinear, packing_available
 from src.kernels.rms_norm import FusedRMSNorm
-from src.kernels.upcast import UpcastCausalAttention, UpcastLinear
+from src.kernels.upcast import UPCAST_MIN_ROWS, UpcastCausalAttention, UpcastLinear
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import RMSNorm, ScaledDotProductAttention
 
@@ -166,19 +166,22 @@ def _packed_linear(w: Workload) -> Probe | str:
 def _upcast_linear(w: Workload) -> Probe | str:
     if w.dtype != torch.bfloat16:
         return "acts on bf16 only"
-    return _linears(w, UpcastLinear.from_linear)
+    # Decoding: the fewest rows it upcasts (it leaves fewer to PyTorch), where it gains least.
+    return _linears(w, UpcastLinear.from_linear, decoding_rows=max(w.batch_size, UPCAST_MIN_ROWS))
 
 
-def _linears(w: Workload, replace: Callable[[nn.Linear], nn.Linear]) -> Probe:
+def _linears(
+    w: Workload, replace: Callable[[nn.Linear], nn.Linear], decoding_rows: int | None = None
+) -> Probe:
     """The step's matmuls through `replace`d linears against plain ones: forward and backward
-    of one layer's share in training, one-token products over `_decoding_layers` layers in
-    decoding (weights in the workload's dtype)."""
+    of one layer's share in training, products of one token per sequence (or `decoding_rows`
+    rows) over `_decoding_layers` layers in decoding (weights in the workload's dtype)."""
     layers = 1 if w.training else _decoding_layers(w.config, w.dtype)
     weight_dtype = torch.float32 if w.training else w.dtype  # training casts under autocast
     shapes = [shape for _ in range(layers) for shape in _layer_and_head_shapes(w.config)]
     plain = [nn.Linear(i, o, bias=False, dtype=weight_dtype) for i, o in shapes]
     ours = [replace(layer) for layer in plain]
-    rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else w.batch_size
+    rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else decoding_rows or w.batch_size
     inputs = {
         n: torch.randn(rows, n, dtype=weight_dtype).requires_grad_(w.training)
         for n in {layer.in_features for layer in plain}

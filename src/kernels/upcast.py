@@ -8,7 +8,10 @@ widening the bf16-rounded operands to fp32 and multiplying them there computes t
 matmul, summed in another order. `UpcastLinear` does that for the linear layers (output
 rounded to bf16, as autocast's; gradients left in fp32 until their tensor's dtype) and
 `UpcastCausalAttention` for attention's batched matmuls. Elsewhere (fp32, CUDA, under
-`torch.compile`) PyTorch's op runs. Kept only where measured faster
+`torch.compile`) PyTorch's op runs, and so it does for products of fewer than
+`UPCAST_MIN_ROWS` rows (one-token decoding): there a product reads each weight once, and
+widening it to fp32 costs more than the bf16 product that reads half the bytes; a prompt's
+prefill and batched decoding are upcast. Kept only where measured faster
 (src/kernels/selection.py): on CPUs with bf16 instructions the bf16 matmul wins.
 """
 
@@ -19,6 +22,8 @@ import torch.nn.functional as F
 
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import LinearReplacement
+
+UPCAST_MIN_ROWS = 8  # the fewest rows upcast; measured to win from 8 on Zen 2 (benchmarks/README.md)
 
 
 def bf16_compute(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -62,10 +67,12 @@ class _UpcastLinearFunction(torch.autograd.Function):
 
 
 class UpcastLinear(LinearReplacement):
-    """`nn.Linear` whose bf16 CPU matmuls (forward, backward, inference) run in fp32; bias-free only."""
+    """`nn.Linear` whose bf16 CPU matmuls (forward, backward, inference) of at least
+    `UPCAST_MIN_ROWS` rows run in fp32; bias-free only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bias is not None or not bf16_compute(x, self.weight):
+        rows = x.numel() // max(x.shape[-1], 1)
+        if self.bias is not None or rows < UPCAST_MIN_ROWS or not bf16_compute(x, self.weight):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):

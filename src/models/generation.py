@@ -1,10 +1,11 @@
 """Autoregressive sampling with a KV cache: greedy, temperature, top-k, top-p, EOS stop.
 
-The prompt is prefilled once, eagerly (its length varies). Each later step feeds one token
-at a position held in a device tensor, against the whole preallocated cache: the step has
-the same shapes and reads nothing back at every position, so it can be compiled once and,
-on CUDA, replayed as a CUDA graph (`torch.compile(mode="reduce-overhead")`). The only
-host read per token is the EOS stop check.
+The prompt is prefilled once, eagerly (its length varies). Each later step feeds one token.
+Compiled, it runs at a position held in a device tensor, against the whole preallocated
+cache: the step has the same shapes and reads nothing back at every position, so it is
+compiled once and, on CUDA, replayed as a CUDA graph (`torch.compile(mode="reduce-overhead")`).
+Eager, it runs at a host position against the keys written so far, without a mask: less
+work per token, and no host sync either. The only host read per token is the EOS stop check.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def generate_tokens(
             torch._dynamo.mark_static_address(layer.values)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     logits = _last_logits(model, input_ids, cache, 0)  # (B, V)
-    position = torch.full((1,), T, device=device)  # where the next token goes, kept on the device
+    # Where the next token goes: on the device for compiled steps (one shape for every step,
+    # no host sync), else on the host, so that each step reads only the cache written so far.
+    position = torch.full((1,), T, device=device) if compile_steps else T
     for remaining in range(max_new_tokens - 1, -1, -1):
         token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eos_id is not None:

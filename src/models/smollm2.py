@@ -103,18 +103,21 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_caus
 
 
 def masked_grouped_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """SDPA of q (B, H, T, D) over k, v (B, K, S, D) where query t sees the keys `mask` (T, S) allows.
+    """SDPA of q (B, H, T, D) over k, v (B, K, S, D) where query t sees the keys `mask` (T, S)
+    allows, or every key (`mask` None).
 
     The H/K query heads of a group become rows of one query block (B, K, G*T, D) against
     their shared keys: every kernel takes that, and K, V (a whole KV cache when decoding)
-    are never copied.
+    are never copied. For one query (T = 1) the rows share one mask row, broadcast.
     """
     B, H, T, D = q.shape
     groups = H // k.shape[1]
     rows = q.reshape(B, k.shape[1], groups * T, D)  # row g*T + t: head k*G + g, query t
-    y = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask.repeat(groups, 1))  # (B, K, G*T, D)
+    if mask is not None and T > 1:
+        mask = mask.repeat(groups, 1)  # (G*T, S)
+    y = F.scaled_dot_product_attention(rows, k, v, attn_mask=mask)  # (B, K, G*T, D)
     return y.view(B, H, T, D)
 
 
@@ -178,8 +181,10 @@ class Attention(nn.Module):
         """
         T = q.shape[2]
         k, v = cache.update(k, v, start)  # (B, K, S, D): S = start + T, or the whole cache
-        if not isinstance(start, torch.Tensor) and (start == 0 or T == 1):
-            return grouped_attention(q, k, v, is_causal=start == 0)  # causal prompt, or one token seeing all
+        if not isinstance(start, torch.Tensor) and start == 0:
+            return grouped_attention(q, k, v, is_causal=True)  # the prompt
+        if not isinstance(start, torch.Tensor) and T == 1:
+            return masked_grouped_attention(q, k, v, None)  # one token seeing every cached key
         # New queries sit at positions start..start+T-1 and see every key up to their own.
         key_pos = torch.arange(k.shape[2], device=q.device)
         query_pos = start + torch.arange(T, device=q.device)

@@ -1,12 +1,14 @@
 """bf16 computed in fp32: the bf16 matmul's products of the bf16-rounded operands, at fp32's speed."""
 
+from unittest.mock import patch
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src.kernels.attention import causal_attention
 from src.kernels.loss import lm_cross_entropy
-from src.kernels.upcast import UpcastCausalAttention, UpcastLinear, bf16_compute
+from src.kernels.upcast import UPCAST_MIN_ROWS, UpcastCausalAttention, UpcastLinear, bf16_compute
 
 BF16 = torch.bfloat16
 
@@ -46,11 +48,33 @@ def test_under_autocast_the_layer_multiplies_the_bf16_rounded_operands_and_retur
 def test_bf16_inference_without_autocast_returns_the_rounded_product():
     torch.manual_seed(1)
     layer = UpcastLinear.from_linear(nn.Linear(32, 24, bias=False).to(BF16))
-    x = torch.randn(4, 32, dtype=BF16)
+    x = torch.randn(2, UPCAST_MIN_ROWS // 2, 32, dtype=BF16)  # a prefill: enough rows to upcast
     with torch.no_grad():
         y = layer(x)
     assert y.dtype == BF16
     assert (y != (x.double() @ layer.weight.double().T).to(BF16)).float().mean() < 0.02
+    assert linear_input_dtypes(layer, x) == [torch.float32]  # computed in fp32
+
+
+def test_one_token_decoding_is_pytorchs_bf16_linear():
+    layer = UpcastLinear.from_linear(nn.Linear(32, 24, bias=False).to(BF16))
+    x = torch.randn(UPCAST_MIN_ROWS - 1, 1, 32, dtype=BF16)  # one token for each of 7 sequences
+    assert linear_input_dtypes(layer, x) == [BF16]
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight))
+
+
+def linear_input_dtypes(layer: nn.Module, x: torch.Tensor) -> list[torch.dtype]:
+    """The input dtype of each `F.linear` that `layer(x)` calls, without gradients."""
+    dtypes, linear = [], F.linear
+
+    def spy(x: torch.Tensor, *args) -> torch.Tensor:
+        dtypes.append(x.dtype)
+        return linear(x, *args)
+
+    with patch.object(F, "linear", spy), torch.no_grad():
+        layer(x)
+    return dtypes
 
 
 def test_fp32_without_autocast_is_pytorchs_linear_bit_for_bit():

@@ -3,7 +3,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from src.errors import UserError
-from src.models import SmolLM2, SmolLM2Config, generate, generate_tokens
+from src.models import SmolLM2, SmolLM2Config, generate, generate_tokens, generation
 from src.models.generation import cache_length, sample_next
 
 
@@ -70,12 +70,16 @@ def host_position_tokens(model: SmolLM2, prompt: torch.Tensor, n: int) -> torch.
     return torch.cat([prompt, torch.stack(tokens, dim=1)], dim=1)
 
 
-def test_decoding_at_device_positions_gives_the_tokens_of_host_positions():
+def test_decoding_at_device_positions_gives_the_tokens_of_host_positions(monkeypatch):
     torch.manual_seed(0)
     config = SmolLM2Config(hidden_size=576, intermediate_size=1536, num_layers=2, num_heads=9, num_kv_heads=3)
     model = SmolLM2(config).eval()
     prompt = torch.randint(0, config.vocab_size, (2, 7))
-    assert torch.equal(generate(model, prompt, 24), host_position_tokens(model, prompt, 24))
+    host = generate(model, prompt, 24)
+    assert torch.equal(host, host_position_tokens(model, prompt, 24))
+    # The compiled path's steps, run eagerly: device positions over the whole cache.
+    monkeypatch.setattr(generation, "compiled_step", lambda device_type: generation._last_logits)
+    assert torch.equal(generate(model, prompt, 24, compile_steps=True), host)
 
 
 def test_a_step_at_a_device_position_sees_only_the_cache_written_so_far(model):

@@ -49,9 +49,11 @@ def test_repeated_key_values_give_exactly_what_enable_gqa_gives(dtype, monkeypat
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_query_heads_folded_into_rows_give_what_a_masked_enable_gqa_gives(dtype):
-    q, k, v = qkv(dtype, T=3, S=20)
-    mask = torch.arange(20)[None, :] <= torch.arange(10, 13)[:, None]  # queries at 10..12
+@pytest.mark.parametrize(("T", "masked"), [(3, True), (1, True), (1, False)])
+def test_query_heads_folded_into_rows_give_what_a_masked_enable_gqa_gives(dtype, T, masked):
+    q, k, v = qkv(dtype, T=T, S=20)
+    mask = torch.arange(20)[None, :] <= torch.arange(10, 10 + T)[:, None]  # queries at 10..
+    mask = mask if masked else None  # unmasked: every key seen, as one token at the cache's end
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2  # same math, another summation order
     torch.testing.assert_close(masked_grouped_attention(q, k, v, mask), expected, atol=tolerance, rtol=0)
