@@ -34,6 +34,7 @@ SMALL = {
         "--preset", "tiny", "--shape", "1x32", "--dtype", "fp32", "--a", "",
         "--b", "onednn_linear_torch_wgrad", "--warmup", "0", "--rounds", "1",
     ],
+    "benchmarks.upcast_rows": ["--preset", "tiny", "--rows", "1,8", "--warmup", "0", "--repeats", "1"],
     "benchmarks.data_pipeline": [
         "--docs", "60", "--shards", "2", "--seq-len", "64", "--batch-size", "2", "--batches", "3",
         "--workers", "0", "--train-tokens-per-s", "1000",
