@@ -7,12 +7,13 @@ against the op it replaces on the model's own shapes (src/kernels/probes.py) and
 only if it is at least `MARGIN` faster; the timings are cached per CPU model, PyTorch
 version and kernel revision (src/kernels/timing_cache.py), so only a machine's first run
 pays for them.
-On a busy machine one timing can read either way, so each kernel is timed in two series,
-and in a third when those disagree: the decision is that of two series that agree (two
-noisy series can still agree). It is cached whatever it is, so that a run and its
-continuation on one machine use the same kernels and continue bit for bit. A checkpoint
-records the kernels its run kept too (`KernelRecord`): a continuation on the same machine and
-shapes keeps those, whatever the cache holds by then. `always` keeps every candidate. Where
+On a busy machine one timing can read either way, so each kernel is timed in two series
+(each of several rounds, but one where a side is `LOPSIDED`), and in a third when those
+disagree: the decision is that of two series that agree (two noisy series can still agree).
+It is cached whatever it is, so that a run and its continuation on one machine use the same
+kernels and continue bit for bit. A checkpoint records the kernels its run kept too
+(`KernelRecord`): a continuation on the same machine and shapes keeps those, whatever the
+cache holds by then. `always` keeps every candidate. Where
 a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone. Kernels
 that replace the same module (two oneDNN linears) are rivals: one of them stays
 (`one_per_module`).
@@ -41,6 +42,7 @@ MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTo
 PROBE_BUDGET_S = 0.5  # seconds of timing per kernel, both series together (more if MIN_ROUNDS take longer)
 SERIES_BUDGET_S = PROBE_BUDGET_S / 2  # a timing series stops after this much time, once MIN_ROUNDS ran
 MIN_ROUNDS, MAX_ROUNDS = 3, 10  # per series: at most 20 rounds per kernel, both series together
+LOPSIDED = 2.0  # a series whose first round has one side this many times faster ends there
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ def check_policy(policy: str) -> None:
 def time_pair(pair: Probe) -> tuple[float, float]:
     """One timing series: best seconds per call of the kernel and of PyTorch's op, called
     alternately after one warm-up call each: the best of several calls is the least disturbed
-    by other processes."""
+    by other processes. A `LOPSIDED` first round ends the series: no disturbance makes one
+    side twice as fast, and more rounds of an emulated op (bf16 on a CPU without bf16
+    instructions: seconds per call) would only delay the start."""
     calls = (pair.kernel, pair.pytorch)
     for call in calls:
         call()
@@ -102,6 +106,8 @@ def time_pair(pair: Probe) -> tuple[float, float]:
             elapsed = time.perf_counter() - start
             best[i], spent = min(best[i], elapsed), spent + elapsed
         rounds += 1
+        if rounds == 1 and max(best) >= LOPSIDED * min(best):
+            break
     return best[0], best[1]
 
 

@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -14,8 +15,23 @@ from torch import nn
 from src.errors import UserError
 from src.kernels import KERNELS, applied_kernels, converter
 from src.kernels.packed_linear import PackedLinear
-from src.kernels.probes import DECODING_WEIGHT_BYTES, Workload, _decoding_layers, _layer_and_head_shapes
-from src.kernels.selection import MARGIN, KernelRecord, choose_kernels, kept, rule_keeps, summary, time_pair
+from src.kernels.probes import (
+    DECODING_WEIGHT_BYTES,
+    Probe,
+    Workload,
+    _decoding_layers,
+    _layer_and_head_shapes,
+)
+from src.kernels.selection import (
+    MARGIN,
+    MIN_ROUNDS,
+    KernelRecord,
+    choose_kernels,
+    kept,
+    rule_keeps,
+    summary,
+    time_pair,
+)
 from src.kernels.timing_cache import FILE_NAME, ISA_LIMITS, TimingCache, this_machine
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
@@ -67,6 +83,26 @@ class OneRealSeries:
         if self.calls % 2:  # a kernel's first series
             self.timing = time_pair(pair)
         return self.timing
+
+
+def sleeping_probe(kernel_s: float, pytorch_s: float) -> tuple[Probe, list[str]]:
+    """A probe whose two sides take about the given seconds; the list records each call."""
+    calls: list[str] = []
+
+    def side(name: str, seconds: float):
+        return lambda: calls.append(name) or time.sleep(seconds)
+
+    return Probe(side("kernel", kernel_s), side("pytorch", pytorch_s)), calls
+
+
+def test_a_series_ends_after_one_round_only_when_one_side_is_twice_as_fast():
+    lopsided, calls = sleeping_probe(0.002, 0.03)  # 15x faster: decided at once
+    kernel_s, pytorch_s = time_pair(lopsided)
+    assert calls == ["kernel", "pytorch"] * 2  # a warm-up, then one round
+    assert kernel_s >= 0.002 and pytorch_s >= 0.03
+    close, calls = sleeping_probe(0.04, 0.03)  # 1.33x slower: timed on
+    time_pair(close)
+    assert calls.count("kernel") == calls.count("pytorch") >= 1 + MIN_ROUNDS
 
 
 def test_a_kernel_is_kept_only_when_faster_than_pytorch_by_the_margin(tmp_path):
