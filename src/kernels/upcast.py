@@ -71,8 +71,11 @@ class UpcastLinear(LinearReplacement):
     `UPCAST_MIN_ROWS` rows run in fp32; bias-free only."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // max(x.shape[-1], 1)
-        if self.bias is not None or rows < UPCAST_MIN_ROWS or not bf16_compute(x, self.weight):
+        if (
+            self.bias is not None
+            or not bf16_compute(x, self.weight)  # first: False under torch.compile, no shape guard
+            or x.numel() < UPCAST_MIN_ROWS * x.shape[-1]
+        ):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
