@@ -25,6 +25,7 @@ from src.training.hardware import keep_freed_host_memory
 _freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PYTORCH_KERNELS = "ours, PyTorch kernels"  # the row of our model with kernels=[]
 
 
 def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:

@@ -7,15 +7,25 @@ same work.
 
     python -m benchmarks.generation                       # fp32 and bf16 weights, 128 new tokens
     python -m benchmarks.generation --dtypes bf16 --new-tokens 256 --repeats 5 --batches 1,8
+    python -m benchmarks.generation --pytorch-kernels     # and ours without the CPU kernels
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
-from benchmarks.common import DTYPES, add_common_args, machine_line, markdown_table, setup, time_interleaved
+from benchmarks.common import (
+    DTYPES,
+    PYTORCH_KERNELS,
+    add_common_args,
+    machine_line,
+    markdown_table,
+    setup,
+    time_interleaved,
+)
 from src.kernels import applied_kernels
 from src.models import SmolLM2, SmolLM2Config, generate
 from src.serving.inference import ready_for_inference
@@ -30,6 +40,9 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batches", default="1", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--pytorch-kernels", action="store_true", help="add a row for ours without the CPU kernels"
+    )
     add_common_args(parser, repeats=3)
     args = parser.parse_args()
     device = setup(args)
@@ -49,6 +62,7 @@ def main() -> None:
         ours = SmolLM2(base.config).eval()
         ours.load_state_dict(base.state_dict())
         theirs = llama_twin(ours).to(device, dtype)
+        plain = copy.deepcopy(ours).to(device, dtype)
         ours = ready_for_inference(ours, device, dtype)  # as generate and the app run it
         print(f"{dtype_name}: CPU kernels kept: {', '.join(applied_kernels(ours)) or 'none'}")
         for batch in batches:
@@ -59,10 +73,12 @@ def main() -> None:
                     p, max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
                 ),
             }
+            if args.pytorch_kernels:
+                runs[PYTORCH_KERNELS] = lambda m=plain, p=prompt: generate(m, p, n)
             with torch.inference_mode():
                 outputs = {name: run() for name, run in runs.items()}
                 timings = time_interleaved(runs, device, args.warmup, args.repeats)
-            same = outputs["ours"].tolist() == outputs["transformers"].tolist()
+            expected = outputs["transformers"].tolist()
             reference = timings["transformers"].median
             for name, timing in timings.items():
                 rows.append(
@@ -73,7 +89,7 @@ def main() -> None:
                         f"{batch * n / timing.median:,.1f}",
                         timing.cell(),
                         f"{reference / timing.median:.2f}x",
-                        "yes" if same else "no",
+                        "yes" if outputs[name].tolist() == expected else "no",
                     ]
                 )
     headers = ["batch", "dtype", "model", "new tokens/s", "s/call (±half spread)", "vs HF", "same tokens"]

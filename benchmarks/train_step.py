@@ -19,6 +19,7 @@ from torch import nn
 
 from benchmarks.common import (
     DTYPES,
+    PYTORCH_KERNELS,
     add_common_args,
     machine_line,
     markdown_table,
@@ -37,7 +38,6 @@ from src.training.device_peaks import peak_flops
 from src.training.parallelize import apply_compile
 from tests.models.llama_twin import llama_twin  # the same twin the parity tests check
 
-PYTORCH_KERNELS = "ours, PyTorch kernels"
 COMPILED = "ours compiled"
 
 

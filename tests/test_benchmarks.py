@@ -13,6 +13,7 @@ SMALL = {
     ],
     "benchmarks.generation": [
         "--preset", "tiny", "--new-tokens", "4", "--prompt-len", "4", "--dtypes", "fp32", "--repeats", "1",
+        "--pytorch-kernels",
     ],
     "benchmarks.lightning_overhead": [
         "--steps", "3", "--warmup", "1", "--repeats", "1", "--seq-len", "16", "--batch-size", "2",
