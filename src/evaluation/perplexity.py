@@ -43,7 +43,8 @@ def perplexity(model: SmolLM2, ids: list[int], window: int, stride: int) -> Perp
         start = max(0, end - 1 - window)
         inputs = torch.tensor([ids[start : end - 1]], device=device)  # (1, T)
         targets = torch.tensor(ids[scored:end], device=device)  # the new tokens only
-        logits = model(inputs)[0, scored - 1 - start :].float()  # (end - scored, V)
+        hidden = model.hidden_states(inputs)[0, scored - 1 - start :]  # (end - scored, C)
+        logits = model.lm_head(hidden).float()  # the head on the scored positions only
         total += float(F.cross_entropy(logits, targets, reduction="sum"))
         scored = end
     tokens = len(ids) - 1

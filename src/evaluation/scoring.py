@@ -42,6 +42,9 @@ def encode_pair(
     return context_ids, whole[len(context_ids) :]
 
 
+HEAD_ROWS = 2048  # scored tokens per LM-head matmul: (2048, 49152) fp32 logits are 400 MB
+
+
 @torch.no_grad()
 def loglikelihoods(
     model: SmolLM2, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16
@@ -50,7 +53,9 @@ def loglikelihoods(
 
     Sequences longer than the model's context lose tokens from the left, as in the harness.
     Batches hold sequences of similar length, padded on the right (the causal mask keeps the
-    padding out of every real position); the LM head runs only on the positions scored.
+    padding out of every real position). The LM head runs only on the positions scored, those
+    of a whole batch in one matmul (at most `HEAD_ROWS` at a time): one call per row read the
+    49,152 x C head weight from memory for a few tokens each.
     """
     window = model.config.max_position_embeddings
     device = model.embed.weight.device
@@ -64,12 +69,22 @@ def loglikelihoods(
         for row, i in enumerate(batch):
             inputs[row, : len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
         hidden = model.hidden_states(inputs.to(device))  # (B, T, C)
-        for row, i in enumerate(batch):
-            n, end = len(pairs[i][1]), len(sequences[i]) - 1
-            logits = model.lm_head(hidden[row, end - n : end]).float()  # (n, V)
-            targets = torch.tensor(pairs[i][1], device=device)  # (n,)
-            results[i] = float(logits.log_softmax(-1).gather(-1, targets[:, None]).sum())
+        spans = [(len(sequences[i]) - 1 - len(pairs[i][1]), len(sequences[i]) - 1) for i in batch]
+        scored = torch.cat([hidden[row, begin:end] for row, (begin, end) in enumerate(spans)])  # (N, C)
+        targets = torch.tensor([t for i in batch for t in pairs[i][1]], device=device)  # (N,)
+        logprobs = _target_log_probs(model, scored, targets)  # (N,)
+        for i, row_logprobs in zip(batch, logprobs.split([len(pairs[i][1]) for i in batch]), strict=True):
+            results[i] = float(row_logprobs.sum())
     return results
+
+
+def _target_log_probs(model: SmolLM2, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """fp32 log p(target) at each of the (N, C) hidden states, `HEAD_ROWS` rows per head matmul."""
+    parts = []
+    for rows in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True):
+        logits = model.lm_head(rows[0]).float()  # (n, V)
+        parts.append(logits.log_softmax(-1).gather(-1, rows[1][:, None]).squeeze(1))
+    return torch.cat(parts)
 
 
 @dataclass(frozen=True)

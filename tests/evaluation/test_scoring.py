@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from src.data.tokenizer import load_tokenizer
+from src.evaluation import scoring
 from src.evaluation.scoring import accuracies, choice_loglikelihoods, encode_pair, loglikelihoods, score
 from src.evaluation.tasks import Example, read_local
 from src.models import SmolLM2, SmolLM2Config
@@ -47,11 +48,15 @@ def test_an_empty_context_is_the_prefix_token(tokenizer):
     )
 
 
-def test_batched_loglikelihoods_equal_one_forward_per_pair(tokenizer):
+@pytest.mark.parametrize("head_rows", [scoring.HEAD_ROWS, 3])
+def test_batched_loglikelihoods_equal_one_forward_per_pair(tokenizer, head_rows, monkeypatch):
+    """Padded batches of unequal lengths; the head over a batch's scored tokens, also in
+    chunks that split a continuation (5 of its tokens in a batch with 1 more)."""
+    monkeypatch.setattr(scoring, "HEAD_ROWS", head_rows)
     model = tiny_model()
     texts = [("The king", " said"), ("A man of good heart will go", " to war and come home"), ("Go", " home")]
     pairs = [encode_pair(tokenizer, c, x) for c, x in texts]
-    batched = loglikelihoods(model, pairs, batch_size=2)  # padded batches of unequal lengths
+    batched = loglikelihoods(model, pairs, batch_size=2)
     expected = [direct_loglikelihood(model, c, x) for c, x in pairs]
     assert batched == pytest.approx(expected, abs=1e-4)
 
