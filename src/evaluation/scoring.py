@@ -81,9 +81,9 @@ def loglikelihoods(
 def _target_log_probs(model: SmolLM2, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """fp32 log p(target) at each of the (N, C) hidden states, `HEAD_ROWS` rows per head matmul."""
     parts = []
-    for rows in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True):
-        logits = model.lm_head(rows[0]).float()  # (n, V)
-        parts.append(logits.log_softmax(-1).gather(-1, rows[1][:, None]).squeeze(1))
+    for hidden_rows, target_rows in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True):
+        logits = model.lm_head(hidden_rows).float()  # (n, V)
+        parts.append(logits.log_softmax(-1).gather(-1, target_rows[:, None]).squeeze(1))
     return torch.cat(parts)
 
 
