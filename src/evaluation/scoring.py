@@ -69,17 +69,19 @@ def loglikelihoods(
         for row, i in enumerate(batch):
             inputs[row, : len(sequences[i]) - 1] = torch.tensor(sequences[i][:-1])
         hidden = model.hidden_states(inputs.to(device))  # (B, T, C)
-        spans = [(len(sequences[i]) - 1 - len(pairs[i][1]), len(sequences[i]) - 1) for i in batch]
-        scored = torch.cat([hidden[row, begin:end] for row, (begin, end) in enumerate(spans)])  # (N, C)
+        lengths = [len(pairs[i][1]) for i in batch]  # continuation tokens: the positions scored
+        ends = [len(sequences[i]) - 1 for i in batch]  # each row's scored positions end before here
+        scored = torch.cat([hidden[row, ends[row] - n : ends[row]] for row, n in enumerate(lengths)])
         targets = torch.tensor([t for i in batch for t in pairs[i][1]], device=device)  # (N,)
-        logprobs = _target_log_probs(model, scored, targets)  # (N,)
-        for i, row_logprobs in zip(batch, logprobs.split([len(pairs[i][1]) for i in batch]), strict=True):
+        logprobs = head_log_probs(model, scored, targets)  # (N,)
+        for i, row_logprobs in zip(batch, logprobs.split(lengths), strict=True):
             results[i] = float(row_logprobs.sum())
     return results
 
 
-def _target_log_probs(model: SmolLM2, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """fp32 log p(target) at each of the (N, C) hidden states, `HEAD_ROWS` rows per head matmul."""
+def head_log_probs(model: SmolLM2, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """fp32 log p(target) at each of the (N, C) hidden states, through the LM head `HEAD_ROWS`
+    rows at a time, so the (N, V) logits never exist whole."""
     parts = []
     for hidden_rows, target_rows in zip(hidden.split(HEAD_ROWS), targets.split(HEAD_ROWS), strict=True):
         logits = model.lm_head(hidden_rows).float()  # (n, V)
