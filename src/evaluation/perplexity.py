@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from src.errors import UserError
+from src.evaluation.scoring import head_log_probs
 from src.models.smollm2 import SmolLM2
 
 
@@ -43,9 +43,8 @@ def perplexity(model: SmolLM2, ids: list[int], window: int, stride: int) -> Perp
         start = max(0, end - 1 - window)
         inputs = torch.tensor([ids[start : end - 1]], device=device)  # (1, T)
         targets = torch.tensor(ids[scored:end], device=device)  # the new tokens only
-        hidden = model.hidden_states(inputs)[0, scored - 1 - start :]  # (end - scored, C)
-        logits = model.lm_head(hidden).float()  # the head on the scored positions only
-        total += float(F.cross_entropy(logits, targets, reduction="sum"))
+        hidden = model.hidden_states(inputs)[0, scored - 1 - start :]  # (end - scored, C): the new tokens'
+        total -= float(head_log_probs(model, hidden, targets).sum())
         scored = end
     tokens = len(ids) - 1
     return Perplexity(math.exp(total / tokens), tokens, window, stride)
