@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ import torch
 from src.models import SmolLM2, SmolLM2Config
 from src.training import checkpoint as ckpt
 from tests.conftest import REPO_ROOT
+from tests.forked_cli import Server
 
 
 def write_checkpoint(model: SmolLM2, path: Path) -> None:
@@ -28,11 +28,18 @@ def tiny_checkpoint(path: Path) -> SmolLM2:
     return model
 
 
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m module args...` from the repository root, as a user would type it."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+_server: Server | None = None
+
+
+def run_cli(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m module args...` from the repository root, as a user would type it (forked from
+    a process that imported torch and Lightning already: tests/forked_cli.py)."""
+    global _server
+    if _server is None or not _server.serves():
+        if _server is not None:
+            _server.close()
+        _server = Server()  # with this test's environment
+    return _server.run(module, list(args), REPO_ROOT, timeout)
 
 
 def write_questions(path: Path, count: int = 12, seed: int = 0) -> Path:

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow  # each one is a separate process timing real work
 SMALL = {
     "benchmarks.train_step": [
         "--preset", "tiny", "--shapes", "1x32", "--dtypes", "fp32", "--warmup", "0", "--repeats", "1",
-        "--pytorch-kernels",
+        "--pytorch-kernels", "--matmul-size", "256",
     ],
     "benchmarks.generation": [
         "--preset", "tiny", "--new-tokens", "4", "--prompt-len", "4", "--dtypes", "fp32", "--repeats", "1",

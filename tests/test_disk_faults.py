@@ -4,14 +4,12 @@ fills up mid-run ends with one line, the last good checkpoint intact and the way
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from src.errors import EXIT_USER_ERROR, UserError, find_user_error
 from src.training.checkpoint import read_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.helpers import run_cli
 from tests.training import fast_overrides, run_training, write_text
 
 
@@ -70,9 +68,7 @@ def full_disk_run(tmp_path, fault: str, *extra: str) -> tuple[str, str]:
         "+callbacks.test.step=3",
         *extra,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    proc = run_cli("src.train", *args)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == EXIT_USER_ERROR, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and len(errors) == 1

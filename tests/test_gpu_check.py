@@ -8,8 +8,6 @@ overrides (the 135M model, its shapes) through the same config checks a run make
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import hydra
@@ -20,7 +18,7 @@ from benchmarks.gpu_check import STEPS, Checker, Step, run_step
 from src.train import override_key
 from src.training.config_checks import check_run_config
 from src.training.global_batch import resolve_global_batch
-from tests.conftest import REPO_ROOT
+from tests.helpers import run_cli
 from tests.training import compose_train, hydra_context
 
 
@@ -67,15 +65,8 @@ def test_the_gpu_runs_training_commands_pass_the_config_checks(
 @pytest.mark.slow
 def test_the_dry_run_runs_every_step_and_writes_the_report(tmp_path):
     report = tmp_path / "report.md"
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.gpu_check",
-        "--dry-run",
-        f"--out={report}",
-        f"--work={tmp_path}",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1200)
+    args = ("--dry-run", f"--out={report}", f"--work={tmp_path}")
+    result = run_cli("benchmarks.gpu_check", *args, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text()
     statuses = re.findall(r"^\| (\d) \| (.+?) \| (.+?) \| \d+ \|$", text, flags=re.MULTILINE)

@@ -1,21 +1,20 @@
 """SIGTERM and Ctrl-C exit 143 and 130 in every phase of a run, with `last.ckpt` holding the
 last finished step whenever one finished since the last save (none before step 1).
 
-Real `python -m src.train` processes; `tests.faults.SignalIn` sends the signal from inside the
+`python -m src.train` commands (tests/forked_cli.py); `tests.faults.SignalIn` sends the signal from inside the
 phase, so each case is deterministic. Steps 2 and 4 validate and sample; step 4 saves.
 """
 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from src.errors import EXIT_SIGINT, EXIT_SIGTERM
 from src.training.checkpoint import read_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.helpers import run_cli
 from tests.training import fast_overrides, write_text
 
 pytestmark = pytest.mark.slow
@@ -39,9 +38,7 @@ def run_signalled(tmp: Path, phase: str, signal: str, step: int, *extra: str) ->
         f"+callbacks.test.step={step}",
         *extra,
     )
-    return subprocess.run(
-        [sys.executable, "-m", "src.train", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
+    return run_cli("src.train", *args)
 
 
 @pytest.mark.parametrize(
