@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -33,8 +34,12 @@ _server: Server | None = None
 
 def run_cli(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m module args...` from the repository root, as a user would type it (forked from
-    a process that imported torch and Lightning already: tests/forked_cli.py)."""
+    a process that imported torch and Lightning already: tests/forked_cli.py). With CUDA, a plain
+    process: GPU time is too rare to risk on how a fork meets CUDA."""
     global _server
+    if torch.cuda.is_available():
+        command = [sys.executable, "-m", module, *args]
+        return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     if _server is None or not _server.serves():
         if _server is not None:
             _server.close()
