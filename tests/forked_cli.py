@@ -87,9 +87,14 @@ def serve(requests: int, replies: int) -> None:
             request = json.loads(line)
             pid = os.fork()
             if pid == 0:
-                os.close(requests)
-                os.close(replies)
-                run_command(request)
+                try:
+                    os.close(requests)
+                    os.close(replies)
+                    run_command(request)
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    os._exit(1)  # run_command leaves by os._exit: this is for an error of its own
             outbox.write(f"{pid}\n")
             outbox.flush()
             _, status = os.waitpid(pid, 0)
