@@ -1,13 +1,14 @@
 """`python -m module args...` for the tests, forked from a process that imported the heavy libraries.
 
-Every command of the project imports torch and Lightning first: 6-9 s of a 2-core machine, more
-than most of the tests' runs take to train. So each test worker starts one server process that
-imports them (and Hydra and W&B), and never computes: a process that ran OpenMP work cannot
-fork a working child. Each command is a fork of it that runs `module` as `__main__` with
-`args`, as `python -m` does, exits with the status the interpreter would give and leaves its
-output in files. A command whose environment differs from the server's (libraries read some
-variables at import) gets a new server. Tests of the launch itself (the
-installed package, a missing dependency, signals sent from outside) start real processes.
+Every command of the project imports torch and Lightning first, which on a small CPU takes
+longer than most of the tests' runs take to train (README: Install anywhere). So each test
+worker starts one server process that imports them (and Hydra and W&B), and never computes:
+a process that ran OpenMP work cannot fork a working child. Each command is a fork of it that
+runs `module` as `__main__` with `args`, as `python -m` does, exits with the status the
+interpreter would give and leaves its output in files. A command whose environment differs
+from the server's (libraries read some variables at import) gets a new server. Tests of the
+launch itself (the installed package, a missing dependency, signals sent from outside) start
+real processes.
 """
 
 from __future__ import annotations
