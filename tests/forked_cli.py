@@ -160,9 +160,11 @@ class Server:
         return line.decode()
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            os.close(self.requests)  # the server's loop ends at the end of its input
-            self.process.wait(timeout=30)
+        """Ends the server (its loop ends at the end of its input) and closes both pipes; once."""
+        atexit.unregister(self.close)
+        os.close(self.requests)
+        os.close(self.replies)
+        self.process.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """SIGTERM and Ctrl-C exit 143 and 130 in every phase of a run, with `last.ckpt` holding the
 last finished step whenever one finished since the last save (none before step 1).
 
-`python -m src.train` commands (tests/forked_cli.py); `tests.faults.SignalIn` sends the signal from inside the
-phase, so each case is deterministic. Steps 2 and 4 validate and sample; step 4 saves.
+`python -m src.train` commands (tests/forked_cli.py); `tests.faults.SignalIn` sends the signal
+from inside the phase, so each case is deterministic. Steps 2 and 4 validate and sample; step 4
+saves.
 """
 
 from __future__ import annotations
