@@ -13,10 +13,9 @@ disagree: the decision is that of two series that agree (two noisy series can st
 It is cached whatever it is, so that a run and its continuation on one machine use the same
 kernels and continue bit for bit. A checkpoint records the kernels its run kept too
 (`KernelRecord`): a continuation on the same machine and shapes keeps those, whatever the
-cache holds by then. `always` keeps every candidate. Where
-a probe cannot run, `rule_keeps` decides from the CPU's vendor and family alone. Kernels
-that replace the same module (two oneDNN linears) are rivals: one of them stays
-(`one_per_module`).
+cache holds by then. `always` keeps every candidate. Where a probe cannot run, `rule_keeps`
+decides from the CPU's vendor, family and flags and the workload. Kernels that replace the
+same module (two oneDNN linears) are rivals: one of them stays (`one_per_module`).
 """
 
 from __future__ import annotations
@@ -142,29 +141,36 @@ def agreed_timings(measure: Callable[[], tuple[float, float]]) -> tuple[float, f
     return min(kernel_s for kernel_s, _ in agreeing), min(pytorch_s for _, pytorch_s in agreeing)
 
 
-def rule_keeps(kernel: str, cpu: tuple[str, int, set[str]] | None = None) -> bool:
-    """The kernels kept without measuring: only where each was measured to win
-    (benchmarks/README.md). AMD Zen 4 (family 25 with AVX-512) and Zen 5 (family 26 and up)
-    keep causal_attention, rms_norm and packed_linear (the last measured on Zen 4 only); only
-    Zen 5 keeps onednn_linear (1.67x MKL in training there, 1.02x on Zen 4), only Zen 4
-    onednn_linear_torch_wgrad (MKL's fp32 matmul is about oneDNN's there: a training step
-    0.96x PyTorch's). Intel CPUs, with AMX or AVX-512 or neither, AVX2-only CPUs and other
-    architectures keep none of those: MKL already runs AVX-512 and AMX on Intel (the oneDNN
-    linear was 0.70x there), and PyTorch's ops cannot be slower than themselves. The upcast
-    kernels are kept on x86 CPUs without bf16 arithmetic (AVX512-BF16 or AMX), where bf16
-    matmuls are emulated: measured on Zen 2 (AVX2), and bf16 matmuls on Zen 4 limited to
-    AVX-512 without bf16 ran below its fp32 rate.
+def rule_keeps(kernel: str, workload: Workload, cpu: tuple[str, int, set[str]] | None = None) -> bool:
+    """Whether `kernel` is kept on `workload` without measuring: only where it was measured
+    to win (benchmarks/README.md), on AMD Zen 2 (AVX2), Zen 4 and Zen 5 and an Intel Xeon
+    with AMX. `rms_norm` (fewer passes over memory) won in training on all of them, both
+    dtypes, so every x86 CPU keeps it. `causal_attention` won in bf16 where bf16 runs natively
+    (AVX512-BF16 or AMX) and read 0.95-1.10x in fp32: kept in bf16 there only. oneDNN's fp32
+    linear won training only on Zen 5 (0.70x on the AMX Xeon, where MKL runs AVX-512 and
+    AMX) and decoding on Zen 2 and Zen 4 (dropped on the Xeon): kept there; its variant with
+    PyTorch's weight gradient only in Zen 4 training. `packed_linear` (bf16 decoding) won
+    where oneDNN has native bf16. The upcast kernels are kept on x86 CPUs without bf16
+    arithmetic, where bf16 matmuls are emulated (Zen 2; Zen 4 limited to AVX-512 without
+    bf16). Other architectures keep none: PyTorch's ops cannot be slower than themselves.
     """
     vendor, family, flags = cpu or _cpu_identity()
-    if kernel in ("upcast_attention", "upcast_linear"):
-        return vendor in ("AuthenticAMD", "GenuineIntel") and not flags & {"avx512_bf16", "amx_bf16"}
-    zen4 = vendor == "AuthenticAMD" and family == 25 and "avx512f" in flags
-    zen5_or_later = vendor == "AuthenticAMD" and family >= 26
-    if kernel == "onednn_linear":
-        return zen5_or_later
-    if kernel == "onednn_linear_torch_wgrad":
-        return zen4
-    return zen4 or zen5_or_later
+    x86 = vendor in ("AuthenticAMD", "GenuineIntel")
+    native_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
+    zen = vendor == "AuthenticAMD" and family >= 23
+    zen4 = zen and family == 25 and "avx512f" in flags
+    training, bf16 = workload.training, workload.dtype == torch.bfloat16
+    fp32 = workload.dtype == torch.float32
+    keeps = {
+        "causal_attention": x86 and training and bf16 and native_bf16,
+        "rms_norm": x86 and training,
+        "onednn_linear": zen and fp32 and (family >= 26 or not training),
+        "onednn_linear_torch_wgrad": fp32 and training and zen4,
+        "packed_linear": x86 and not training and bf16 and native_bf16,
+        "upcast_attention": x86 and training and bf16 and not native_bf16,
+        "upcast_linear": x86 and bf16 and not native_bf16,
+    }
+    return keeps[kernel]
 
 
 def one_per_module(decisions: Sequence[Decision]) -> list[Decision]:
@@ -228,7 +234,7 @@ def choose_kernels(
                         continue
                     timings = agreed_timings(functools.partial(timer, pair))
             except RuntimeError as err:  # e.g. out of memory: decide as the rule does
-                keep = rule_keeps(name)
+                keep = rule_keeps(name, workload)
                 decisions.append(Decision(name, keep, reason=f"by rule, not measured: {err}".splitlines()[0]))
                 continue
             cache.put(name, workload.key(), timings)
