@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
 
 WRITTEN_FOR = "lightning 2.6"
 
@@ -52,6 +53,39 @@ def set_logging_step(trainer: Trainer, step: int) -> None:
     loop = trainer.fit_loop.epoch_loop
     _private(loop, "_batches_that_stepped")
     loop._batches_that_stepped = step
+
+
+def is_log_step(trainer: Trainer, step: int) -> bool:
+    """Whether optimizer step `step` (counted from 1) is logged: every `log_every_n_steps`-th,
+    as Lightning logs, and the run's last (`max_steps`), which `log_the_last_step` adds."""
+    every = trainer.log_every_n_steps
+    return every > 0 and (step % every == 0 or step == trainer.max_steps)
+
+
+class _LastStepLoggerConnector(_LoggerConnector):
+    @property
+    def should_update_logs(self) -> bool:
+        trainer = self.trainer
+        last = trainer.training and trainer.global_step == trainer.max_steps
+        return super().should_update_logs or (last and trainer.log_every_n_steps > 0)
+
+
+def log_the_last_step(trainer: Trainer) -> None:
+    """Have Lightning log the run's last optimizer step (`max_steps`) as it logs every
+    `log_every_n_steps`-th.
+
+    Its rule (`should_update_logs`) logs a step whose number is a multiple of the interval,
+    or when the trainer was told to stop: a run whose `max_steps` is not a multiple ended
+    with its last logged loss a few steps old, and one shorter than the interval logged none.
+    """
+    connector = _private(trainer, "_logger_connector")
+    _private(_LoggerConnector, "should_update_logs")
+    if type(connector) not in (_LoggerConnector, _LastStepLoggerConnector):
+        raise LightningChanged(
+            f"Trainer._logger_connector is a {type(connector).__name__} in lightning "
+            f"{lightning.__version__}; src/lightning_compat.py was written for {WRITTEN_FOR}"
+        )
+    connector.__class__ = _LastStepLoggerConnector
 
 
 def mark_step_saved(callback: ModelCheckpoint, step: int) -> None:

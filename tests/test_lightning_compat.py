@@ -21,6 +21,8 @@ from src.lightning_compat import (
     LightningChanged,
     child_ranks,
     delay_kill_on_child_failure,
+    is_log_step,
+    log_the_last_step,
     mark_step_saved,
     note_sigterm_only,
     rewind_optimizer_steps,
@@ -45,6 +47,26 @@ def test_logging_step_is_the_one_the_fit_loop_checkpoints():
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
     set_logging_step(trainer, 41)
     assert trainer.fit_loop.epoch_loop.on_save_checkpoint()["_batches_that_stepped"] == 41
+
+
+def test_lightning_logs_the_last_step_too_once_told():
+    trainer = L.Trainer(accelerator="cpu", logger=False, max_steps=7, log_every_n_steps=5)
+    trainer.fit_loop.epoch_loop.automatic_optimization.optim_progress.optimizer.step.increment_by(7)
+    set_logging_step(trainer, 6)  # Lightning checks step 6 + 1 against its interval
+    trainer.training = True
+    connector = trainer._logger_connector
+    assert not connector.should_update_logs  # 7 is no multiple of 5
+    log_the_last_step(trainer)
+    log_the_last_step(trainer)  # a second fit of the same trainer
+    assert connector.should_update_logs
+    assert [step for step in range(1, 12) if is_log_step(trainer, step)] == [5, 7, 10]
+
+
+def test_a_logger_connector_of_another_type_is_a_changed_lightning():
+    trainer = L.Trainer(accelerator="cpu", logger=False)
+    trainer._logger_connector = SimpleNamespace(should_update_logs=True)
+    with pytest.raises(LightningChanged, match="Trainer._logger_connector is a SimpleNamespace"):
+        log_the_last_step(trainer)
 
 
 def test_rewinding_moves_the_global_step_and_both_progress_counts():

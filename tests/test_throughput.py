@@ -56,6 +56,7 @@ def logged_by_throughput(world_size: int, peak_tflops: float) -> dict[str, float
     trainer = SimpleNamespace(
         global_step=0,
         log_every_n_steps=10,
+        max_steps=100,
         accumulate_grad_batches=2,
         world_size=world_size,
         strategy=SimpleNamespace(root_device=torch.device("cpu")),
@@ -92,6 +93,7 @@ def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch)
     trainer = SimpleNamespace(
         global_step=0,
         log_every_n_steps=2,
+        max_steps=100,
         accumulate_grad_batches=1,
         world_size=1,
         strategy=SimpleNamespace(root_device=torch.device("cpu")),

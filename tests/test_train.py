@@ -1,5 +1,6 @@
 """End-to-end training on CPU: composition, exact continuation, LR continuity, resume rules."""
 
+import json
 import logging
 import math
 
@@ -164,6 +165,19 @@ def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     assert [lr[s] for s in range(14)] == pytest.approx([3e-3 * schedule(s) for s in range(14)], rel=1e-5)
     assert lr[10] == lr[13] == pytest.approx(3e-3 * 0.1)  # past the horizon: held at the floor, no jump
     assert read_checkpoint(last)["lr_schedule"]["total_steps"] == 10
+
+
+@pytest.mark.parametrize(("max_steps", "logged_steps"), [(6, [3, 5]), (3, [2])])  # the CSV counts from 0
+def test_the_last_step_is_logged_though_not_on_the_log_interval(tmp_path, text, max_steps, logged_steps):
+    """A run logs every 4th step and its last, so its final loss, throughput and data counts, and
+    its summary's, are those of the step it ended at; a run shorter than the interval logs that one."""
+    every = ("trainer.log_every_n_steps=4", "checkpoint_every=4", "eval_every=4")
+    run_training(fast_overrides(tmp_path, text, f"trainer.max_steps={max_steps}", *every))
+    run = tmp_path / "run"
+    for key in ("train/loss", "lr", "tokens_per_s", "data/windows_seen"):
+        assert sorted(logged(run, key)) == logged_steps, key
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train/loss_last"] == logged(run, "train/loss")[max_steps - 1]
 
 
 def test_resume_at_max_steps_has_nothing_to_do_and_below_is_an_error(tmp_path, text, caplog):

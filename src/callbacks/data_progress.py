@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import lightning as L
 
+from src.lightning_compat import is_log_step
+
 
 class DataProgress(L.Callback):
     """Logs `data/<count>` at the log interval, for DataModules that count what they serve.
@@ -22,7 +24,7 @@ class DataProgress(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         datamodule, step = trainer.datamodule, trainer.global_step
-        if datamodule is None or step == self._logged_step or step % trainer.log_every_n_steps:
+        if datamodule is None or step == self._logged_step or not is_log_step(trainer, step):
             return
         for name, value in getattr(datamodule, "rank_counts", dict)().items():
             pl_module.log(f"data/{name}", float(value), reduce_fx="sum", sync_dist=True)

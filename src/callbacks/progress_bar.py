@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from src.lightning_compat import is_log_step
+
 
 class ProgressBar(TQDMProgressBar):
     """Shows `global_step / max_steps` with an ETA, and the logged metrics named in `show`.
@@ -46,10 +48,10 @@ class ProgressBar(TQDMProgressBar):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        step, n = trainer.global_step, trainer.log_every_n_steps
+        step = trainer.global_step
         if not self.is_enabled:
             return
-        if n and step != self._read_step and step % n == 0:
+        if step != self._read_step and is_log_step(trainer, step):
             logged = trainer.logged_metrics
             names = [name for name in self.show if name in logged]
             if names:

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from src.lightning_compat import is_log_step
 from src.training.device_peaks import peak_flops
 
 
@@ -29,7 +30,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 class ThroughputLogger(L.Callback):
     """Counts tokens from the batch shape and step counter (no device sync) and logs every
-    `log_every_n_steps`.
+    `log_every_n_steps` and at the last step.
 
     A batch holds (B, T + 1) token windows of one shape for the whole run, so the shape
     alone gives the tokens per optimizer step; the config's seq_len and batch_size are not
@@ -82,7 +83,7 @@ class ThroughputLogger(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: torch.Tensor, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step == self._step0 or step % trainer.log_every_n_steps:
+        if step == self._step0 or not is_log_step(trainer, step):
             self._batch_end = time.perf_counter()
             return
         seq_len = batch.shape[1] - 1  # (B, T + 1)

@@ -15,7 +15,7 @@ from torch.distributed.tensor import DTensor
 from src.kernels import apply_cpu_kernels, loss_matmuls
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.selection import KernelRecord
-from src.lightning_compat import set_logging_step
+from src.lightning_compat import is_log_step, log_the_last_step, set_logging_step
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 from src.training import checkpoint as ckpt
@@ -111,6 +111,7 @@ class SmolLM2LitModule(L.LightningModule):
         set_logging_step(self.trainer, self.trainer.global_step + self.spike.rewound_steps)
 
     def on_train_start(self) -> None:
+        log_the_last_step(self.trainer)
         self.spike.start(self)
 
     def configure_gradient_clipping(
@@ -141,11 +142,12 @@ class SmolLM2LitModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         step = self.trainer.global_step + 1  # global_step moves after this hook
         self.spike.observe(self._step_loss / self.trainer.accumulate_grad_batches, step)
-        n = self.trainer.log_every_n_steps  # Lightning's rule
-        if n and (step % n == 0 or self.trainer.should_stop):
+        stopping = self.trainer.should_stop and self.trainer.log_every_n_steps > 0  # Lightning logs then too
+        logged = is_log_step(self.trainer, step) or stopping  # the steps Lightning logs
+        if logged:
             self._log_interval()
             self._report_due = True
-        if (n and (step % n == 0 or self.trainer.should_stop)) or step == self.trainer.max_steps:
+        if logged or step == self.trainer.max_steps:
             self.spike.decide(self, step)  # before any callback saves this step
         self._step_loss = None
 
