@@ -146,13 +146,14 @@ def rule_keeps(kernel: str, workload: Workload, cpu: tuple[str, int, set[str]] |
     to win (benchmarks/README.md), on AMD Zen 2 (AVX2), Zen 4 and Zen 5 and an Intel Xeon
     with AMX. `rms_norm` (fewer passes over memory) won in training on all of them, both
     dtypes, so every x86 CPU keeps it. `causal_attention` won in bf16 where bf16 runs natively
-    (AVX512-BF16 or AMX) and read 0.95-1.10x in fp32: kept in bf16 there only. oneDNN's fp32
-    linear won training only on Zen 5 (0.70x on the AMX Xeon, where MKL runs AVX-512 and
-    AMX) and decoding on Zen 2 and Zen 4 (dropped on the Xeon): kept there; its variant with
-    PyTorch's weight gradient only in Zen 4 training. `packed_linear` (bf16 decoding) won
-    where oneDNN has native bf16. The upcast kernels are kept on x86 CPUs without bf16
-    arithmetic, where bf16 matmuls are emulated (Zen 2; Zen 4 limited to AVX-512 without
-    bf16). Other architectures keep none: PyTorch's ops cannot be slower than themselves.
+    (AVX512-BF16 or AMX); in fp32 it won on Zen 5 only, and by less than the other kernels:
+    kept in bf16 there only. oneDNN's fp32 linear won training only on Zen 5 (0.70x on the
+    AMX Xeon, where MKL runs AVX-512 and AMX) and decoding on Zen 2, 4 and 5 (dropped on the
+    Xeon): kept there; its variant with PyTorch's weight gradient only in Zen 4 training.
+    `packed_linear` (bf16 decoding) won where oneDNN has native bf16. The upcast kernels are
+    kept on x86 CPUs without bf16 arithmetic, where bf16 matmuls are emulated (Zen 2; Zen 4
+    limited to AVX-512 without bf16). Other architectures keep none: PyTorch's ops cannot be
+    slower than themselves.
     """
     vendor, family, flags = cpu or _cpu_identity()
     x86 = vendor in ("AuthenticAMD", "GenuineIntel")
