@@ -14,7 +14,15 @@ from src.training.checkpoint import migrate_overrides, read_checkpoint
 from src.training.global_batch import resolve_global_batch
 from src.training.lr_schedule import LRSchedule
 from tests.conftest import REPO_ROOT
-from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
+from tests.training import (
+    compose_train,
+    fast_overrides,
+    hydra_context,
+    logged,
+    read_metrics,
+    run_training,
+    write_text,
+)
 
 
 @pytest.fixture
@@ -167,15 +175,21 @@ def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     assert read_checkpoint(last)["lr_schedule"]["total_steps"] == 10
 
 
-@pytest.mark.parametrize(("max_steps", "logged_steps"), [(6, [3, 5]), (3, [2])])  # the CSV counts from 0
-def test_the_last_step_is_logged_though_not_on_the_log_interval(tmp_path, text, max_steps, logged_steps):
+@pytest.mark.parametrize(  # the CSV counts steps from 0
+    ("max_steps", "accumulate", "logged_steps"), [(6, 1, [3, 5]), (3, 1, [2]), (5, 2, [3, 4])]
+)
+def test_the_last_step_is_logged_though_not_on_the_log_interval(
+    tmp_path, text, max_steps, accumulate, logged_steps
+):
     """A run logs every 4th step and its last, so its final loss, throughput and data counts, and
-    its summary's, are those of the step it ended at; a run shorter than the interval logs that one."""
+    its summary's, are those of the step it ended at; a run shorter than the interval logs that
+    one; with accumulation, once per optimizer step."""
     every = ("trainer.log_every_n_steps=4", "checkpoint_every=4", "eval_every=4")
-    run_training(fast_overrides(tmp_path, text, f"trainer.max_steps={max_steps}", *every))
+    steps = (f"trainer.max_steps={max_steps}", f"trainer.accumulate_grad_batches={accumulate}")
+    run_training(fast_overrides(tmp_path, text, *steps, *every))
     run = tmp_path / "run"
     for key in ("train/loss", "lr", "tokens_per_s", "data/windows_seen"):
-        assert sorted(logged(run, key)) == logged_steps, key
+        assert [int(row["step"]) for row in read_metrics(run) if row.get(key)] == logged_steps, key
     summary = json.loads((run / "summary.json").read_text())
     assert summary["train/loss_last"] == logged(run, "train/loss")[max_steps - 1]
 
