@@ -35,7 +35,7 @@ def test_every_layer_is_logged_at_log_steps(tmp_path, model):
         tmp_path,
         write_text(tmp_path / "input.txt"),
         *model,
-        "trainer.max_steps=4",
+        "trainer.max_steps=5",  # the last step is logged too, off the interval
         "trainer.log_every_n_steps=2",
         "val_at_start=false",
         "eval_every=100",
@@ -48,9 +48,9 @@ def test_every_layer_is_logged_at_log_steps(tmp_path, model):
     assert health == {f"health/{q}/{layer}" for q in QUANTITIES for layer in layers}
     for key in health:
         values = logged(run, key)
-        assert sorted(values) == [1, 3] and all(math.isfinite(v) and v > 0 for v in values.values()), key
+        assert sorted(values) == [1, 3, 4] and all(math.isfinite(v) and v > 0 for v in values.values()), key
     grad_norm = logged(run, "grad_norm")  # before clipping: the same gradients
-    for step in (1, 3):
+    for step in (1, 3, 4):
         total = math.sqrt(sum(logged(run, f"health/grad_norm/{layer}")[step] ** 2 for layer in layers))
         assert total == pytest.approx(grad_norm[step], rel=1e-4)
     ratio = logged(run, "health/update_ratio/blocks.1")

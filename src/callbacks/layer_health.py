@@ -50,7 +50,8 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class LayerHealth(L.Callback):
-    """Logs the per-layer health of every `every_n_steps`-th step (default: each log step)."""
+    """Logs the per-layer health of every `every_n_steps`-th step (default: each log step) and
+    of the run's last."""
 
     def __init__(self, every_n_steps: int | None = None, histogram_every_n_steps: int = 0) -> None:
         self.every_n_steps = every_n_steps
@@ -101,14 +102,14 @@ class LayerHealth(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if (trainer.global_step + 1) % self.every:
+        step = trainer.global_step + 1
+        if step % self.every and step != trainer.max_steps:  # the run's last step is logged too
             return
         grads = [_local(p.grad) if p.grad is not None else torch.zeros_like(_local(p)) for p in self.params]
         self._grad_sq = self._layer_sq(grads)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         scale = 1.0 if scaler is None else scaler.get_scale()  # a host read, at a logged step only
         self._grad_sq /= scale**2
-        step = trainer.global_step + 1
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._grad_hist = self._layer_hist(grads, scale)
         self._before = [_local(p).detach().clone() for p in self.params]
