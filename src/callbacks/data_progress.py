@@ -8,7 +8,7 @@ from src.lightning_compat import is_log_step
 
 
 class DataProgress(L.Callback):
-    """Logs `data/<count>` at the log interval, for DataModules that count what they serve.
+    """Logs `data/<count>` at log steps, for DataModules that count what they serve.
 
     A stream counts per rank (`rank_counts`: `documents_seen`, `unique_documents`), summed over
     ranks with one small all-reduce; a text file's counts follow from the step alone

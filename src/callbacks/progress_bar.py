@@ -22,7 +22,8 @@ class ProgressBar(TQDMProgressBar):
 
     Lightning turns every `prog_bar=True` metric into a Python number after every batch (a
     host sync per batch on a GPU), so training metrics are logged without it and this bar
-    reads the few it shows when they are logged, every `log_every_n_steps` optimizer steps.
+    reads the few it shows when they are logged: every `log_every_n_steps` optimizer steps and
+    at the run's last.
     """
 
     def __init__(self, refresh_rate: int = 1, show: Sequence[str] = ("train/loss", "tokens_per_s")) -> None:

@@ -147,7 +147,7 @@ class SmolLM2LitModule(L.LightningModule):
         if logged:
             self._log_interval()
             self._report_due = True
-        if logged or step == self.trainer.max_steps:
+        if logged or step == self.trainer.max_steps:  # the last step, logged or not (interval 0)
             self.spike.decide(self, step)  # before any callback saves this step
         self._step_loss = None
 
