@@ -1,10 +1,8 @@
 """Train (or continue training) a SmolLM2 decoder: `python -m src.train [overrides]`.
 
-Hydra composes `conf/train.yaml`; this file builds the objects and calls `trainer.fit`.
-With `ckpt_path=...` the run's own overrides are read back from the checkpoint and
-replayed under today's, so a continuation is the same run with the same config.
-With `init_from=<Hugging Face folder | .ckpt>` a new run (new optimizer, schedule, step counter,
-run folder and W&B run) starts from those weights instead of a fresh init.
+Hydra composes `conf/train.yaml`, the config is checked, and src/training/run.py builds the
+objects and calls `trainer.fit`. Each import waits for the step that needs it: a typo in an
+override fails before torch is loaded, a bad value before Lightning is (seconds each).
 
 Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
 `error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once
@@ -14,56 +12,18 @@ In a multi-process run every rank exits: a failed rank ends the others (README: 
 
 from __future__ import annotations
 
-import errno
-import json
-import logging
 import os
-import signal
 import sys
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import hydra
-import lightning as L
-import torch
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
-from src.callbacks.last_checkpoint import AGREED_STOPS
-from src.errors import (
-    EXIT_SIGINT,
-    EXIT_USER_ERROR,
-    UserError,
-    exit_on_user_error,
-    find_cause,
-    find_user_error,
-    os_error_reason,
-)
-from src.files import atomic_write
-from src.kernels.probes import Workload
-from src.kernels.selection import KernelRecord, choose_kernels, kept, summary
-from src.models.config import SmolLM2Config
-from src.serving.inference import read_pretrained
-from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
-from src.tracking.wandb_logger import RunWandbLogger
-from src.training import checkpoint as ckpt
-from src.training.config_checks import check_run_config
-from src.training.global_batch import process_count, resolve_global_batch
-from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
-from src.training.lit_module import SmolLM2LitModule
-from src.training.lr_schedule import LRSchedule
-from src.training.plan import Plan, make_plan
-from src.training.run_folder import RunLock, claim_fresh_folder, launch_record, start_writing, takes_the_lock
-from src.training.spike import SpikeRule
-
-log = logging.getLogger(__name__)
+from src.errors import EXIT_USER_ERROR, exit_on_user_error
+from src.training.overrides import override_key
+from src.training.run_folder import claim_fresh_folder, launch_record, takes_the_lock
 
 
 def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
@@ -76,349 +36,8 @@ def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
     return os.path.join(runs, run_name) if run_name else claim_fresh_folder(runs)
 
 
-def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config, continued: KernelRecord | None) -> KernelRecord:
-    """The candidate `kernels` this run keeps (`kernels_policy`; src/kernels/selection.py),
-    printed in one line: a continuation's on this machine are those its checkpoint kept
-    (`continued`). Each rank decides alone; the first writes the timings the others read."""
-    dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
-    workload = Workload(model_config, cfg.data.batch_size, cfg.data.seq_len, dtype, training=True)
-    on_cpu = not uses_cuda(cfg.trainer.accelerator)
-    decisions = choose_kernels(
-        list(cfg.kernels), workload, cfg.kernels_policy, on_cpu=on_cpu, continued=continued
-    )
-    rank_zero_info(summary(decisions, workload))
-    return KernelRecord.of(kept(decisions), workload)
-
-
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 OmegaConf.register_new_resolver("run_dir", run_dir_of, replace=True)
-
-
-def override_key(override: str) -> str:
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def replay_overrides(history: list[str], current: list[str]) -> list[str]:
-    """The checkpointed run's overrides, minus the keys given again now, then today's."""
-    current_keys = {override_key(o) for o in current}
-    return [o for o in history if override_key(o) not in current_keys] + list(current)
-
-
-# Keys by which an override makes Hydra import and call code, or look for configs elsewhere.
-CODE_KEYS = {"_target_", "_partial_", "_args_"}
-
-
-def check_replay_runs_no_code(history: list[str], current: list[str], ckpt_path: str) -> None:
-    """A checkpoint's stored overrides are data: one that would run code is replayed only when
-    given again now (same trust model as the file itself, README's Reliability)."""
-    current_keys = {override_key(o) for o in current}
-    risky = [
-        o
-        for o in history
-        if override_key(o) not in current_keys
-        and (override_key(o).startswith("hydra") or CODE_KEYS & set(override_key(o).split(".")))
-    ]
-    if risky:
-        raise UserError(
-            f"{ckpt_path}: its stored overrides would run code or read configs from elsewhere "
-            f"({' '.join(risky)}); if you trust the file, pass them again on the command line"
-        )
-
-
-def applied_recipe(overrides: list[str]) -> str:
-    """Which experiment/ file the run applied: the one named by `experiment=`, else the model's
-    own (train.yaml: `optional experiment: ${model}`). Hydra keeps its choices out of `cfg`."""
-    choices = hydra.compose(
-        config_name="train", overrides=overrides, return_hydra_config=True
-    ).hydra.runtime.choices
-    name = choices.get("experiment")
-    if name not in GlobalHydra.instance().config_loader().get_group_options("experiment"):
-        return "none (defaults of train.yaml)"
-    if any(override_key(o) == "experiment" for o in overrides):
-        return f"experiment={name}"
-    return f"experiment={name} (default for model={choices.model})"
-
-
-def parameters_line(count: int, reference: DictConfig) -> str:
-    """Our parameter count beside the one the reproduced run states (`reference`, set by the
-    experiment/seed*.yaml recipes), so a decoder that cannot be the seed's says by how much."""
-    return f"parameters: {count:,} ({reference.name} states {reference.params})"
-
-
-def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path: str) -> None:
-    diff = [
-        f"{k}: {saved.get(k)} in checkpoint, {config.get(k)} now" for k in config if saved.get(k) != config[k]
-    ]
-    if diff:
-        raise UserError(
-            f"{ckpt_path} was trained with another model config ({'; '.join(diff)}); drop the model overrides"
-        )
-
-
-def initial_weights(init_from: str, model_config: SmolLM2Config) -> dict[str, torch.Tensor]:
-    """The weights a new run starts from (`init_from=`: a Hugging Face folder or our .ckpt), which
-    must be those of `model=`. `init_std` is left out: it says how fresh weights are drawn."""
-    model = read_pretrained(init_from)
-    saved, config = model.config.to_dict(), model_config.to_dict()
-    diff = [
-        f"{k}: {saved[k]} there, {config[k]} in model="
-        for k in config
-        if k != "init_std" and saved[k] != config[k]
-    ]
-    if diff:
-        raise UserError(
-            f"init_from={init_from} holds another model ({'; '.join(diff)}); "
-            "choose the model= preset (or model.* overrides) that matches it"
-        )
-    return model.state_dict()
-
-
-def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
-    """Only the sharding strategy reads a sharded folder (Lightning's others fail on a directory)."""
-    strategy = OmegaConf.select(trainer, "strategy._target_", default=None) or ""
-    if ckpt.is_sharded(Path(ckpt_path)) and not strategy.endswith(".FSDP2Strategy"):
-        raise UserError(
-            f"{ckpt_path} is a sharded checkpoint (trainer=fsdp); continue it with trainer=fsdp, "
-            "on any number of devices, or python -m src.export it for other uses"
-        )
-
-
-def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None = None) -> dict[str, float]:
-    """Build everything from `cfg` and fit; returns the final logged metrics. `record` (Hydra's
-    `.hydra/` files, `launch_record`) is written into the run folder once the run holds it."""
-    record = record or {}
-    checkpoint = None
-    if cfg.ckpt_path and cfg.init_from:
-        raise UserError(
-            "ckpt_path continues a run and init_from starts a new one from weights; give one of them"
-        )
-    if cfg.ckpt_path:
-        checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
-        history = ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, []))
-        check_replay_runs_no_code(history, overrides, cfg.ckpt_path)
-        overrides = replay_overrides(history, overrides)
-        cfg = hydra.compose(config_name="train", overrides=overrides)
-        check_strategy_reads(cfg.ckpt_path, cfg.trainer)
-        step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
-        if max_steps == step:
-            rank_zero_info(f"{cfg.ckpt_path} is already at step {step} = trainer.max_steps: nothing to do")
-            return {}
-        if max_steps < step:
-            raise UserError(
-                f"trainer.max_steps={max_steps} is below the checkpoint's step {step}; "
-                f"pass trainer.max_steps > {step} to continue"
-            )
-
-    model_config = hydra.utils.instantiate(cfg.model)
-    if checkpoint is not None:
-        check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
-    check_run_config(cfg, model_config)
-    initial = initial_weights(cfg.init_from, model_config) if cfg.init_from else None
-    check_logger_extras(cfg.get("logger"))
-    global_batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
-
-    schedule_cfg = OmegaConf.to_container(cfg.schedule, resolve=True)
-    if schedule_cfg["total_steps"] is None:
-        saved = (checkpoint or {}).get(ckpt.LR_SCHEDULE) or {}
-        schedule_cfg["total_steps"] = saved.get("total_steps", cfg.trainer.max_steps)
-    schedule = hydra.utils.instantiate(schedule_cfg)
-    assert isinstance(schedule, LRSchedule)
-    if schedule.warmup_steps > schedule.total_steps:  # a short trial run: allowed, but say so
-        rank_zero_warn(
-            f"schedule.warmup_steps={schedule.warmup_steps} exceeds the schedule's {schedule.total_steps} "
-            "steps: the LR never reaches optim.lr in them (lower schedule.warmup_steps if that is not meant)"
-        )
-
-    datamodule = hydra.utils.instantiate(cfg.data)
-    with open_dict(cfg):
-        cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    recipe = applied_recipe(overrides)  # printed once the config has passed every check
-    rank_zero_info(f"recipe: {recipe}")
-    if cfg.get("reference"):
-        rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
-    rank_zero_info(f"global batch: {global_batch}")
-    start_step = checkpoint["global_step"] if checkpoint else 0
-    # From here on the run writes into its folder: one run at a time (global rank 0 locks it, the
-    # other ranks write into the folder it holds).
-    folder = Path(cfg.paths.output_dir)
-    lock = RunLock(folder, continuing=bool(cfg.ckpt_path))
-    if cfg.plan:
-        if takes_the_lock():
-            try:
-                if lock.try_acquire():  # a live run's folder is left as it is: the plan is only printed
-                    start_writing(folder, record)
-                preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
-            finally:
-                lock.release()
-        return {}
-    run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
-    continue_at = None if checkpoint is None else start_step
-    saved_kernels = (checkpoint or {}).get(ckpt.CPU_KERNELS)  # absent in checkpoints before it was stored
-    del checkpoint  # Lightning reads the file again to restore the full training state
-    with lock if takes_the_lock() else nullcontext():
-        start_writing(folder, record)
-        return fit(
-            cfg,
-            overrides,
-            model_config,
-            schedule,
-            datamodule,
-            run_id=run_id,
-            recipe=recipe,
-            continue_at=continue_at,
-            tokens_per_step=global_batch.tokens,
-            initial=initial,
-            continued_kernels=KernelRecord.from_dict(saved_kernels) if saved_kernels else None,
-        )
-
-
-def preflight_plan(
-    cfg: DictConfig,
-    model_config: SmolLM2Config,
-    tokens_per_step: int,
-    schedule: LRSchedule,
-    datamodule: L.LightningDataModule,
-    start_step: int | None,
-) -> Plan:
-    """The run's plan, printed before anything is trained (README: Train)."""
-    start_step = start_step or 0
-    plan = make_plan(
-        cfg,
-        model_config.num_parameters(),
-        tokens_per_step,
-        schedule(start_step),
-        datamodule.data_size(),
-        start_step,
-        starts_from=cfg.get("init_from"),
-    )
-    rank_zero_info(plan.table())
-    return plan
-
-
-def fit(
-    cfg: DictConfig,
-    overrides: list[str],
-    model_config: SmolLM2Config,
-    schedule: LRSchedule,
-    datamodule: L.LightningDataModule,
-    *,
-    run_id: str,
-    recipe: str,
-    continue_at: int | None = None,
-    tokens_per_step: int,
-    initial: dict[str, torch.Tensor] | None = None,
-    continued_kernels: KernelRecord | None = None,
-) -> dict[str, float]:
-    """Build the module and trainer from the checked config, and train (from the checkpoint's
-    step `continue_at`, when continuing, with the CPU kernels it kept, `continued_kernels`;
-    from `initial` weights when given: same keys, so a tied head stays the embedding).
-
-    From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
-    included (README: Reliability); a stop outside a trainer call is reported here.
-    """
-    coordinated_stop = CoordinatedStop(  # not optional
-        every_n_steps=cfg.trainer.log_every_n_steps, processes=process_count(cfg.trainer)
-    )
-    trainer: L.Trainer | None = None
-    loggers: list = []
-    success = False
-    try:
-        with coordinated_stop.listening():
-            L.seed_everything(cfg.seed, workers=True)
-            module = SmolLM2LitModule(
-                model_config,
-                optimizer=hydra.utils.instantiate(cfg.optim),
-                schedule=schedule,
-                tokenizer=cfg.data.tokenizer,
-                compile=cfg.compile,
-                activation_checkpointing=cfg.activation_checkpointing,
-                kernels=cpu_kernels(cfg, model_config, continued_kernels),
-                wandb_run_id=run_id,
-                # What a continuation replays: not where this run came from, the checkpoint holds the weights.
-                cli_overrides=[o for o in overrides if override_key(o) not in ("ckpt_path", "init_from")],
-                nonfinite=cfg.nonfinite,
-                spike=SpikeRule(**cfg.spike),
-            )
-            if initial is not None:
-                module.model.load_state_dict(initial)
-            loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
-            callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-            plan = None
-            if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
-                plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
-                plan_file = Path(cfg.paths.output_dir) / "plan.json"
-                with atomic_write(plan_file) as f:  # a continuation's plan replaces the last one whole
-                    f.write(json.dumps(plan.to_dict(), indent=2) + "\n")
-            enable_tf32()
-            if cfg.keep_freed_host_memory and not uses_cuda(cfg.trainer.accelerator):
-                keep_freed_host_memory()
-            trainer = hydra.utils.instantiate(
-                cfg.trainer,
-                callbacks=[*callbacks, coordinated_stop],
-                logger=loggers or False,
-                plugins=[ckpt.AtomicCheckpointIO()],
-            )
-            rank_zero_info(
-                f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
-                f"precision {cfg.trainer.precision}, run folder {cfg.paths.output_dir}"
-            )
-            for logger in loggers:
-                logger.log_hyperparams(run_config(cfg, module.model.num_parameters(), recipe, plan))
-            if cfg.val_at_start and not cfg.ckpt_path:
-                trainer.validate(module, datamodule=datamodule, verbose=False)  # the curve's step-0 point
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        success = True
-        end_child_ranks(trainer, CHILD_EXIT_WAIT_S)  # rank 0 exits last: the others die with it
-    except (SystemExit, KeyboardInterrupt) as stop:
-        code = stop_code(stop, trainer, coordinated_stop)
-        if code is None:
-            raise
-        if trainer is None or not trainer.interrupted:  # inside a trainer call LastCheckpoint reports
-            resume = f"; continue with ckpt_path={cfg.ckpt_path}" if cfg.ckpt_path else ""
-            name = signal.Signals(code - 128).name
-            rank_zero_info(f"{name} before training started: nothing saved{resume}")
-        if isinstance(stop, SIGTERMException) and trainer is not None:  # agreed: the others exit alike
-            others = end_child_ranks(trainer, CHILD_EXIT_WAIT_S)
-            if any(other != code for other in others):
-                print(f"error: the other ranks exited with {others}, not {code}", file=sys.stderr)
-                sys.exit(1)
-        sys.exit(code)  # a Ctrl-C not agreed on: Lightning has killed the other ranks
-    except BaseException as err:
-        # Ranks that stopped together (non-finite gradients) exit by themselves; others may wait
-        # for this rank in a collective that never ends.
-        if trainer is not None:
-            end_child_ranks(trainer, CHILD_EXIT_WAIT_S if isinstance(err, AGREED_STOPS) else 0)
-        check_disk_full(err)
-        raise
-    finally:
-        for logger in loggers:
-            if isinstance(logger, RunWandbLogger):
-                logger.finish(success)
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
-
-
-def check_disk_full(err: BaseException) -> None:
-    """A full disk (or quota) under any file the run writes (metrics, samples, plan) is one line
-    naming the file; LastCheckpoint has already said what last.ckpt holds and how to continue."""
-    cause = find_cause(err, OSError)
-    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT) and find_user_error(err) is None:
-        raise UserError(
-            f"cannot write {cause.filename or 'a file of the run'} ({os_error_reason(cause)}); "
-            "make room, then continue from last.ckpt"
-        ) from err
-
-
-def stop_code(stop: BaseException, trainer: L.Trainer | None, stopper: CoordinatedStop) -> int | None:
-    """The exit code for a stop by SIGTERM or Ctrl-C (None for any other exit).
-
-    Lightning turns a Ctrl-C inside a trainer call into `sys.exit(1)` (after killing the other
-    ranks: not agreed); outside one it is still a KeyboardInterrupt.
-    """
-    if isinstance(stop, SIGTERMException):
-        return stopper.exit_code()  # SIGTERM, or a Ctrl-C every rank agreed on
-    if isinstance(stop, KeyboardInterrupt) or (trainer is not None and trainer.interrupted):
-        return EXIT_SIGINT
-    return None
 
 
 def one_line(err: Exception) -> str:
@@ -430,24 +49,21 @@ def one_line(err: Exception) -> str:
     return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
 
 
-def check_not_a_multiprocess_sweep(mode: RunMode, trainer: DictConfig) -> None:
-    """Lightning starts the other ranks by re-running the command line: under `-m` each would
-    start the whole sweep again."""
-    processes = process_count(trainer)
-    if mode == RunMode.MULTIRUN and processes > 1:
-        raise UserError(
-            f"a -m sweep cannot run {processes} processes per job (each rank would restart "
-            "the sweep); sweep with trainer.devices=1, or launch each multi-device run as its own command"
-        )
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
-    check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
+    from src.training.config_checks import check_run_config  # imports torch and the tokenizer
+
+    # A fresh run's config is checked before Lightning is imported; train() checks the config it
+    # runs again, a continuation's there alone, once the checkpoint's overrides are replayed.
+    if not cfg.ckpt_path:
+        check_run_config(cfg, hydra.utils.instantiate(cfg.model))
+    from src.training import run  # Lightning and all the rest
+
+    run.check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
     # Hydra's record of the launch, written by global rank 0 alone once it holds the run folder.
     record = launch_record(cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
-    train(cfg, list(HydraConfig.get().overrides.task), record)
+    run.train(cfg, list(HydraConfig.get().overrides.task), record)
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import pytest
 
 from benchmarks import gpu_steps
 from benchmarks.gpu_check import STEPS, Checker, Step, run_step
-from src.train import override_key
 from src.training.config_checks import check_run_config
 from src.training.global_batch import resolve_global_batch
+from src.training.overrides import override_key
 from tests.helpers import run_cli
 from tests.training import compose_train, hydra_context
 

@@ -15,7 +15,8 @@ from src.errors import UserError
 from src.training.checkpoint import read_checkpoint
 from src.training.config_checks import check_spike
 from src.training.nonfinite import TrainingDiverged
-from src.training.spike import SpikeGuard, SpikeRule
+from src.training.spike import SpikeGuard
+from src.training.spike_rule import SpikeRule
 from tests.test_host_sync import HostReadCensus
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
 

@@ -80,7 +80,7 @@ DEFAULTS = (256, 16, 1, 3e-3, 100, 100, 200, "ROMEO:")  # train.yaml's groups
     ],
 )
 def test_the_recipe_is_the_experiment_named_else_the_models_own(overrides, recipe, values):
-    from src.train import applied_recipe
+    from src.training.run import applied_recipe
 
     with hydra_context():
         assert applied_recipe(overrides) == recipe
@@ -209,7 +209,7 @@ def test_resume_replays_the_runs_own_config(tmp_path, text):
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", "data.seq_len=24"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     overrides = [f"ckpt_path={last}", "trainer.max_steps=6"]
-    from src.train import replay_overrides
+    from src.training.overrides import replay_overrides
 
     replayed = replay_overrides(read_checkpoint(last)["cli_overrides"], overrides)
     assert "data.seq_len=24" in replayed and replayed[-2:] == overrides

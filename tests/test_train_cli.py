@@ -2,11 +2,13 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import run_cli
+from tests.helpers import REPO_ROOT, run_cli
 from tests.training import logged
 
 QUICK = [
@@ -71,6 +73,31 @@ def test_bad_override_is_one_line_and_non_zero(tmp_path):
     result = run_cli("src.train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
+
+
+# `python -m src.train args`, printing at exit which of the slow imports it made.
+REPORT_IMPORTS = (
+    "import atexit, runpy, sys; "
+    "slow = ('torch', 'lightning'); "
+    "atexit.register(lambda: print(*[m for m in slow if m in sys.modules], file=sys.stderr)); "
+    "runpy.run_module('src.train', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "imported"),
+    [
+        ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", ""),  # before torch
+        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", "torch"),  # before Lightning
+    ],
+)
+def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, imported):
+    """A plain process (run_cli's fork has imported everything already)."""
+    command = [sys.executable, "-c", REPORT_IMPORTS, override, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    *lines, modules = result.stderr.splitlines()
+    assert lines[-1].startswith(error) and modules == imported, result.stderr
 
 
 def test_print_the_composed_config():

@@ -76,7 +76,7 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
 
 def run_training(overrides: list[str]) -> dict[str, float]:
-    from src.train import train
+    from src.training.run import train
 
     with hydra_context():
         return train(compose_train(overrides), overrides)

@@ -1,7 +1,8 @@
 """Checks of a composed training config that run before anything is built, logged or written.
 
-Each failure is a UserError naming the key and the fix, so a typo costs one line and a
-second, not a traceback after minutes of tokenization or a crash at the first checkpoint.
+Each failure is a UserError naming the key and the fix, so a typo costs one line and seconds
+(src.train checks a fresh run before Lightning is imported), not a traceback after minutes of
+tokenization or a crash at the first checkpoint. Nothing here may import Lightning.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from src.errors import UserError
 from src.kernels import check_kernels
 from src.kernels.selection import check_policy
 from src.models.config import SmolLM2Config
-from src.training.spike import SpikeRule
+from src.training.spike_rule import SpikeRule
 
 POSITIVE_INTS = (
     "trainer.max_steps",

@@ -22,7 +22,8 @@ from src.training import checkpoint as ckpt
 from src.training.lr_schedule import LRSchedule
 from src.training.nonfinite import NonfiniteGuard
 from src.training.parallelize import apply_activation_checkpointing, apply_compile, apply_fsdp
-from src.training.spike import SpikeGuard, SpikeRule
+from src.training.spike import SpikeGuard
+from src.training.spike_rule import SpikeRule
 
 
 class SmolLM2LitModule(L.LightningModule):

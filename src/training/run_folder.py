@@ -5,6 +5,9 @@ array on a shared file system), and every run holds the folder's lock while it w
 so a second live run on it (the same `hydra.run.dir`, or continuing a run still going)
 stops with one line instead of interleaving checkpoints, metrics and samples. A launch writes
 nothing there before it holds the lock: not even Hydra's record of it (`.hydra/`) or its log.
+
+Hydra loads this module (the log file's handler) before the config is checked, so Lightning is
+imported only where it is used, by then loaded already: a config error does not wait for it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
@@ -115,6 +117,8 @@ class RunLock:
                 os.close(fd)
                 if err.errno not in NO_LOCKING:
                     raise
+                from lightning.pytorch.utilities import rank_zero_warn
+
                 rank_zero_warn(f"{self.path.parent}: no file locks here; a second run on it goes undetected")
                 return True
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
@@ -124,6 +128,8 @@ class RunLock:
         HELD.add(fd)
         previous = read_owner(self.path)
         if previous is not None:
+            from lightning.pytorch.utilities import rank_zero_info
+
             rank_zero_info(f"taking over {self.path}: its run (pid {previous[0]} on {previous[1]}) has ended")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
@@ -203,4 +209,6 @@ def start_writing(folder: Path, record: dict[str, str]) -> None:
 def takes_the_lock() -> bool:
     """Only global rank 0 locks: Lightning starts the other ranks by re-running the command
     line on the same folder (LOCAL_RANK set), and other nodes' launchers have NODE_RANK > 0."""
+    from lightning.pytorch.utilities import rank_zero_only
+
     return rank_zero_only.rank == 0 and os.environ.get("NODE_RANK", "0") == "0"

@@ -23,35 +23,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from src.errors import UserError
 from src.lightning_compat import rewind_optimizer_steps
 from src.training.nonfinite import TrainingDiverged
-
-MODES = ("off", "warn", "rollback")
-
-
-@dataclass
-class SpikeRule:
-    """The `spike` config group: what a spike is, and what happens on one."""
-
-    mode: str = "off"
-    window: int = 50
-    k: float = 6.0
-    min_steps: int = 20
-    max_rollbacks: int = 3
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"spike.mode must be one of {MODES}, got {self.mode!r}")
-        if not 2 <= self.min_steps <= self.window:
-            raise UserError(
-                f"spike.min_steps={self.min_steps} must be in [2, spike.window={self.window}]; "
-                "lower spike.min_steps or raise spike.window"
-            )
-        if self.k <= 0 or self.max_rollbacks < 0:
-            raise UserError(
-                f"spike.k ({self.k}) must be positive and spike.max_rollbacks ({self.max_rollbacks}) >= 0"
-            )
+from src.training.spike_rule import SpikeRule
 
 
 def _to_host(value: Any) -> Any:

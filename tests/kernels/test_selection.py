@@ -408,7 +408,7 @@ def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_i
 
     monkeypatch.setenv("SMOLLM2_CACHE_DIR", str(tmp_path / "cache"))
     timer = OneRealSeries()
-    monkeypatch.setattr("src.train.choose_kernels", functools.partial(choose_kernels, timer=timer))
+    monkeypatch.setattr("src.training.run.choose_kernels", functools.partial(choose_kernels, timer=timer))
     text = write_text(tmp_path / "input.txt")
     for run in ("first", "second"):
         caplog.clear()
