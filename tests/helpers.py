@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,28 @@ def run_cli(module: str, *args: str, timeout: float = 300) -> subprocess.Complet
             _server.close()
         _server = Server()  # with this test's environment
     return _server.run(module, list(args), REPO_ROOT, timeout)
+
+
+# Runs a module as `python -m` does, then prints on its last stderr line which slow imports it made.
+REPORT_IMPORTS = (
+    "import atexit, runpy, sys; "
+    "slow = ('torch', 'lightning'); "
+    "atexit.register(lambda: print(*[m for m in slow if m in sys.modules], file=sys.stderr)); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
+def run_plain(
+    module: str, *args: str, cwd: Path = REPO_ROOT, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`python -m module args...` in a fresh process (run_cli's fork has imported everything
+    already), and which of torch and Lightning it imported."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", REPORT_IMPORTS, module, *args]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    *lines, imported = result.stderr.splitlines() or [""]
+    result.stderr = "\n".join(lines)
+    return result, set(imported.split())
 
 
 def write_questions(path: Path, count: int = 12, seed: int = 0) -> Path:

@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from src.training.checkpoint import AtomicCheckpointIO
+from src.training.checkpoint_io import AtomicCheckpointIO
 
 
 class InterruptWhilePickled:

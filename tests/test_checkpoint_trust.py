@@ -16,6 +16,7 @@ from src.errors import UserError
 from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.serving import load_pretrained
 from src.training import checkpoint as ckpt
+from src.training.checkpoint_io import AtomicCheckpointIO
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_cli
 from tests.training import fast_overrides, run_training, write_text
@@ -55,7 +56,7 @@ def test_our_own_checkpoints_load_with_weights_only(tmp_path):
     """No allow-list needed: an old checkpoint (loop, callback and schedule state) reads whole."""
     checkpoint = ckpt.read_checkpoint(OLD_CHECKPOINT)
     assert checkpoint["global_step"] == 2 and checkpoint["optimizer_states"]
-    assert ckpt.AtomicCheckpointIO().load_checkpoint(OLD_CHECKPOINT).keys() == checkpoint.keys()
+    assert AtomicCheckpointIO().load_checkpoint(OLD_CHECKPOINT).keys() == checkpoint.keys()
 
 
 def test_every_in_process_reader_refuses_the_payload_naming_its_types(payload, tmp_path):
@@ -69,7 +70,7 @@ def test_every_in_process_reader_refuses_the_payload_naming_its_types(payload, t
         lambda: ckpt.read_checkpoint(path),
         lambda: ckpt.read_checkpoint(path, weights=False),
         lambda: load_pretrained(path),
-        lambda: ckpt.AtomicCheckpointIO().load_checkpoint(path, weights_only=False),
+        lambda: AtomicCheckpointIO().load_checkpoint(path, weights_only=False),
         lambda: ckpt.read_checkpoint(sharded),
     ]
     for read in readers:

@@ -14,7 +14,7 @@ from src.generate import main
 from src.models import SmolLM2, generate
 from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
 from tests.conftest import REPO_ROOT
-from tests.helpers import run_cli, tiny_checkpoint
+from tests.helpers import run_cli, run_plain, tiny_checkpoint
 
 PROMPT = "Once upon a time"
 
@@ -160,6 +160,14 @@ def test_bad_input_is_one_line_and_exit_2(tiny, capsys, args, message):
 
 
 @pytest.mark.slow
+def test_generating_from_a_checkpoint_file_does_not_import_lightning(tiny, tmp_path):
+    """Lightning takes seconds to import, and reading a .ckpt file needs none of it."""
+    args = (f"ckpt_path={tiny[1]}", f"prompt={PROMPT}", "temperature=0", "max_new_tokens=4")
+    result, imported = run_plain("src.generate", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() and imported == {"torch"}
+
+
 def test_missing_source_and_broken_checkpoint_from_the_command_line(tmp_path):
     neither = run_cli("src.generate", "prompt=Hi")
     missing = run_cli("src.generate", f"ckpt_path={tmp_path / 'nope.ckpt'}", "prompt=Hi")

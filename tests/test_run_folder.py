@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from src.errors import UserError
 from src.training import run_folder
-from src.training.checkpoint import AtomicCheckpointIO, read_checkpoint
+from src.training.checkpoint import read_checkpoint
+from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.run_folder import LOCK_NAME, HeldLogFile, RunLock, claim_fresh_folder, start_writing
 from tests.helpers import run_cli
 from tests.training import fast_overrides, run_training, write_text
@@ -215,11 +216,10 @@ import os, sys, time
 from pathlib import Path
 from src.training.run_folder import RunLock
 RunLock(Path(sys.argv[1]), continuing=False).acquire()
-child = os.fork()
-if child == 0:  # a DataLoader worker, say, that outlives a kill -9 of its parent by a while
+if os.fork() == 0:  # a DataLoader worker, say, that outlives a kill -9 of its parent by a while
+    print(os.getpid(), flush=True)  # after the fork's hooks have run in this child
     time.sleep(60)
     os._exit(0)
-print(child, flush=True)
 time.sleep(60)
 """
 

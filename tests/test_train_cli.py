@@ -2,14 +2,12 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO_ROOT, run_cli
-from tests.training import logged
+from tests.helpers import run_cli, run_plain
+from tests.training import fast_overrides, logged, write_text
 
 QUICK = [
     "trainer.accelerator=cpu",
@@ -75,29 +73,31 @@ def test_bad_override_is_one_line_and_non_zero(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
 
 
-# `python -m src.train args`, printing at exit which of the slow imports it made.
-REPORT_IMPORTS = (
-    "import atexit, runpy, sys; "
-    "slow = ('torch', 'lightning'); "
-    "atexit.register(lambda: print(*[m for m in slow if m in sys.modules], file=sys.stderr)); "
-    "runpy.run_module('src.train', run_name='__main__', alter_sys=True)"
-)
-
-
 @pytest.mark.parametrize(
     ("override", "error", "imported"),
     [
-        ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", ""),  # before torch
-        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", "torch"),  # before Lightning
+        ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", set()),  # before torch
+        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", {"torch"}),  # before Lightning
     ],
 )
 def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, imported):
-    """A plain process (run_cli's fork has imported everything already)."""
-    command = [sys.executable, "-c", REPORT_IMPORTS, override, f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    result, made = run_plain("src.train", override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
-    *lines, modules = result.stderr.splitlines()
-    assert lines[-1].startswith(error) and modules == imported, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(error) and made == imported, result.stderr
+
+
+def test_the_runs_messages_are_printed_once_and_kept_in_its_log(tmp_path):
+    """In a fresh process Lightning is imported after Hydra has set up logging, which would
+    otherwise send its messages (and the run's) to stdout and stderr both, differently formatted."""
+    run = tmp_path / "run"
+    text = write_text(tmp_path / "input.txt")
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=2", f"hydra.run.dir={run}")
+    result, _ = run_plain("src.train", *overrides, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "recipe: none (defaults of train.yaml)" in result.stderr.splitlines()
+    assert "recipe:" not in result.stdout and (result.stderr + result.stdout).count("global batch:") == 1
+    log = (run / "train.log").read_text()
+    assert "recipe: none" in log and "global batch:" in log and "training ended:" in log
 
 
 def test_print_the_composed_config():

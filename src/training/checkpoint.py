@@ -3,7 +3,9 @@
 A checkpoint is Lightning's (weights under `state_dict`, optimizer, loops, callbacks, data
 position) plus the run facts below, which let a file be used on its own: rebuild the
 model, detokenize, continue the same W&B run, LR schedule and config. Files are written
-atomically: a temporary file in the same folder, fsync, rename.
+atomically: a temporary file in the same folder, fsync, rename. Nothing here imports Lightning at
+import (src/training/checkpoint_io.py plugs the reading and writing into the trainer), so
+the commands that only read a checkpoint start without it.
 
 Under trainer=fsdp a checkpoint is a folder instead (Lightning's sharded format): each
 rank's shards in torch.distributed.checkpoint files, everything else in one small file
@@ -27,12 +29,10 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from src.errors import UserError, find_cause, first_line, os_error_reason
 from src.files import TMP_MARK, temp_path
-from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 from src.training.run_folder import pid_alive
@@ -79,9 +79,17 @@ def migrate_overrides(overrides: list[str]) -> list[str]:
     return migrated
 
 
+def sharded_metadata_name() -> str:
+    """Lightning's name for a sharded checkpoint's small file (`meta.pt`), imported only once a
+    path is a folder: reading a `.ckpt` file (generate, export, evaluate, the app) needs no Lightning."""
+    from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
+
+    return SHARDED_CHECKPOINT_METADATA
+
+
 def is_sharded(path: Path) -> bool:
     """Whether `path` is a sharded checkpoint's folder (trainer=fsdp) rather than a file."""
-    return path.is_dir() and (path / SHARDED_CHECKPOINT_METADATA).is_file()
+    return path.is_dir() and (path / sharded_metadata_name()).is_file()
 
 
 def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
@@ -92,9 +100,9 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     if is_sharded(path):
         checkpoint = _read_sharded(path, weights)
     elif path.is_file():
-        checkpoint = _load(path, mmap=True)  # mmap: weights are only read when used
+        checkpoint = load_weights_only(path, mmap=True)  # mmap: weights are only read when used
     elif path.is_dir():
-        raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_CHECKPOINT_METADATA})")
+        raise UserError(f"{path}: checkpoint not found (a folder, but without {sharded_metadata_name()})")
     else:
         raise UserError(f"{path}: checkpoint not found")
     if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint:
@@ -108,7 +116,7 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
 WEIGHTS_ONLY_FAILED = "Weights only load failed"
 
 
-def _load(path: Path, **kwargs: Any) -> Any:
+def load_weights_only(path: Path, **kwargs: Any) -> Any:
     """A checkpoint file read with `weights_only=True`: a file that would run code is refused unread.
 
     Ours hold only tensors, containers and plain values (loop and data state included), which
@@ -143,7 +151,7 @@ def _read_sharded(path: Path, weights: bool) -> dict[str, Any]:
 
     Only the model's tensors are read (not the optimizer's), in this one process.
     """
-    checkpoint = _load(path / SHARDED_CHECKPOINT_METADATA)
+    checkpoint = load_weights_only(path / sharded_metadata_name())
     if not weights:
         return checkpoint
     try:
@@ -217,41 +225,32 @@ def left_by_a_dead_writer(tmp: Path) -> bool:
     return not pid_alive(int(pid))
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
+def write_atomically(checkpoint: dict[str, Any], path: Path) -> None:
     """A kill at any moment leaves either the old file or the new one, never half of one.
 
     A kill mid-write leaves a `.<name>.tmp-<host>-<pid>` file behind; a later save into the
     same folder removes it once that process is gone. Another live process's file, or one
     from another host (whose processes this one cannot see), is left alone.
-    Reading back (trainer.fit's ckpt_path) goes through `_load`: weights only, one-line errors.
     """
-
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: Any = None) -> Any:
-        return _load(Path(path))  # weights_only=True whatever the caller asks
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
-    ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
-        for stale in path.parent.glob(f".*{TMP_MARK}*"):
-            if left_by_a_dead_writer(stale):
-                stale.unlink(missing_ok=True)
-        with stop_signals_deferred():
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)  # replaces a symlink itself, never writes through it
-            except (OSError, RuntimeError) as err:
-                cause = find_cause(err, OSError)  # torch's zip writer: `unexpected pos`
-                if cause is None:
-                    raise
-                raise CheckpointWriteFailed(
-                    f"cannot write {path} ({os_error_reason(cause)}); "
-                    "the previous file is intact: make room, then continue"
-                ) from err
-            finally:
-                tmp.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    for stale in path.parent.glob(f".*{TMP_MARK}*"):
+        if left_by_a_dead_writer(stale):
+            stale.unlink(missing_ok=True)
+    with stop_signals_deferred():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # replaces a symlink itself, never writes through it
+        except (OSError, RuntimeError) as err:
+            cause = find_cause(err, OSError)  # torch's zip writer: `unexpected pos`
+            if cause is None:
+                raise
+            raise CheckpointWriteFailed(
+                f"cannot write {path} ({os_error_reason(cause)}); "
+                "the previous file is intact: make room, then continue"
+            ) from err
+        finally:
+            tmp.unlink(missing_ok=True)

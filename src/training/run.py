@@ -36,6 +36,7 @@ from src.serving.inference import read_pretrained
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
+from src.training.checkpoint_io import AtomicCheckpointIO
 from src.training.config_checks import check_run_config
 from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
@@ -292,7 +293,7 @@ def fit(
                 cfg.trainer,
                 callbacks=[*callbacks, coordinated_stop],
                 logger=loggers or False,
-                plugins=[ckpt.AtomicCheckpointIO()],
+                plugins=[AtomicCheckpointIO()],
             )
             rank_zero_info(
                 f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "
