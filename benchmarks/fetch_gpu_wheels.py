@@ -23,7 +23,7 @@ WHEELS = REPO_ROOT / ".whl"
 TEXT = REPO_ROOT / "data" / "input.txt"
 SHAKESPEARE = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
-# What `import src.train` loads that the GPU machine's image does not hold (its package list of
+# What a `src.train` run imports that the GPU machine's image does not hold (its package list of
 # 2026-11); W&B's own imports from `annotated-types` on.
 MISSING = [
     "hydra-core",
