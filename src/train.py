@@ -1,8 +1,9 @@
 """Train (or continue training) a SmolLM2 decoder: `python -m src.train [overrides]`.
 
 Hydra composes `conf/train.yaml`, the config is checked, and src/training/run.py builds the
-objects and calls `trainer.fit`. Each import waits for the step that needs it: a typo in an
-override fails before torch is loaded, a bad value before Lightning is (seconds each).
+objects and calls `trainer.fit`. torch and Lightning take seconds each to import, so each
+import waits for the step that needs it: a typo in an override fails before torch is loaded,
+a bad value of a fresh run before Lightning is.
 
 Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
 `error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once

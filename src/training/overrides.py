@@ -6,6 +6,7 @@ from src.errors import UserError
 
 
 def override_key(override: str) -> str:
+    """The key an override sets: `a.b=1`, `+a.b=1` and `~a.b` all name `a.b`."""
     return override.lstrip("+~").split("=", 1)[0]
 
 
