@@ -3,7 +3,7 @@
 Hydra composes `conf/train.yaml`, the config is checked, and src/training/run.py builds the
 objects and calls `trainer.fit`. torch and Lightning take seconds each to import, so each
 import waits for the step that needs it: a typo in an override fails before torch is loaded,
-a bad value of a fresh run before Lightning is.
+a bad value, of a fresh run or a continuation, before Lightning is.
 
 Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
 `error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once
@@ -53,18 +53,15 @@ def one_line(err: Exception) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
-    from src.training.config_checks import check_run_config  # imports torch and the tokenizer
+    from src.training.checked_config import checked_config  # torch and the tokenizer
 
-    # A fresh run's config is checked before Lightning is imported; train() checks the config it
-    # runs again, a continuation's there alone, once the checkpoint's overrides are replayed.
-    if not cfg.ckpt_path:
-        check_run_config(cfg, hydra.utils.instantiate(cfg.model))
-    from src.training import run  # Lightning and all the rest
+    checked = checked_config(cfg, list(HydraConfig.get().overrides.task))
+    from src.training import run  # Lightning and all the rest: once the config has passed
 
     run.check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
     # Hydra's record of the launch, written by global rank 0 alone once it holds the run folder.
     record = launch_record(cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
-    run.train(cfg, list(HydraConfig.get().overrides.task), record)
+    run.train(checked, record)
 
 
 def main() -> None:

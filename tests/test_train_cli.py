@@ -4,8 +4,11 @@ import json
 import math
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
+from src.models import SmolLM2Config
+from src.training import checkpoint as ckpt
 from tests.helpers import run_cli, run_plain
 from tests.training import fast_overrides, logged, write_text
 
@@ -84,6 +87,19 @@ def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, i
     result, made = run_plain("src.train", override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].startswith(error) and made == imported, result.stderr
+
+
+def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path):
+    """Its checkpoint's overrides (model=tiny here) are replayed, then checked, before Lightning."""
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    model = SmolLM2Config.from_preset("tiny").to_dict()
+    torch.save({ckpt.MODEL_CONFIG: model, ckpt.OVERRIDES: ["model=tiny"], "global_step": 3}, path)
+    result, made = run_plain("src.train", f"ckpt_path={path}", "trainer.max_steps=6", "optim.lr=-1")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0" and made == {
+        "torch"
+    }
 
 
 def test_the_runs_messages_are_printed_once_and_kept_in_its_log(tmp_path):

@@ -76,10 +76,11 @@ def compose_train(overrides: list[str]) -> DictConfig:
 
 
 def run_training(overrides: list[str]) -> dict[str, float]:
+    from src.training.checked_config import checked_config
     from src.training.run import train
 
     with hydra_context():
-        return train(compose_train(overrides), overrides)
+        return train(checked_config(compose_train(overrides), overrides))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

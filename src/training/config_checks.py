@@ -1,7 +1,7 @@
 """Checks of a composed training config that run before anything is built, logged or written.
 
 Each failure is a UserError naming the key and the fix, so a typo costs one line and seconds
-(src.train checks a fresh run before Lightning is imported), not a traceback after minutes of
+(src.train checks before Lightning is imported), not a traceback after minutes of
 tokenization or a crash at the first checkpoint. Nothing here may import Lightning.
 """
 

@@ -1,7 +1,6 @@
-"""One training run, from a composed config to `trainer.fit` (the CLI is src/train.py).
+"""One training run, from its checked config (src/training/checked_config.py) to `trainer.fit`.
 
-With `ckpt_path=...` the run's own overrides are read back from the checkpoint and replayed
-under today's, so a continuation is the same run with the same config. With
+A continuation (`ckpt_path=...`) restores the full training state from its checkpoint. With
 `init_from=<Hugging Face folder | .ckpt>` a new run (new optimizer, schedule, step counter,
 run folder and W&B run) starts from those weights instead of a fresh init.
 """
@@ -14,7 +13,6 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import hydra
 import lightning as L
@@ -36,13 +34,13 @@ from src.serving.inference import read_pretrained
 from src.tracking.loggers import build_loggers, check_logger_extras, new_run_id, run_config
 from src.tracking.wandb_logger import RunWandbLogger
 from src.training import checkpoint as ckpt
+from src.training.checked_config import CheckedConfig
 from src.training.checkpoint_io import AtomicCheckpointIO
-from src.training.config_checks import check_run_config
 from src.training.global_batch import process_count, resolve_global_batch
 from src.training.hardware import enable_tf32, keep_freed_host_memory, resolve_precision, uses_cuda
 from src.training.lit_module import SmolLM2LitModule
 from src.training.lr_schedule import LRSchedule
-from src.training.overrides import check_replay_runs_no_code, override_key, replay_overrides
+from src.training.overrides import override_key
 from src.training.plan import Plan, make_plan
 from src.training.run_folder import RunLock, start_writing, takes_the_lock
 from src.training.spike_rule import SpikeRule
@@ -82,16 +80,6 @@ def parameters_line(count: int, reference: DictConfig) -> str:
     return f"parameters: {count:,} ({reference.name} states {reference.params})"
 
 
-def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path: str) -> None:
-    diff = [
-        f"{k}: {saved.get(k)} in checkpoint, {config.get(k)} now" for k in config if saved.get(k) != config[k]
-    ]
-    if diff:
-        raise UserError(
-            f"{ckpt_path} was trained with another model config ({'; '.join(diff)}); drop the model overrides"
-        )
-
-
 def initial_weights(init_from: str, model_config: SmolLM2Config) -> dict[str, torch.Tensor]:
     """The weights a new run starts from (`init_from=`: a Hugging Face folder or our .ckpt), which
     must be those of `model=`. `init_std` is left out: it says how fresh weights are drawn."""
@@ -110,46 +98,17 @@ def initial_weights(init_from: str, model_config: SmolLM2Config) -> dict[str, to
     return model.state_dict()
 
 
-def check_strategy_reads(ckpt_path: str, trainer: DictConfig) -> None:
-    """Only the sharding strategy reads a sharded folder (Lightning's others fail on a directory)."""
-    strategy = OmegaConf.select(trainer, "strategy._target_", default=None) or ""
-    if ckpt.is_sharded(Path(ckpt_path)) and not strategy.endswith(".FSDP2Strategy"):
-        raise UserError(
-            f"{ckpt_path} is a sharded checkpoint (trainer=fsdp); continue it with trainer=fsdp, "
-            "on any number of devices, or python -m src.export it for other uses"
-        )
-
-
-def train(cfg: DictConfig, overrides: list[str], record: dict[str, str] | None = None) -> dict[str, float]:
-    """Build everything from `cfg` and fit; returns the final logged metrics. `record` (Hydra's
-    `.hydra/` files, `launch_record`) is written into the run folder once the run holds it."""
+def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[str, float]:
+    """Build everything from the checked config and fit; returns the final logged metrics.
+    `record` (Hydra's `.hydra/` files, `launch_record`) is written into the run folder once the
+    run holds it."""
     record = record or {}
-    checkpoint = None
-    if cfg.ckpt_path and cfg.init_from:
-        raise UserError(
-            "ckpt_path continues a run and init_from starts a new one from weights; give one of them"
-        )
-    if cfg.ckpt_path:
-        checkpoint = ckpt.read_checkpoint(Path(cfg.ckpt_path), weights=False)
-        history = ckpt.migrate_overrides(checkpoint.get(ckpt.OVERRIDES, []))
-        check_replay_runs_no_code(history, overrides, cfg.ckpt_path)
-        overrides = replay_overrides(history, overrides)
-        cfg = hydra.compose(config_name="train", overrides=overrides)
-        check_strategy_reads(cfg.ckpt_path, cfg.trainer)
-        step, max_steps = checkpoint["global_step"], cfg.trainer.max_steps
-        if max_steps == step:
-            rank_zero_info(f"{cfg.ckpt_path} is already at step {step} = trainer.max_steps: nothing to do")
-            return {}
-        if max_steps < step:
-            raise UserError(
-                f"trainer.max_steps={max_steps} is below the checkpoint's step {step}; "
-                f"pass trainer.max_steps > {step} to continue"
-            )
-
-    model_config = hydra.utils.instantiate(cfg.model)
-    if checkpoint is not None:
-        check_model_matches(checkpoint[ckpt.MODEL_CONFIG], model_config.to_dict(), cfg.ckpt_path)
-    check_run_config(cfg, model_config)
+    cfg, overrides, checkpoint = checked.cfg, checked.overrides, checked.checkpoint
+    model_config = checked.model
+    if checked.finished:
+        step = checkpoint["global_step"]
+        rank_zero_info(f"{cfg.ckpt_path} is already at step {step} = trainer.max_steps: nothing to do")
+        return {}
     initial = initial_weights(cfg.init_from, model_config) if cfg.init_from else None
     check_logger_extras(cfg.get("logger"))
     global_batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
