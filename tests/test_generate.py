@@ -159,7 +159,6 @@ def test_bad_input_is_one_line_and_exit_2(tiny, capsys, args, message):
     assert captured.err.count("\n") == 1 and message in captured.err
 
 
-@pytest.mark.slow
 def test_generating_from_a_checkpoint_file_does_not_import_lightning(tiny, tmp_path):
     """Lightning takes seconds to import, and reading a .ckpt file needs none of it."""
     args = (f"ckpt_path={tiny[1]}", f"prompt={PROMPT}", "temperature=0", "max_new_tokens=4")
@@ -168,6 +167,7 @@ def test_generating_from_a_checkpoint_file_does_not_import_lightning(tiny, tmp_p
     assert result.stdout.strip() and imported == {"torch"}
 
 
+@pytest.mark.slow
 def test_missing_source_and_broken_checkpoint_from_the_command_line(tmp_path):
     neither = run_cli("src.generate", "prompt=Hi")
     missing = run_cli("src.generate", f"ckpt_path={tmp_path / 'nope.ckpt'}", "prompt=Hi")

@@ -97,9 +97,8 @@ def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path):
     torch.save({ckpt.MODEL_CONFIG: model, ckpt.OVERRIDES: ["model=tiny"], "global_step": 3}, path)
     result, made = run_plain("src.train", f"ckpt_path={path}", "trainer.max_steps=6", "optim.lr=-1")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0" and made == {
-        "torch"
-    }
+    assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
+    assert made == {"torch"}
 
 
 def test_the_runs_messages_are_printed_once_and_kept_in_its_log(tmp_path):
