@@ -38,19 +38,21 @@ _SWAPS: dict[str, _Swap] = {
         ScaledDotProductAttention, BlockwiseCausalAttention, lambda _: BlockwiseCausalAttention(), 3
     ),
     "rms_norm": _Swap(RMSNorm, FusedRMSNorm, FusedRMSNorm.from_norm, 2),  # 2: LayerNorm's fused backward
-    "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear, 1),
+    # onednn_linear and packed_linear 2: the decoding probe multiplies the whole head
+    "onednn_linear": _Swap(nn.Linear, OneDNNLinear, OneDNNLinear.from_linear, 2),
     # the same with PyTorch's weight gradient; where both are named, onednn_linear takes the layers
     "onednn_linear_torch_wgrad": _Swap(
         nn.Linear, OneDNNLinearTorchWeightGrad, OneDNNLinearTorchWeightGrad.from_linear, 1
     ),
     # bf16 inference; never kept together with onednn_linear, which acts on fp32 only
-    "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 1),
+    "packed_linear": _Swap(nn.Linear, PackedLinear, PackedLinear.from_linear, 2),
     # bf16 computed in fp32, for CPUs without bf16 arithmetic; rivals of the two above
-    # (upcast_linear 2: products of fewer than UPCAST_MIN_ROWS rows left to PyTorch)
+    # (upcast_linear 2: products of fewer than UPCAST_MIN_ROWS rows left to PyTorch; 3: a big
+    # weight widened in slices, 16 rows at least, and the whole head in the decoding probe)
     "upcast_attention": _Swap(
         ScaledDotProductAttention, UpcastCausalAttention, lambda _: UpcastCausalAttention(), 1
     ),
-    "upcast_linear": _Swap(nn.Linear, UpcastLinear, UpcastLinear.from_linear, 2),
+    "upcast_linear": _Swap(nn.Linear, UpcastLinear, UpcastLinear.from_linear, 3),
 }
 KERNELS = tuple(_SWAPS)  # every kernel, the default of training and of CPU inference
 

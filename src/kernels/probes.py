@@ -6,8 +6,8 @@ are kept small (one layer, one sequence and one key/value head for attention, at
 `LINEAR_ROWS` rows for the matmuls) so that deciding costs seconds for SmolLM2-135M, but
 each keeps the ratios of the real step: one layer's seven projections plus the head's
 share of a layer. Decoding is the exception in size: a one-token step streams every weight
-from memory, so its probe reads as many layers' weights as the model has, up to
-`DECODING_WEIGHT_BYTES`: one layer's would sit in cache and time another regime.
+from memory, so its probe reads the whole head and as many layers' weights as the model
+has, up to `DECODING_WEIGHT_BYTES`: one layer's would sit in cache and time another regime.
 """
 
 from __future__ import annotations
@@ -132,11 +132,15 @@ def _layer_and_head_shapes(c: SmolLM2Config) -> list[tuple[int, int]]:
     return [*shapes, (c.hidden_size, max(c.vocab_size // c.num_layers, 1))]
 
 
-def _decoding_layers(c: SmolLM2Config, dtype: torch.dtype) -> int:
-    """How many layers' projections a decoding probe reads: all the model's, or as many as
-    fit `DECODING_WEIGHT_BYTES`."""
-    layer_bytes = sum(i * o for i, o in _layer_and_head_shapes(c)) * dtype.itemsize
-    return max(1, min(c.num_layers, DECODING_WEIGHT_BYTES // layer_bytes))
+def _decoding_shapes(c: SmolLM2Config, dtype: torch.dtype) -> list[tuple[int, int]]:
+    """(in, out) of the products of a decoding probe: the whole LM head once, as a decoding
+    step multiplies it (a slice of it would sit in cache, where the head does not), then the
+    projections of all the model's layers, or of as many as fit `DECODING_WEIGHT_BYTES` with it."""
+    head = (c.hidden_size, c.vocab_size)
+    layer = _layer_and_head_shapes(c)[:-1]
+    layer_bytes = sum(i * o for i, o in layer) * dtype.itemsize
+    budget = DECODING_WEIGHT_BYTES - head[0] * head[1] * dtype.itemsize
+    return [head] + layer * max(1, min(c.num_layers, budget // layer_bytes))
 
 
 def _onednn_linear(w: Workload, linear: type[OneDNNLinear] = OneDNNLinear) -> Probe | str:
@@ -175,10 +179,9 @@ def _linears(
 ) -> Probe:
     """The step's matmuls through `replace`d linears against plain ones: forward and backward
     of one layer's share in training, products of one token per sequence (or `decoding_rows`
-    rows) over `_decoding_layers` layers in decoding (weights in the workload's dtype)."""
-    layers = 1 if w.training else _decoding_layers(w.config, w.dtype)
+    rows) over `_decoding_shapes` in decoding (weights in the workload's dtype)."""
     weight_dtype = torch.float32 if w.training else w.dtype  # training casts under autocast
-    shapes = [shape for _ in range(layers) for shape in _layer_and_head_shapes(w.config)]
+    shapes = _layer_and_head_shapes(w.config) if w.training else _decoding_shapes(w.config, w.dtype)
     plain = [nn.Linear(i, o, bias=False, dtype=weight_dtype) for i, o in shapes]
     ours = [replace(layer) for layer in plain]
     rows = min(w.batch_size * w.seq_len, LINEAR_ROWS) if w.training else decoding_rows or w.batch_size

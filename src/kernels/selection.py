@@ -34,7 +34,7 @@ import torch
 from src.errors import UserError
 from src.kernels.converter import replaced_module
 from src.kernels.probes import Probe, Workload, probe
-from src.kernels.timing_cache import TimingCache, first_cpu_fields, this_machine
+from src.kernels.timing_cache import TimingCache, first_cpu_fields, recorded_here, this_machine
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
@@ -216,7 +216,7 @@ def choose_kernels(
         return one_per_module([Decision(name, True, reason="kernels_policy=always") for name in candidates])
     if not on_cpu:
         return [Decision(name, False, reason="not a CPU run") for name in candidates]
-    if continued is not None and (continued.machine, continued.workload) == (this_machine(), workload.key()):
+    if continued is not None and recorded_here(continued.machine) and continued.workload == workload.key():
         reason = "as the continued run"
         return one_per_module([Decision(name, name in continued.kept, reason=reason) for name in candidates])
     if cache is None and candidates:

@@ -1,6 +1,6 @@
 """Kernel timings measured once per machine, kept in a JSON file outside the repository.
 
-A timing holds for one CPU model, one PyTorch version (a new release can change which
+A timing holds for one CPU model (`cpu_name`), one PyTorch version (a new release can change which
 library a matmul calls) and one revision of the kernel's code, so all three are part of
 every key: on another CPU, after an upgrade or a change to the kernel, the key differs and
 the kernel is measured again. The folder is `$SMOLLM2_CACHE_DIR`, else
@@ -37,9 +37,27 @@ def first_cpu_fields() -> dict[str, str]:
     return fields
 
 
-def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo)."""
+# The widest of these instruction sets the CPU reports, widest first: part of its identity.
+ISA_TIERS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name alone, as the OS reports it."""
     return first_cpu_fields().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), with its family,
+    model and widest instruction set (`ISA_TIERS`) where /proc/cpuinfo gives them: a cloud
+    VM may name every CPU of a vendor alike ("AMD EPYC" for Zen 2 to 5), and a cache in a
+    home folder shared by a cluster's nodes must not lend one CPU's timings to another."""
+    fields = first_cpu_fields()
+    name = cpu_model_name()
+    if "cpu family" not in fields:
+        return name
+    flags = set(fields.get("flags", "").split())
+    isa = next((tier for tier in ISA_TIERS if tier in flags), "no avx2")
+    return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {isa})"
 
 
 # Variables that make oneDNN, MKL or PyTorch's own kernels use fewer of the CPU's instructions
@@ -47,11 +65,18 @@ def cpu_name() -> str:
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
-def this_machine() -> str:
-    """What a timing holds for: the CPU model and the PyTorch version, and any instruction-set
-    limit set for this process (`ISA_LIMITS`)."""
+def this_machine(cpu: str | None = None) -> str:
+    """What a timing holds for: the CPU (`cpu_name`), the PyTorch version, and any
+    instruction-set limit set for this process (`ISA_LIMITS`)."""
     limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
-    return " | ".join([cpu_name(), f"torch {torch.__version__}", *limits])
+    return " | ".join([cpu or cpu_name(), f"torch {torch.__version__}", *limits])
+
+
+def recorded_here(machine: str) -> bool:
+    """Whether `machine` (a `this_machine()` string saved earlier) names this machine. Before
+    family, model and instruction set were part of it, it named the model alone: such a
+    record is taken as this machine's where that name is this CPU's, as it was then."""
+    return machine in (this_machine(), this_machine(cpu_model_name()))
 
 
 def default_cache_dir() -> Path:

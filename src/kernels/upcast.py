@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from src.kernels.attention import BlockwiseCausalAttention
 from src.kernels.linear import LinearReplacement
 
-UPCAST_MIN_ROWS = 8  # the fewest rows upcast; measured to win from 8 on Zen 2 (benchmarks/README.md)
+UPCAST_MIN_ROWS = 16  # the fewest rows upcast: it won from 8 on Zen 2, 16 on Zen 3 (benchmarks/README.md)
+UPCAST_WHOLE_BYTES = 8 * 2**20  # the largest fp32 weight widened whole (a layer's: 3.4 MiB for 135M)
+UPCAST_SLICE_BYTES = 2 * 2**20  # the fp32 bytes of a larger weight widened at a time
 
 
 def bf16_compute(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -40,8 +42,19 @@ def bf16_compute(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 def upcast_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The bf16 `x @ w.T` (rounded to bf16) computed in fp32, without autograd."""
-    return F.linear(x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()).to(torch.bfloat16)
+    """The bf16 `x @ w.T` (rounded to bf16) computed in fp32, without autograd. A weight over
+    `UPCAST_WHOLE_BYTES` in fp32 (an LM head: 113 MB for SmolLM2-135M) is widened a slice
+    of its rows at a time, each slice multiplied while it is still in cache: widened whole,
+    its fp32 copy goes out to memory and back, and that costs more than the emulated bf16
+    product saves in decoding (benchmarks/README.md)."""
+    xf = x.to(torch.bfloat16).float()
+    rows = max(1, UPCAST_SLICE_BYTES // (4 * w.shape[1]))
+    if 4 * w.numel() <= UPCAST_WHOLE_BYTES or w.shape[0] <= rows:
+        return F.linear(xf, w.to(torch.bfloat16).float()).to(torch.bfloat16)
+    y = x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.bfloat16)
+    for start in range(0, w.shape[0], rows):
+        y[..., start : start + rows] = F.linear(xf, w[start : start + rows].to(torch.bfloat16).float())
+    return y
 
 
 class _UpcastLinearFunction(torch.autograd.Function):

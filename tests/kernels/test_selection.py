@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from src.errors import UserError
-from src.kernels import KERNELS, applied_kernels, converter
+from src.kernels import KERNELS, applied_kernels, converter, timing_cache
 from src.kernels.packed_linear import PackedLinear
 from src.kernels.probes import (
     DECODING_WEIGHT_BYTES,
     Probe,
     Workload,
-    _decoding_layers,
+    _decoding_shapes,
     _layer_and_head_shapes,
 )
 from src.kernels.selection import (
@@ -32,7 +32,7 @@ from src.kernels.selection import (
     summary,
     time_pair,
 )
-from src.kernels.timing_cache import FILE_NAME, ISA_LIMITS, TimingCache, this_machine
+from src.kernels.timing_cache import FILE_NAME, ISA_LIMITS, TimingCache, recorded_here, this_machine
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ready_for_inference
 
@@ -281,6 +281,23 @@ def test_this_machine_names_the_cpu_and_the_torch_version(monkeypatch):
     assert this_machine() != before and this_machine().endswith("torch 9.9.9")
 
 
+def test_cpus_of_one_model_name_are_told_apart_by_family_model_and_instruction_set(monkeypatch):
+    """Cloud VMs name Zen 2 to Zen 5 all "AMD EPYC": a cache shared by such nodes must not
+    lend one's timings to another. A record saved before names the model alone."""
+    cpuinfo = {"model name": "AMD EPYC", "cpu family": "25", "model": "1", "flags": "fpu avx avx2 fma"}
+    monkeypatch.setattr(timing_cache, "first_cpu_fields", lambda: dict(cpuinfo))
+    zen3 = this_machine()
+    assert zen3.startswith("AMD EPYC (family 25 model 1, avx2) | torch ")
+    cpuinfo.update({"model": "17", "flags": "avx2 avx512f avx512_bf16"})
+    zen4 = this_machine()
+    assert zen4.startswith("AMD EPYC (family 25 model 17, avx512_bf16) | ") and zen4 != zen3
+    cpuinfo["flags"] = "avx2"  # the same CPU with AVX-512 hidden by its hypervisor
+    assert this_machine() not in (zen3, zen4)
+    assert recorded_here(this_machine()) and not recorded_here(zen3)
+    assert recorded_here(f"AMD EPYC | torch {torch.__version__}")  # a record written before
+    assert not recorded_here("Intel(R) Xeon(R) Processor | torch 2.13.0+cpu")
+
+
 def test_an_instruction_set_limit_is_another_machine(monkeypatch):
     for name in ISA_LIMITS:
         monkeypatch.delenv(name, raising=False)
@@ -431,17 +448,23 @@ def test_a_training_run_measures_once_prints_its_choice_and_the_next_run_reads_i
         run_training(fast_overrides(tmp_path / "bad", text, "kernels_policy=sometimes"))
 
 
-def test_a_decoding_probe_reads_the_weights_of_every_layer_up_to_more_than_a_cache_holds():
+def test_a_decoding_probe_reads_the_whole_head_and_every_layer_up_to_more_than_a_cache_holds():
     # One layer's projections sit in cache, while decoding streams all of them from memory:
     # timed in cache, oneDNN's fp32 matrix-vector product read 0.94x and 1.07x of MKL's; from memory, 0.74x.
-    assert _decoding_layers(TINY, torch.float32) == TINY.num_layers  # a small model: all of it
+    # The head is one product over a 49,152-row weight: widened to fp32 whole on an AVX2 CPU,
+    # it took 2.7x the emulated bf16 product, while a slice of its width took 0.62x.
+    tiny_layers = _layer_and_head_shapes(TINY)[:-1]
+    head = (TINY.hidden_size, TINY.vocab_size)
+    assert _decoding_shapes(TINY, torch.float32) == [head] + tiny_layers * TINY.num_layers  # all of it
     big = SmolLM2Config.from_preset("smollm2_135m")
-    layers = _decoding_layers(big, torch.float32)
-    layer_bytes = 4 * sum(i * o for i, o in _layer_and_head_shapes(big))
-    assert (
-        1 < layers < big.num_layers
-        and layers * layer_bytes <= DECODING_WEIGHT_BYTES < (layers + 1) * layer_bytes
-    )
+    shapes = _decoding_shapes(big, torch.float32)
+    layer_bytes = 4 * sum(i * o for i, o in _layer_and_head_shapes(big)[:-1])
+    layers = (len(shapes) - 1) // 7
+    assert shapes[0] == (big.hidden_size, big.vocab_size) and shapes.count(shapes[0]) == 1
+    head_bytes = 4 * big.hidden_size * big.vocab_size
+    assert 1 < layers < big.num_layers
+    budget = DECODING_WEIGHT_BYTES - head_bytes
+    assert layers * layer_bytes <= budget < (layers + 1) * layer_bytes
     assert DECODING_WEIGHT_BYTES >= 4 * 32 * 2**20  # well beyond a 32 MiB last-level cache
 
 

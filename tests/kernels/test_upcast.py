@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from src.kernels import upcast
 from src.kernels.attention import causal_attention
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.upcast import UPCAST_MIN_ROWS, UpcastCausalAttention, UpcastLinear, bf16_compute
@@ -22,8 +23,8 @@ def test_under_autocast_the_layer_multiplies_the_bf16_rounded_operands_and_retur
     torch.manual_seed(0)
     plain = nn.Linear(48, 40, bias=False)
     layer = UpcastLinear.from_linear(plain)
-    x = torch.randn(3, 5, 48, requires_grad=True)
-    grad_y = torch.randn(3, 5, 40)
+    x = torch.randn(3, UPCAST_MIN_ROWS // 2, 48, requires_grad=True)  # enough rows to upcast
+    grad_y = torch.randn(3, UPCAST_MIN_ROWS // 2, 40)
     with torch.autocast("cpu", BF16):
         assert bf16_compute(x, layer.weight)
         y = layer(x)
@@ -54,6 +55,36 @@ def test_bf16_inference_without_autocast_returns_the_rounded_product():
     assert y.dtype == BF16
     assert (y != (x.double() @ layer.weight.double().T).to(BF16)).float().mean() < 0.02
     assert linear_input_dtypes(layer, x) == [torch.float32]  # computed in fp32
+
+
+def test_a_weight_too_big_for_cache_is_widened_a_slice_at_a_time(monkeypatch):
+    torch.manual_seed(4)
+    layer = UpcastLinear.from_linear(nn.Linear(48, 40, bias=False).to(BF16))
+    x = torch.randn(2, UPCAST_MIN_ROWS, 48, dtype=BF16)
+    whole = linear_weight_shapes(layer, x)
+    assert whole == [(40, 48)]  # 7.5 KiB in fp32: widened whole
+    monkeypatch.setattr(upcast, "UPCAST_WHOLE_BYTES", 4 * 48 * 16)  # as if only 16 rows fit
+    monkeypatch.setattr(upcast, "UPCAST_SLICE_BYTES", 4 * 48 * 16)
+    assert linear_weight_shapes(layer, x) == [(16, 48), (16, 48), (8, 48)]
+    with torch.no_grad():
+        y = layer(x)
+    assert y.dtype == BF16 and y.shape == (2, UPCAST_MIN_ROWS, 40)
+    exact = (x.double() @ layer.weight.double().T).to(BF16)  # every column, each slice's included
+    assert (y != exact).float().mean() < 0.02
+
+
+def linear_weight_shapes(layer: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shape of the fp32 weight of each `F.linear` that `layer(x)` calls, without gradients."""
+    shapes, linear = [], F.linear
+
+    def spy(x: torch.Tensor, w: torch.Tensor, *args) -> torch.Tensor:
+        assert w.dtype == torch.float32
+        shapes.append(tuple(w.shape))
+        return linear(x, w, *args)
+
+    with patch.object(F, "linear", spy), torch.no_grad():
+        layer(x)
+    return shapes
 
 
 def test_one_token_decoding_is_pytorchs_bf16_linear():
