@@ -9,6 +9,7 @@ the kernel is measured again. The folder is `$SMOLLM2_CACHE_DIR`, else
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ from src.kernels.converter import kernel_revision
 FILE_NAME = "kernel_timings.json"
 
 
+@functools.cache  # read once: a process's CPU does not change
 def first_cpu_fields() -> dict[str, str]:
     """The first CPU's entry of /proc/cpuinfo (`model name`, `vendor_id`, `flags`, ...); {} elsewhere."""
     fields: dict[str, str] = {}

@@ -48,9 +48,9 @@ def upcast_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     its fp32 copy goes out to memory and back, and that costs more than the emulated bf16
     product saves in decoding (benchmarks/README.md)."""
     xf = x.to(torch.bfloat16).float()
-    rows = max(1, UPCAST_SLICE_BYTES // (4 * w.shape[1]))
-    if 4 * w.numel() <= UPCAST_WHOLE_BYTES or w.shape[0] <= rows:
+    if 4 * w.numel() <= UPCAST_WHOLE_BYTES:
         return F.linear(xf, w.to(torch.bfloat16).float()).to(torch.bfloat16)
+    rows = max(1, UPCAST_SLICE_BYTES // (4 * w.shape[1]))
     y = x.new_empty((*x.shape[:-1], w.shape[0]), dtype=torch.bfloat16)
     for start in range(0, w.shape[0], rows):
         y[..., start : start + rows] = F.linear(xf, w[start : start + rows].to(torch.bfloat16).float())

@@ -458,8 +458,9 @@ def test_a_decoding_probe_reads_the_whole_head_and_every_layer_up_to_more_than_a
     assert _decoding_shapes(TINY, torch.float32) == [head] + tiny_layers * TINY.num_layers  # all of it
     big = SmolLM2Config.from_preset("smollm2_135m")
     shapes = _decoding_shapes(big, torch.float32)
-    layer_bytes = 4 * sum(i * o for i, o in _layer_and_head_shapes(big)[:-1])
-    layers = (len(shapes) - 1) // 7
+    layer = _layer_and_head_shapes(big)[:-1]
+    layer_bytes = 4 * sum(i * o for i, o in layer)
+    layers = (len(shapes) - 1) // len(layer)
     assert shapes[0] == (big.hidden_size, big.vocab_size) and shapes.count(shapes[0]) == 1
     head_bytes = 4 * big.hidden_size * big.vocab_size
     assert 1 < layers < big.num_layers

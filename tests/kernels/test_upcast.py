@@ -54,18 +54,17 @@ def test_bf16_inference_without_autocast_returns_the_rounded_product():
         y = layer(x)
     assert y.dtype == BF16
     assert (y != (x.double() @ layer.weight.double().T).to(BF16)).float().mean() < 0.02
-    assert linear_input_dtypes(layer, x) == [torch.float32]  # computed in fp32
+    assert [inp.dtype for inp, _ in linear_calls(layer, x)] == [torch.float32]  # computed in fp32
 
 
 def test_a_weight_too_big_for_cache_is_widened_a_slice_at_a_time(monkeypatch):
     torch.manual_seed(4)
     layer = UpcastLinear.from_linear(nn.Linear(48, 40, bias=False).to(BF16))
     x = torch.randn(2, UPCAST_MIN_ROWS, 48, dtype=BF16)
-    whole = linear_weight_shapes(layer, x)
-    assert whole == [(40, 48)]  # 7.5 KiB in fp32: widened whole
+    assert fp32_weight_shapes(linear_calls(layer, x)) == [(40, 48)]  # 7.5 KiB in fp32: widened whole
     monkeypatch.setattr(upcast, "UPCAST_WHOLE_BYTES", 4 * 48 * 16)  # as if only 16 rows fit
     monkeypatch.setattr(upcast, "UPCAST_SLICE_BYTES", 4 * 48 * 16)
-    assert linear_weight_shapes(layer, x) == [(16, 48), (16, 48), (8, 48)]
+    assert fp32_weight_shapes(linear_calls(layer, x)) == [(16, 48), (16, 48), (8, 48)]
     with torch.no_grad():
         y = layer(x)
     assert y.dtype == BF16 and y.shape == (2, UPCAST_MIN_ROWS, 40)
@@ -73,39 +72,30 @@ def test_a_weight_too_big_for_cache_is_widened_a_slice_at_a_time(monkeypatch):
     assert (y != exact).float().mean() < 0.02
 
 
-def linear_weight_shapes(layer: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
-    """The shape of the fp32 weight of each `F.linear` that `layer(x)` calls, without gradients."""
-    shapes, linear = [], F.linear
-
-    def spy(x: torch.Tensor, w: torch.Tensor, *args) -> torch.Tensor:
-        assert w.dtype == torch.float32
-        shapes.append(tuple(w.shape))
-        return linear(x, w, *args)
-
-    with patch.object(F, "linear", spy), torch.no_grad():
-        layer(x)
-    return shapes
+def fp32_weight_shapes(calls: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[int, ...]]:
+    assert all(w.dtype == torch.float32 for _, w in calls)
+    return [tuple(w.shape) for _, w in calls]
 
 
 def test_one_token_decoding_is_pytorchs_bf16_linear():
     layer = UpcastLinear.from_linear(nn.Linear(32, 24, bias=False).to(BF16))
     x = torch.randn(UPCAST_MIN_ROWS - 1, 1, 32, dtype=BF16)  # one token for each of 7 sequences
-    assert linear_input_dtypes(layer, x) == [BF16]
+    assert [inp.dtype for inp, _ in linear_calls(layer, x)] == [BF16]
     with torch.no_grad():
         assert torch.equal(layer(x), F.linear(x, layer.weight))
 
 
-def linear_input_dtypes(layer: nn.Module, x: torch.Tensor) -> list[torch.dtype]:
-    """The input dtype of each `F.linear` that `layer(x)` calls, without gradients."""
-    dtypes, linear = [], F.linear
+def linear_calls(layer: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (input, weight) of each `F.linear` that `layer(x)` calls, without gradients."""
+    calls, linear = [], F.linear
 
-    def spy(x: torch.Tensor, *args) -> torch.Tensor:
-        dtypes.append(x.dtype)
-        return linear(x, *args)
+    def spy(x: torch.Tensor, w: torch.Tensor, *args) -> torch.Tensor:
+        calls.append((x, w))
+        return linear(x, w, *args)
 
     with patch.object(F, "linear", spy), torch.no_grad():
         layer(x)
-    return dtypes
+    return calls
 
 
 def test_fp32_without_autocast_is_pytorchs_linear_bit_for_bit():
