@@ -5,7 +5,8 @@ import platform
 import pytest
 import torch
 
-from src.training.hardware import keep_freed_host_memory, uses_cuda
+from src.training import hardware
+from src.training.hardware import keep_freed_host_memory, resolve_precision, uses_cuda
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -22,3 +23,17 @@ def test_uses_cuda_follows_the_accelerator_setting():
     assert not uses_cuda("cpu")
     assert uses_cuda("gpu")
     assert uses_cuda("auto") == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "flags, precision",
+    [
+        ("avx2 avx512f avx512bw", "32-true"),
+        ("avx2 avx512f avx512_bf16", "bf16-mixed"),
+        ("amx_bf16 amx_tile", "bf16-mixed"),
+        ("", "32-true"),  # no /proc/cpuinfo
+    ],
+)
+def test_cpu_precision_auto_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch, flags, precision):
+    monkeypatch.setattr(hardware, "first_cpu_fields", lambda: {"flags": flags})
+    assert resolve_precision("auto", "cpu") == precision

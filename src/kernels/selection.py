@@ -34,7 +34,8 @@ import torch
 from src.errors import UserError
 from src.kernels.converter import replaced_module
 from src.kernels.probes import Probe, Workload, probe
-from src.kernels.timing_cache import TimingCache, first_cpu_fields, recorded_here, this_machine
+from src.kernels.timing_cache import TimingCache, recorded_here, this_machine
+from src.training.hardware import first_cpu_fields
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs

@@ -9,7 +9,6 @@ the kernel is measured again. The folder is `$SMOLLM2_CACHE_DIR`, else
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -19,24 +18,9 @@ import torch
 
 from src.files import atomic_write
 from src.kernels.converter import kernel_revision
+from src.training.hardware import first_cpu_fields
 
 FILE_NAME = "kernel_timings.json"
-
-
-@functools.cache  # read once: a process's CPU does not change
-def first_cpu_fields() -> dict[str, str]:
-    """The first CPU's entry of /proc/cpuinfo (`model name`, `vendor_id`, `flags`, ...); {} elsewhere."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first CPU is enough
-                name, _, value = line.partition(":")
-                fields[name.strip()] = value.strip()
-    except OSError:
-        pass
-    return fields
 
 
 # The widest of these instruction sets the CPU reports, widest first: part of its identity.

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
-from pathlib import Path
 
 import torch
 
 from src.errors import UserError
 
 
-def cpu_has_bf16() -> bool:
+@functools.cache  # read once: a process's CPU does not change
+def first_cpu_fields() -> dict[str, str]:
+    """The first CPU's entry of /proc/cpuinfo (`model name`, `vendor_id`, `flags`, ...); {} elsewhere."""
+    fields: dict[str, str] = {}
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU is enough
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return fields
+
+
+def cpu_has_bf16() -> bool:
+    flags = set(first_cpu_fields().get("flags", "").split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def uses_cuda(accelerator: str) -> bool:
