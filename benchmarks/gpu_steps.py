@@ -70,7 +70,9 @@ DRY_RUN = Plan(
     preset="tiny",
     device="cpu",
     shape="2x64",
-    train_step=("--warmup", "1", "--repeats", "1", "--matmul-size", "1024"),
+    # aot_eager traces and differentiates the compiled blocks and loss as inductor does, without
+    # inductor's CPU code generation: not the code a GPU runs (tests/test_train.py compiles for CPUs)
+    train_step=("--warmup", "1", "--repeats", "1", "--matmul-size", "1024", "--compile-backend", "aot_eager"),
     train_steps=(20, 5),
     run=(*TINY, "callbacks.text_samples.max_new_tokens=4"),
     small_run=(*TINY, "callbacks.text_samples.max_new_tokens=4"),

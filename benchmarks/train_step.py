@@ -47,6 +47,7 @@ def loss_fns(
     targets: torch.Tensor,
     chunk_size: int,
     matmuls: dict[str, bool],
+    compile_backend: str = "inductor",
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The training loss of each model: ours through the chunked head + loss, theirs via `labels`.
 
@@ -54,7 +55,7 @@ def loss_fns(
     the loss's matmuls are set by `matmuls` (`loss_matmuls` of the kept kernels), except for
     the model with PyTorch kernels.
     """
-    compiled_cross_entropy = torch.compile(lm_cross_entropy)
+    compiled_cross_entropy = torch.compile(lm_cross_entropy, backend=compile_backend)
 
     def ours(model: SmolLM2, cross_entropy: Callable[..., torch.Tensor], matmuls: dict) -> torch.Tensor:
         hidden = model.hidden_states(inputs)  # (B, T, C)
@@ -130,6 +131,11 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=None, help="of the peak's matmul (4096, GPU 8192)")
     parser.add_argument("--compile", action="store_true", help="add a row for ours compiled per block")
     parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend for that row (aot_eager: traced as inductor is, without codegen)",
+    )
+    parser.add_argument(
         "--pytorch-kernels",
         action="store_true",
         help="add a row for ours without the CPU kernels (kernels=[])",
@@ -145,7 +151,11 @@ def main() -> None:
 
     print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
     print(f"machine: {machine_line(device)}")
-    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}\n")
+    compiled = f", compiled with backend={args.compile_backend}" if args.compile else ""
+    print(
+        f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}", end=""
+    )
+    print(f"{compiled}\n")
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
@@ -167,10 +177,12 @@ def main() -> None:
             models = {"ours": ours, "transformers": theirs}
             if args.compile:
                 models[COMPILED] = copy.deepcopy(ours)
-                apply_compile(models[COMPILED])  # in place, per block: state_dict keys stay the same
+                # in place, per block: state_dict keys stay the same
+                apply_compile(models[COMPILED], backend=args.compile_backend)
             if args.pytorch_kernels:
                 models[PYTORCH_KERNELS] = plain
-            losses = loss_fns(models, inputs, targets, args.chunk_size, loss_matmuls(kept(decisions)))
+            matmuls = loss_matmuls(kept(decisions))
+            losses = loss_fns(models, inputs, targets, args.chunk_size, matmuls, args.compile_backend)
             steps = {name: make_step(fn, adamw(models[name]), device, dtype) for name, fn in losses.items()}
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
