@@ -117,9 +117,10 @@ def test_a_training_block_compiles_into_one_graph(kernels):
 def test_text_samples_during_compiled_training_compile_nothing(tmp_path):
     """Sampling decodes with a KV cache in eval mode, which a compiled block would compile again
     for (graph breaks included). It runs eagerly, so a run compiles what it trains and
-    validates: the blocks and the loss, with and without gradients."""
+    validates: the blocks and the loss, with and without gradients. The step-0 validation
+    (`trainer.validate`) runs in the mode of those inside training, so it compiles nothing more."""
     text = write_text(tmp_path / "input.txt")
-    overrides = ["compile=true", "kernels=[]", "trainer.max_steps=2", "val_at_start=false", "eval_every=2"]
+    overrides = ["compile=true", "kernels=[]", "trainer.max_steps=2", "val_at_start=true", "eval_every=2"]
     torch._dynamo.reset()
     counters.clear()
     run_training(fast_overrides(tmp_path, text, *overrides, "callbacks.text_samples.every_n_steps=1"))
