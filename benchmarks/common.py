@@ -36,6 +36,16 @@ def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
     add_host_args(parser)
 
 
+def add_compile_args(parser: argparse.ArgumentParser, rows: str) -> None:
+    """--compile (add the compiled `rows`) and --compile-backend."""
+    parser.add_argument("--compile", action="store_true", help=f"add a row for {rows} under torch.compile")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile's backend (aot_eager: traced as for inductor, without its code generation)",
+    )
+
+
 def add_host_args(parser: argparse.ArgumentParser) -> None:
     """--threads and --keep-freed-host-memory, which `setup` applies."""
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

@@ -58,6 +58,7 @@ STEPS = [  # the GPU caps add up to more than the budget: a step that ends early
     Step("100 steps of src.train, then 10 more", gpu_steps.train_run, 150),
     Step("Generation against transformers generate", gpu_steps.generation, 90),
     Step("trainer=fsdp on one device", gpu_steps.fsdp_run, 90),
+    Step("LM loss: chunked against one fused pass", gpu_steps.loss_kernels, 60),
 ]
 
 

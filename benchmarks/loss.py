@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from benchmarks.common import (
     DTYPES,
     add_common_args,
+    add_compile_args,
     machine_line,
     markdown_table,
     peak_memory_bytes,
@@ -73,7 +74,7 @@ def main() -> None:
     )
     parser.add_argument("--preset", default="smollm2_135m", help="whose width and vocabulary")
     parser.add_argument("--tokens", type=int, default=8 * 2048, help="tokens per call (batch x sequence)")
-    parser.add_argument("--compile", action="store_true", help="add each loss under torch.compile")
+    add_compile_args(parser, rows="each loss")
     add_common_args(parser, repeats=5)
     args = parser.parse_args()
     device = setup(args)
@@ -85,11 +86,16 @@ def main() -> None:
     targets = torch.randint(0, config.vocab_size, (args.tokens,), device=device)  # (N,)
     losses = dict(LOSSES)
     if args.compile:
-        losses.update({f"{name}, compiled": torch.compile(fn) for name, fn in LOSSES.items()})
+        compiled = {
+            f"{name}, compiled": torch.compile(fn, backend=args.compile_backend)
+            for name, fn in LOSSES.items()
+        }
+        losses.update(compiled)
 
     print(f"## LM loss, forward + backward: {args.preset} head ({config.vocab_size} x {config.hidden_size})")
     print(f"{args.tokens} tokens per call\n\nmachine: {machine_line(device)}")
-    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved)\n")
+    compiled_with = f", compiled with backend={args.compile_backend}" if args.compile else ""
+    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved){compiled_with}\n")
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]

@@ -21,6 +21,7 @@ from benchmarks.common import (
     DTYPES,
     PYTORCH_KERNELS,
     add_common_args,
+    add_compile_args,
     machine_line,
     markdown_table,
     matmul_peak_flops,
@@ -129,12 +130,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
     parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
     parser.add_argument("--matmul-size", type=int, default=None, help="of the peak's matmul (4096, GPU 8192)")
-    parser.add_argument("--compile", action="store_true", help="add a row for ours compiled per block")
-    parser.add_argument(
-        "--compile-backend",
-        default="inductor",
-        help="torch.compile's backend for that row (aot_eager: traced as inductor is, without codegen)",
-    )
+    add_compile_args(parser, rows="ours compiled per block")
     parser.add_argument(
         "--pytorch-kernels",
         action="store_true",

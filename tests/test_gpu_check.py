@@ -77,7 +77,7 @@ def test_the_dry_run_runs_every_step_and_writes_the_report(tmp_path):
         assert f"## {n}. {step.title}" in text
     assert "| mode | dry run on the CPU" in text
     assert "**NOT met**" not in text  # a CPU run claims no GPU target, either way
-    assert text.count("skipped: no CUDA") >= 6  # the census, train step (3), generation, attention (2)
+    assert text.count("skipped: no CUDA") >= 7  # census, train step (3), generation, attention (2), loss
     assert "zero host reads in the quiet steps [1, 2, 4, 5, 7, 8, 10, 11] (0): met" in text
 
 
