@@ -17,7 +17,6 @@ from typing import Any
 
 import lightning
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
-from lightning.fabric.utilities import load as fabric_load
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -103,10 +102,6 @@ def set_mesh_sizes(strategy: ModelParallelStrategy, data_parallel: int, tensor_p
     _private(strategy, "_data_parallel_size")
     _private(strategy, "_tensor_parallel_size")
     strategy._data_parallel_size, strategy._tensor_parallel_size = data_parallel, tensor_parallel
-
-
-# The file in a sharded checkpoint's folder that holds everything but the tensors.
-SHARDED_CHECKPOINT_METADATA: str = _private(fabric_load, "_METADATA_FILENAME")
 
 
 class AppendingExperimentWriter(ExperimentWriter):

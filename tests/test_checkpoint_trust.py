@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from src.errors import UserError
-from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
 from src.serving import load_pretrained
 from src.training import checkpoint as ckpt
 from src.training.checkpoint_io import AtomicCheckpointIO
@@ -65,7 +64,7 @@ def test_every_in_process_reader_refuses_the_payload_naming_its_types(payload, t
     path, marker = payload
     sharded = tmp_path / "sharded.ckpt"
     sharded.mkdir()
-    (sharded / SHARDED_CHECKPOINT_METADATA).write_bytes(path.read_bytes())
+    (sharded / ckpt.SHARDED_METADATA).write_bytes(path.read_bytes())
     readers = [
         lambda: ckpt.read_checkpoint(path),
         lambda: ckpt.read_checkpoint(path, weights=False),

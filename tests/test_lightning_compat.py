@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
+from lightning.fabric.utilities import load as fabric_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -33,6 +34,7 @@ from src.lightning_compat import (
     wandb_run,
 )
 from src.tracking.csv_logger import ContinuingCSVLogger
+from src.training import checkpoint as ckpt
 
 
 def test_a_missing_private_name_raises_naming_the_lightning_version():
@@ -41,6 +43,11 @@ def test_a_missing_private_name_raises_naming_the_lightning_version():
     with pytest.raises(LightningChanged, match=message):
         set_logging_step(trainer, 3)
     assert not hasattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped")  # nothing was created
+
+
+def test_lightning_names_a_sharded_checkpoints_metadata_file_as_our_reader_does():
+    """src.training.checkpoint reads sharded folders without importing Lightning, by this name."""
+    assert fabric_load._METADATA_FILENAME == ckpt.SHARDED_METADATA
 
 
 def test_logging_step_is_the_one_the_fit_loop_checkpoints():

@@ -89,13 +89,17 @@ def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, i
     assert result.stderr.splitlines()[-1].startswith(error) and made == imported, result.stderr
 
 
-def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path):
-    """Its checkpoint's overrides (model=tiny here) are replayed, then checked, before Lightning."""
+@pytest.mark.parametrize("sharded", [False, True], ids=["file", "sharded-folder"])
+def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path, sharded):
+    """Its checkpoint's overrides (model=tiny here) are replayed, then checked, before Lightning;
+    a sharded checkpoint (trainer=fsdp) is a folder whose metadata file holds them."""
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
+    (path if sharded else path.parent).mkdir(parents=True)
     model = SmolLM2Config.from_preset("tiny").to_dict()
-    torch.save({ckpt.MODEL_CONFIG: model, ckpt.OVERRIDES: ["model=tiny"], "global_step": 3}, path)
-    result, made = run_plain("src.train", f"ckpt_path={path}", "trainer.max_steps=6", "optim.lr=-1")
+    metadata = {ckpt.MODEL_CONFIG: model, ckpt.OVERRIDES: ["model=tiny"], "global_step": 3}
+    torch.save(metadata, path / ckpt.SHARDED_METADATA if sharded else path)
+    fsdp = ("trainer=fsdp", "trainer.accelerator=cpu") if sharded else ()
+    result, made = run_plain("src.train", *fsdp, f"ckpt_path={path}", "trainer.max_steps=6", "optim.lr=-1")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
     assert made == {"torch"}

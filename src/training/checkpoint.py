@@ -48,6 +48,9 @@ SPIKE = "spike"  # the loss-spike guard: rollbacks, rewound steps, its running s
 CPU_KERNELS = "cpu_kernels"  # the kernels the run kept, for which machine and shapes (KernelRecord)
 # The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
 MODEL_PREFIX = "model."
+# The file of a sharded checkpoint's folder that holds everything but the tensors: Lightning's
+# name for it (tests/test_lightning_compat.py checks), here so that reading one needs no Lightning.
+SHARDED_METADATA = "meta.pt"
 
 
 # Overrides that older checkpoints store, as today's config spells them (None: drop it, it
@@ -79,17 +82,9 @@ def migrate_overrides(overrides: list[str]) -> list[str]:
     return migrated
 
 
-def sharded_metadata_name() -> str:
-    """Lightning's name for a sharded checkpoint's small file (`meta.pt`), imported only once a
-    path is a folder: reading a `.ckpt` file (generate, export, evaluate, the app) needs no Lightning."""
-    from src.lightning_compat import SHARDED_CHECKPOINT_METADATA
-
-    return SHARDED_CHECKPOINT_METADATA
-
-
 def is_sharded(path: Path) -> bool:
     """Whether `path` is a sharded checkpoint's folder (trainer=fsdp) rather than a file."""
-    return path.is_dir() and (path / sharded_metadata_name()).is_file()
+    return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
 def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
@@ -102,7 +97,7 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     elif path.is_file():
         checkpoint = load_weights_only(path, mmap=True)  # mmap: weights are only read when used
     elif path.is_dir():
-        raise UserError(f"{path}: checkpoint not found (a folder, but without {sharded_metadata_name()})")
+        raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_METADATA})")
     else:
         raise UserError(f"{path}: checkpoint not found")
     if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint:
@@ -151,7 +146,7 @@ def _read_sharded(path: Path, weights: bool) -> dict[str, Any]:
 
     Only the model's tensors are read (not the optimizer's), in this one process.
     """
-    checkpoint = load_weights_only(path / sharded_metadata_name())
+    checkpoint = load_weights_only(path / SHARDED_METADATA)
     if not weights:
         return checkpoint
     try:
