@@ -1,4 +1,4 @@
-"""What the machine can do: bf16 support, the default precision, TF32, host memory reuse."""
+"""What the machine can do: CPU features, bf16 support, the default precision, TF32, host memory reuse."""
 
 from __future__ import annotations
 
