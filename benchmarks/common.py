@@ -46,6 +46,11 @@ def add_compile_args(parser: argparse.ArgumentParser, rows: str) -> None:
     )
 
 
+def compile_note(args: argparse.Namespace) -> str:
+    """ ", compiled with backend=..." for the timing line of a run with --compile, else ""."""
+    return f", compiled with backend={args.compile_backend}" if args.compile else ""
+
+
 def add_host_args(parser: argparse.ArgumentParser) -> None:
     """--threads and --keep-freed-host-memory, which `setup` applies."""
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

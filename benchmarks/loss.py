@@ -26,6 +26,7 @@ from benchmarks.common import (
     DTYPES,
     add_common_args,
     add_compile_args,
+    compile_note,
     machine_line,
     markdown_table,
     peak_memory_bytes,
@@ -94,8 +95,7 @@ def main() -> None:
 
     print(f"## LM loss, forward + backward: {args.preset} head ({config.vocab_size} x {config.hidden_size})")
     print(f"{args.tokens} tokens per call\n\nmachine: {machine_line(device)}")
-    compiled_with = f", compiled with backend={args.compile_backend}" if args.compile else ""
-    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved){compiled_with}\n")
+    print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved){compile_note(args)}\n")
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]

@@ -22,6 +22,7 @@ from benchmarks.common import (
     PYTORCH_KERNELS,
     add_common_args,
     add_compile_args,
+    compile_note,
     machine_line,
     markdown_table,
     matmul_peak_flops,
@@ -147,11 +148,8 @@ def main() -> None:
 
     print(f"## Train step: {args.preset} ({num_params / 1e6:.1f}M), forward + loss + backward + AdamW\n")
     print(f"machine: {machine_line(device)}")
-    compiled = f", compiled with backend={args.compile_backend}" if args.compile else ""
-    print(
-        f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}", end=""
-    )
-    print(f"{compiled}\n")
+    timing = f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}"
+    print(f"{timing}{compile_note(args)}\n")
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
