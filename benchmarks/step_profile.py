@@ -3,6 +3,9 @@
 The step is the one `benchmarks.train_step` times (forward + loss + backward + AdamW), with
 the kernels training keeps for this shape and dtype. Self time excludes the ops an op
 calls, so the rows add up to the step; the profiler itself adds a few percent.
+Each step is profiled on its own, after one profiled step that is thrown away, and the
+page faults of the profiled steps are printed: a step that faults where an unprofiled one
+does not is not the step we train with (`profiled_self_times`).
 `--by-shape` splits each op by its input shapes, `--by-caller` by the op or autograd
 node that called it (which cast, which backward).
 
@@ -13,7 +16,11 @@ node that called it (which cast, which backward).
 from __future__ import annotations
 
 import argparse
+import gc
+import resource
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from torch.profiler import ProfilerActivity, profile
 
@@ -40,12 +47,48 @@ def _key(event: object, by_shape: bool, by_caller: bool) -> tuple[str, ...]:
     return tuple(key)
 
 
+def _page_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def profiled_self_times(
+    step: Callable[[], object], steps: int, by_shape: bool, by_caller: bool
+) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], int], int]:
+    """Self time (us) and calls per op key, summed over `steps` profiled steps, and the page
+    faults those steps took.
+
+    One profiler per step, freed before the next, after a first profiled step thrown away.
+    The profiler keeps its events in the process heap, where they land in the holes the
+    step's freed large tensors left (training keeps freed memory, `keep_freed_host_memory`):
+    under one profiler for several steps each step page-faulted its large tensors in anew
+    (80,000-400,000 faults a step, none unprofiled) and the ops writing them, the loss's
+    (V, C) gradient among them, read several times their unprofiled time. Freed, the events'
+    memory becomes one hole again; the profiler's first use leaves memory of its own.
+    """
+    self_us: dict[tuple[str, ...], float] = defaultdict(float)
+    calls: dict[tuple[str, ...], int] = defaultdict(int)
+    faults = 0
+    for index in range(steps + 1):
+        before = _page_faults()
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape) as prof:
+            step()
+        if index > 0:
+            faults += _page_faults() - before
+            for event in prof.events():
+                key = _key(event, by_shape, by_caller)
+                self_us[key] += event.self_cpu_time_total
+                calls[key] += 1
+        del prof
+        gc.collect()  # the events hold each other (parent, children): only the collector frees them
+    return self_us, calls, faults
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_our_step_args(parser)
-    parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first")
+    parser.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps, averaged")
     parser.add_argument("--rows", type=int, default=25, help="ops listed, by self time")
     parser.add_argument("--by-shape", action="store_true", help="one row per op and input shapes")
@@ -55,6 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.warmup < 1:
+        parser.error(f"--warmup must be at least 1 (the last one is the unprofiled time), got {args.warmup}")
     device = setup(args)
     dtype = DTYPES[args.dtype]
 
@@ -64,24 +109,21 @@ def main() -> None:
     model = apply_cpu_kernels(plain, kept(decisions))
     step = our_step(model, kept(decisions), inputs, targets, args, device)
     for _ in range(args.warmup):
+        start, before = time.perf_counter(), _page_faults()
         step()
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as prof:
-        for _ in range(args.steps):
-            step()
-
-    self_us: dict[tuple[str, ...], float] = defaultdict(float)
-    calls: dict[tuple[str, ...], int] = defaultdict(int)
-    for event in prof.events():
-        key = _key(event, args.by_shape, args.by_caller)
-        self_us[key] += event.self_cpu_time_total
-        calls[key] += 1
+        unprofiled_s, unprofiled_faults = time.perf_counter() - start, _page_faults() - before
+    self_us, calls, faults = profiled_self_times(step, args.steps, args.by_shape, args.by_caller)
     total = sum(self_us.values())
     matmul = sum(us for key, us in self_us.items() if key[0] in MATMULS)
 
     print(f"## Step profile: {args.preset}, {args.shape}, {args.dtype}, mean of {args.steps} steps\n")
     print(f"machine: {machine_line(device)}")
     print(f"{args.shape} {args.dtype}: {summary(decisions, workload)}")
-    print(f"step under the profiler: {total / args.steps / 1e6:.3f} s (the ops' self time)")
+    print(
+        f"step: {unprofiled_s:.3f} s unprofiled ({unprofiled_faults:,} page faults; the last warm-up step), "
+        f"{total / args.steps / 1e6:.3f} s under the profiler (the ops' self time; "
+        f"{faults / args.steps:,.0f} page faults per step)"
+    )
     print(f"matmuls ({', '.join(MATMULS)}): {100 * matmul / total:.1f}% of it\n")
     headers = ["op"] + ["input shapes"] * args.by_shape + ["called from"] * args.by_caller
     headers += ["ms/step", "% of step", "calls/step"]

@@ -1,10 +1,10 @@
 """The benchmark scripts run end to end on tiny settings and print their comparison tables."""
 
 import pytest
+import torch
 
+from benchmarks.step_profile import profiled_self_times
 from tests.helpers import run_cli
-
-pytestmark = pytest.mark.slow  # each one is a separate process timing real work
 
 SMALL = {
     "benchmarks.train_step": [
@@ -28,7 +28,7 @@ SMALL = {
         "--preset", "tiny", "--tokens", "64", "--dtypes", "fp32,bf16", "--warmup", "0", "--repeats", "1",
     ],
     "benchmarks.step_profile": [
-        "--preset", "tiny", "--shape", "1x32", "--dtype", "bf16", "--warmup", "0", "--steps", "1",
+        "--preset", "tiny", "--shape", "1x32", "--dtype", "bf16", "--warmup", "1", "--steps", "1",
         "--by-shape", "--by-caller",
     ],
     "benchmarks.kernel_ab": [
@@ -43,9 +43,23 @@ SMALL = {
 }  # fmt: skip
 
 
+@pytest.mark.slow  # each one is a separate process timing real work
 @pytest.mark.parametrize("module", sorted(SMALL))
 def test_benchmark_prints_a_table_with_its_reference(module):
     result = run_cli(module, *SMALL[module])
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert len(table) >= 4, result.stdout  # header, rule, and at least ours + the reference
+
+
+def test_the_step_profile_throws_away_the_first_profiled_step_and_sums_the_rest():
+    ran = []
+
+    def step() -> None:
+        ran.append(torch.ones(4).add_(len(ran)))
+
+    self_us, calls, faults = profiled_self_times(step, steps=2, by_shape=True, by_caller=False)
+    assert len(ran) == 3  # one thrown away, two kept
+    assert calls[("aten::add_", "[[4], [], []]")] == 2
+    assert self_us[("aten::add_", "[[4], [], []]")] > 0
+    assert faults >= 0
