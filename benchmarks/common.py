@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -97,9 +98,10 @@ def machine_line(device: torch.device) -> str:
 
 @dataclass
 class Timing:
-    """Seconds per call over the measured repeats."""
+    """Seconds per call over the measured repeats, and the minor page faults each call took."""
 
     seconds: list[float]
+    page_faults: list[int] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -112,6 +114,17 @@ class Timing:
 
     def cell(self) -> str:
         return f"{self.median:.3f} (±{100 * self.spread / 2:.0f}%)"
+
+    def page_faults_cell(self) -> str:
+        """Fewest-most page faults per call: a call that faults pays for memory the OS hands
+        it afresh, which a training run's steady state does not."""
+        low, high = min(self.page_faults), max(self.page_faults)
+        return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def time_interleaved(
@@ -127,16 +140,17 @@ def time_interleaved(
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
-    seconds: dict[str, list[float]] = {name: [] for name in candidates}
+    timings = {name: Timing([]) for name in candidates}
     for round_ in range(repeats):
         order = list(candidates.items())
         for name, fn in reversed(order) if alternate and round_ % 2 else order:
             synchronize(device)
-            start = time.perf_counter()
+            faults, start = page_faults(), time.perf_counter()
             fn()
             synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: Timing(s) for name, s in seconds.items()}
+            timings[name].seconds.append(time.perf_counter() - start)
+            timings[name].page_faults.append(page_faults() - faults)
+    return timings
 
 
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:

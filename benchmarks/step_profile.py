@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable
 
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, setup
+from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, page_faults, setup
 from benchmarks.train_step import add_our_step_args, our_step, plain_model_and_batch
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.probes import Workload
@@ -47,10 +46,6 @@ def _key(event: object, by_shape: bool, by_caller: bool) -> tuple[str, ...]:
     return tuple(key)
 
 
-def _page_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def profiled_self_times(
     step: Callable[[], object], steps: int, by_shape: bool, by_caller: bool
 ) -> tuple[dict[tuple[str, ...], float], dict[tuple[str, ...], int], int]:
@@ -69,11 +64,11 @@ def profiled_self_times(
     calls: dict[tuple[str, ...], int] = defaultdict(int)
     faults = 0
     for index in range(steps + 1):
-        before = _page_faults()
+        before = page_faults()
         with profile(activities=[ProfilerActivity.CPU], record_shapes=by_shape) as prof:
             step()
         if index > 0:
-            faults += _page_faults() - before
+            faults += page_faults() - before
             for event in prof.events():
                 key = _key(event, by_shape, by_caller)
                 self_us[key] += event.self_cpu_time_total
@@ -109,9 +104,9 @@ def main() -> None:
     model = apply_cpu_kernels(plain, kept(decisions))
     step = our_step(model, kept(decisions), inputs, targets, args, device)
     for _ in range(args.warmup):
-        start, before = time.perf_counter(), _page_faults()
+        start, before = time.perf_counter(), page_faults()
         step()
-        unprofiled_s, unprofiled_faults = time.perf_counter() - start, _page_faults() - before
+        unprofiled_s, unprofiled_faults = time.perf_counter() - start, page_faults() - before
     self_us, calls, faults = profiled_self_times(step, args.steps, args.by_shape, args.by_caller)
     total = sum(self_us.values())
     matmul = sum(us for key, us in self_us.items() if key[0] in MATMULS)

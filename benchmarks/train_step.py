@@ -195,6 +195,7 @@ def main() -> None:
                         name,
                         f"{tokens_per_s:,.0f}",
                         timing.cell(),
+                        timing.page_faults_cell(),
                         f"{memory[name] / 2**20:,.0f}",
                         mfu,
                         f"{reference / timing.median:.2f}x",
@@ -207,6 +208,7 @@ def main() -> None:
         "model",
         "tokens/s",
         "s/step (±half spread)",
+        "page faults/step",
         "peak MiB",
         "MFU",
         "vs HF",
@@ -217,6 +219,8 @@ def main() -> None:
         "\npeak MiB: tensors allocated during one step above those alive before it (weights and AdamW"
         " state excluded; gradients, created in the step, included); CPU: from the profiler's"
         " allocation events, CUDA: allocator peak. MFU is against the best large-matmul time above."
+        " page faults/step: the host's minor page faults in each timed step, fewest-most: a step"
+        " that faults pays for memory the OS hands it afresh, which a run's steady state does not."
     )
 
 
