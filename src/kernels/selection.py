@@ -35,7 +35,7 @@ from src.errors import UserError
 from src.kernels.converter import replaced_module
 from src.kernels.probes import Probe, Workload, probe
 from src.kernels.timing_cache import TimingCache, recorded_here, this_machine
-from src.training.hardware import first_cpu_fields
+from src.training.hardware import cpu_flags, first_cpu_fields
 
 POLICIES = ("measure", "always")
 MARGIN = 0.03  # a kernel within 3% of PyTorch's time is noise, not a gain: PyTorch's op runs
@@ -118,7 +118,7 @@ def _cpu_identity() -> tuple[str, int, set[str]]:
     return (
         fields.get("vendor_id", ""),
         int(family) if family.isdigit() else 0,
-        set(fields.get("flags", "").split()),
+        cpu_flags(),
     )
 
 

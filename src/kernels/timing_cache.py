@@ -18,7 +18,7 @@ import torch
 
 from src.files import atomic_write
 from src.kernels.converter import kernel_revision
-from src.training.hardware import first_cpu_fields
+from src.training.hardware import cpu_flags, first_cpu_fields
 
 FILE_NAME = "kernel_timings.json"
 
@@ -41,7 +41,7 @@ def cpu_name() -> str:
     name = cpu_model_name()
     if "cpu family" not in fields:
         return name
-    flags = set(fields.get("flags", "").split())
+    flags = cpu_flags()
     isa = next((tier for tier in ISA_TIERS if tier in flags), "no avx2")
     return f"{name} (family {fields['cpu family']} model {fields.get('model', '?')}, {isa})"
 

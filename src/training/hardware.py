@@ -27,9 +27,13 @@ def first_cpu_fields() -> dict[str, str]:
     return fields
 
 
+def cpu_flags() -> set[str]:
+    """The first CPU's instruction-set flags (`avx2`, `avx512_bf16`, `amx_bf16`, ...)."""
+    return set(first_cpu_fields().get("flags", "").split())
+
+
 def cpu_has_bf16() -> bool:
-    flags = set(first_cpu_fields().get("flags", "").split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def uses_cuda(accelerator: str) -> bool:
