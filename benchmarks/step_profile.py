@@ -55,10 +55,10 @@ def profiled_self_times(
     One profiler per step, freed before the next, after a first profiled step thrown away.
     The profiler keeps its events in the process heap, where they land in the holes the
     step's freed large tensors left (training keeps freed memory, `keep_freed_host_memory`):
-    under one profiler for several steps each step page-faulted its large tensors in anew
-    (80,000-400,000 faults a step, none unprofiled) and the ops writing them, the loss's
-    (V, C) gradient among them, read several times their unprofiled time. Freed, the events'
-    memory becomes one hole again; the profiler's first use leaves memory of its own.
+    under one profiler for several steps each step page-faulted its large tensors in anew,
+    and the ops writing them read several times their unprofiled time (benchmarks/README.md,
+    "The step profile without the profiler's page faults"). Freed, the events' memory
+    becomes one hole again; the profiler's first use leaves memory of its own.
     """
     self_us: dict[tuple[str, ...], float] = defaultdict(float)
     calls: dict[tuple[str, ...], int] = defaultdict(int)
@@ -103,10 +103,11 @@ def main() -> None:
     decisions = choose_kernels(KERNELS, workload, on_cpu=True)
     model = apply_cpu_kernels(plain, kept(decisions))
     step = our_step(model, kept(decisions), inputs, targets, args, device)
-    for _ in range(args.warmup):
-        start, before = time.perf_counter(), page_faults()
+    for _ in range(args.warmup - 1):
         step()
-        unprofiled_s, unprofiled_faults = time.perf_counter() - start, page_faults() - before
+    start, before = time.perf_counter(), page_faults()
+    step()  # the last warm-up step, timed: the step as training runs it
+    unprofiled_s, unprofiled_faults = time.perf_counter() - start, page_faults() - before
     self_us, calls, faults = profiled_self_times(step, args.steps, args.by_shape, args.by_caller)
     total = sum(self_us.values())
     matmul = sum(us for key, us in self_us.items() if key[0] in MATMULS)

@@ -58,8 +58,7 @@ def test_the_step_profile_throws_away_the_first_profiled_step_and_sums_the_rest(
     def step() -> None:
         ran.append(torch.ones(4).add_(len(ran)))
 
-    self_us, calls, faults = profiled_self_times(step, steps=2, by_shape=True, by_caller=False)
+    self_us, calls, _ = profiled_self_times(step, steps=2, by_shape=True, by_caller=False)
     assert len(ran) == 3  # one thrown away, two kept
     assert calls[("aten::add_", "[[4], [], []]")] == 2
     assert self_us[("aten::add_", "[[4], [], []]")] > 0
-    assert faults >= 0
