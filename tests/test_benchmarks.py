@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.generation import leading_agreement
 from benchmarks.step_profile import profiled_self_times
 from tests.helpers import run_cli
 
@@ -62,3 +63,12 @@ def test_the_step_profile_throws_away_the_first_profiled_step_and_sums_the_rest(
     assert len(ran) == 3  # one thrown away, two kept
     assert calls[("aten::add_", "[[4], [], []]")] == 2
     assert self_us[("aten::add_", "[[4], [], []]")] > 0
+
+
+def test_generation_counts_the_new_tokens_every_row_agrees_on_before_the_first_difference():
+    expected = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
+    assert leading_agreement(expected.clone(), expected) == 4
+    later = expected.clone()
+    later[1, 2], later[0, 3] = 0, 0  # row 1 differs first, at column 2
+    assert leading_agreement(later, expected) == 2
+    assert leading_agreement(expected.flip(1), expected) == 0
