@@ -2,8 +2,9 @@
 
 Hydra composes `conf/train.yaml`, the config is checked, and src/training/run.py builds the
 objects and calls `trainer.fit`. torch and Lightning take seconds each to import, so each
-import waits for the step that needs it: a typo in an override fails before torch is loaded,
-a bad value, of a fresh run or a continuation, before Lightning is.
+import waits for the step that needs it: a typo in an override or a bad number fails before
+torch is loaded, a value that needs the model, the tokenizer or a continuation's checkpoint
+before Lightning is.
 
 Exit codes: 0 done; 2 bad input, a diverged run or a checkpoint that could not be written (one
 `error:` line on stderr); 130 after Ctrl-C and 143 after SIGTERM, in any phase, both once
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.errors import EXIT_USER_ERROR, exit_on_user_error
 from src.training.overrides import override_key
 from src.training.run_folder import claim_fresh_folder, launch_record, takes_the_lock
+from src.training.value_checks import check_values
 
 
 def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
@@ -53,6 +55,7 @@ def one_line(err: Exception) -> str:
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
+    check_values(cfg)  # before torch: src/training/value_checks.py
     from src.training.checked_config import checked_config  # torch and the tokenizer
 
     checked = checked_config(cfg, list(HydraConfig.get().overrides.task))

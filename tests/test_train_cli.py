@@ -80,7 +80,12 @@ def test_bad_override_is_one_line_and_non_zero(tmp_path):
     ("override", "error", "imported"),
     [
         ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", set()),  # before torch
-        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", {"torch"}),  # before Lightning
+        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", set()),  # a value alone: before torch
+        (
+            "data.seq_len=9000",
+            "error: data.seq_len=9000 exceeds the model's context",
+            {"torch"},
+        ),  # the model's
     ],
 )
 def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, imported):
@@ -91,18 +96,26 @@ def test_a_config_error_does_not_wait_for_lightning(tmp_path, override, error, i
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["file", "sharded-folder"])
 def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path, sharded):
-    """Its checkpoint's overrides (model=tiny here) are replayed, then checked, before Lightning;
-    a sharded checkpoint (trainer=fsdp) is a folder whose metadata file holds them."""
+    """Its checkpoint's overrides (model=tiny here, a 2,048-token context) are replayed, then
+    checked, before Lightning; a sharded checkpoint (trainer=fsdp) is a folder whose metadata file
+    holds them. A value that is bad on its own fails before torch, the checkpoint unread."""
     path = tmp_path / "run" / "checkpoints" / "last.ckpt"
     (path if sharded else path.parent).mkdir(parents=True)
     model = SmolLM2Config.from_preset("tiny").to_dict()
     metadata = {ckpt.MODEL_CONFIG: model, ckpt.OVERRIDES: ["model=tiny"], "global_step": 3}
     torch.save(metadata, path / ckpt.SHARDED_METADATA if sharded else path)
     fsdp = ("trainer=fsdp", "trainer.accelerator=cpu") if sharded else ()
-    result, made = run_plain("src.train", *fsdp, f"ckpt_path={path}", "trainer.max_steps=6", "optim.lr=-1")
+    args = (*fsdp, f"ckpt_path={path}", "trainer.max_steps=6")
+    result, made = run_plain("src.train", *args, "data.seq_len=4096")  # fits smollm2_135m, not tiny
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: data.seq_len=4096 exceeds the model's context of 2048 tokens"
+    )
+    assert made == {"torch"}
+    result, made = run_plain("src.train", *args, "optim.lr=-1")
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
-    assert made == {"torch"}
+    assert made == set()
 
 
 def test_the_runs_messages_are_printed_once_and_kept_in_its_log(tmp_path):

@@ -1,0 +1,60 @@
+"""Checks of single config values, which need neither torch nor the tokenizer.
+
+src.train runs them on the composed config before importing anything heavy, so a bad number
+is reported in about the time Hydra takes to compose (src/training/config_checks.py runs them
+again on a continuation's replayed config, with the checks that need the model or the disk).
+A value given on today's command line wins over a continuation's replayed one, so checking it
+early rejects nothing the replay would have accepted.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserError
+
+POSITIVE_INTS = (
+    "trainer.max_steps",
+    "trainer.accumulate_grad_batches",
+    "trainer.log_every_n_steps",
+    "eval_every",
+    "data.batch_size",
+    "data.seq_len",
+)
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def check_positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_devices(devices: object) -> None:
+    """Lightning takes a count (-1 = all), a list or "0,1" of indices, or "auto"; 0 devices is no run."""
+    if isinstance(devices, bool) or (isinstance(devices, int) and devices < -1) or devices in (0, "0"):
+        raise UserError(
+            f"trainer.devices must be a positive count, -1 (all), a list of indices or auto, got {devices!r}"
+        )
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Counts, the learning rate, weight decay, devices and the policies, each on its own."""
+    for key in POSITIVE_INTS:
+        check_positive_int(cfg, key)
+    lr = cfg.optim.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+        raise UserError(f"optim.lr must be a number, got {lr!r}")
+    if lr <= 0:
+        raise UserError(f"optim.lr must be positive, got {float(lr)}")
+    weight_decay = cfg.optim.get("weight_decay", 0.0)
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+        raise UserError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
+    check_devices(cfg.trainer.get("devices", 1))
+    if cfg.optim.get("fused") is False:
+        raise UserError(
+            "optim.fused=false: AdamW must be fused (its found_inf skips a non-finite step on the device); "
+            "drop the override"
+        )
+    if cfg.nonfinite not in NONFINITE_POLICIES:
+        raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
