@@ -20,6 +20,7 @@ from torch import nn
 from benchmarks.common import (
     DTYPES,
     PYTORCH_KERNELS,
+    STEADY_PAGE_FAULTS,
     add_common_args,
     add_compile_args,
     compile_note,
@@ -181,7 +182,7 @@ def main() -> None:
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
             memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
-            reference = timings["transformers"].median
+            reference = timings["transformers"].steady().median
             measured += [(B, T, name, t, memory[name], first[name], reference) for name, t in timings.items()]
         # The peak is the machine's best: timed again after the rows, so that a moment of
         # contention during one short timing cannot inflate every MFU of this dtype.
@@ -192,7 +193,8 @@ def main() -> None:
             f" before the rows, {peak_after / 1e12:.2f} after; MFU is against {peak / 1e12:.2f}"
         )
         for B, T, name, timing, memory_bytes, first_loss, reference in measured:
-            tokens_per_s = B * T / timing.median
+            steady = timing.steady()
+            tokens_per_s = B * T / steady.median
             achieved = tokens_per_s * config.training_flops_per_token(T)
             mfu = f"{100 * achieved / peak:.1f}%"
             if datasheet:
@@ -203,11 +205,12 @@ def main() -> None:
                     dtype_name,
                     name,
                     f"{tokens_per_s:,.0f}",
-                    timing.cell(),
+                    steady.cell()
+                    + ("" if steady is timing else f", {len(steady.seconds)} of {len(timing.seconds)}"),
                     timing.page_faults_cell(),
                     f"{memory_bytes / 2**20:,.0f}",
                     mfu,
-                    f"{reference / timing.median:.2f}x",
+                    f"{reference / steady.median:.2f}x",
                     f"{first_loss:.4f}",
                 ]
             )
@@ -230,7 +233,9 @@ def main() -> None:
         " allocation events, CUDA: allocator peak. MFU is against the faster of the two large-matmul"
         " peaks above."
         " page faults/step: the host's minor page faults in each timed step, fewest-most: a step"
-        " that faults pays for memory the OS hands it afresh, which a run's steady state does not."
+        " that faults pays for memory the OS hands it afresh, which a run's steady state does not,"
+        f" so s/step, tokens/s, MFU and vs HF are of the steps with at most {STEADY_PAGE_FAULTS:,}"
+        ' ("3 of 5" where some had more).'
     )
 
 

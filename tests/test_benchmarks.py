@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.common import STEADY_PAGE_FAULTS, Timing
 from benchmarks.generation import leading_agreement
 from benchmarks.step_profile import profiled_self_times
 from tests.helpers import run_cli
@@ -72,3 +73,14 @@ def test_generation_counts_the_new_tokens_every_row_agrees_on_before_the_first_d
     later[1, 2], later[0, 3] = 0, 0  # row 1 differs first, at column 2
     assert leading_agreement(later, expected) == 2
     assert leading_agreement(expected.flip(1), expected) == 0
+
+
+def test_a_timing_keeps_the_calls_that_did_not_page_fault_and_all_where_every_call_did():
+    timing = Timing([9.0, 7.0, 12.0, 7.2], [0, 3, 583_652, STEADY_PAGE_FAULTS])
+    steady = timing.steady()
+    assert steady.seconds == [9.0, 7.0, 7.2] and steady.page_faults == [0, 3, STEADY_PAGE_FAULTS]
+    assert steady.median == 7.2  # the faulting 12.0 s call no longer counts
+    faulting = Timing([12.0, 11.0], [STEADY_PAGE_FAULTS + 1, 600_000])
+    assert faulting.steady() is faulting
+    quiet = Timing([1.0, 2.0], [0, 0])
+    assert quiet.steady() is quiet
