@@ -19,7 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from src.kernels.linear import linear
-from src.kernels.timing_cache import cpu_name
+from src.kernels.timing_cache import cpu_name, isa_limits
 from src.kernels.upcast import upcast_linear
 from src.training.hardware import keep_freed_host_memory
 
@@ -96,7 +96,10 @@ def machine_line(device: torch.device) -> str:
     torch_part = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}; {torch_part}"
-    return f"{cpu_name()}, {os.cpu_count()} cores; {torch_part}; freed host memory {_freed_host_memory}"
+    limits = "".join(f"; {limit}" for limit in isa_limits())  # fewer instructions than the CPU has
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores{limits}; {torch_part}; freed host memory {_freed_host_memory}"
+    )
 
 
 @dataclass

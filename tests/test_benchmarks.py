@@ -1,11 +1,14 @@
 """The benchmark scripts run end to end on tiny settings and print their comparison tables."""
 
+import os
+
 import pytest
 import torch
 
-from benchmarks.common import STEADY_PAGE_FAULTS, Timing
+from benchmarks.common import STEADY_PAGE_FAULTS, Timing, machine_line
 from benchmarks.generation import leading_agreement
 from benchmarks.step_profile import profiled_self_times
+from src.kernels.timing_cache import ISA_LIMITS
 from tests.helpers import run_cli
 
 SMALL = {
@@ -84,3 +87,12 @@ def test_a_timing_keeps_the_calls_that_did_not_page_fault_and_all_where_every_ca
     assert faulting.steady() is faulting
     quiet = Timing([1.0, 2.0], [0, 0])
     assert quiet.steady() is quiet
+
+
+def test_the_machine_line_names_an_instruction_set_limit(monkeypatch):
+    for name in ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    cpu = torch.device("cpu")
+    assert "ONEDNN" not in machine_line(cpu)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert f"{os.cpu_count()} cores; ONEDNN_MAX_CPU_ISA=AVX512_CORE; torch" in machine_line(cpu)

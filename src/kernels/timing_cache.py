@@ -51,11 +51,15 @@ def cpu_name() -> str:
 ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
 
 
+def isa_limits() -> list[str]:
+    """The `ISA_LIMITS` variables set for this process, as NAME=value."""
+    return [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
+
+
 def this_machine(cpu: str | None = None) -> str:
     """What a timing holds for: the CPU (`cpu_name`), the PyTorch version, and any
-    instruction-set limit set for this process (`ISA_LIMITS`)."""
-    limits = [f"{name}={os.environ[name]}" for name in ISA_LIMITS if os.environ.get(name)]
-    return " | ".join([cpu or cpu_name(), f"torch {torch.__version__}", *limits])
+    instruction-set limit set for this process (`isa_limits`)."""
+    return " | ".join([cpu or cpu_name(), f"torch {torch.__version__}", *isa_limits()])
 
 
 def recorded_here(machine: str) -> bool:
