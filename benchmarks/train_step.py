@@ -157,7 +157,7 @@ def main() -> None:
         size = args.matmul_size or matmul_size(device)
         peak_before = matmul_peak_flops(dtype, device, size)
         datasheet = peak_flops(device, "bf16-mixed") if dtype == torch.bfloat16 else None
-        measured = []  # (B, T, name, timing, peak memory, first loss, transformers' median) per row
+        measured = []  # (B, T, timings, peak memory, first loss) of each shape
         for shape in args.shapes.split(","):
             B, T = (int(n) for n in shape.split("x"))
             x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
@@ -182,8 +182,7 @@ def main() -> None:
             first = {name: step().item() for name, step in steps.items()}
             timings = time_interleaved(steps, device, args.warmup, args.repeats)
             memory = {name: peak_memory_bytes(step, device) for name, step in steps.items()}
-            reference = timings["transformers"].steady().median
-            measured += [(B, T, name, t, memory[name], first[name], reference) for name, t in timings.items()]
+            measured.append((B, T, timings, memory, first))
         # The peak is the machine's best: timed again after the rows, so that a moment of
         # contention during one short timing cannot inflate every MFU of this dtype.
         peak_after = matmul_peak_flops(dtype, device, size)
@@ -192,28 +191,30 @@ def main() -> None:
             f"{dtype_name} matmul peak measured ({size}x{size}x{size}): {peak_before / 1e12:.2f} TFLOP/s"
             f" before the rows, {peak_after / 1e12:.2f} after; MFU is against {peak / 1e12:.2f}"
         )
-        for B, T, name, timing, memory_bytes, first_loss, reference in measured:
-            steady = timing.steady()
-            tokens_per_s = B * T / steady.median
-            achieved = tokens_per_s * config.training_flops_per_token(T)
-            mfu = f"{100 * achieved / peak:.1f}%"
-            if datasheet:
-                mfu += f" ({100 * achieved / datasheet:.1f}% of datasheet)"
-            rows.append(
-                [
-                    f"{B}x{T}",
-                    dtype_name,
-                    name,
-                    f"{tokens_per_s:,.0f}",
-                    steady.cell()
-                    + ("" if steady is timing else f", {len(steady.seconds)} of {len(timing.seconds)}"),
-                    timing.page_faults_cell(),
-                    f"{memory_bytes / 2**20:,.0f}",
-                    mfu,
-                    f"{reference / steady.median:.2f}x",
-                    f"{first_loss:.4f}",
-                ]
-            )
+        for B, T, timings, memory, first in measured:
+            reference = timings["transformers"].steady().median
+            for name, timing in timings.items():
+                steady = timing.steady()
+                tokens_per_s = B * T / steady.median
+                achieved = tokens_per_s * config.training_flops_per_token(T)
+                mfu = f"{100 * achieved / peak:.1f}%"
+                if datasheet:
+                    mfu += f" ({100 * achieved / datasheet:.1f}% of datasheet)"
+                left_out = "" if steady is timing else f", {len(steady.seconds)} of {len(timing.seconds)}"
+                rows.append(
+                    [
+                        f"{B}x{T}",
+                        dtype_name,
+                        name,
+                        f"{tokens_per_s:,.0f}",
+                        steady.cell() + left_out,
+                        timing.page_faults_cell(),
+                        f"{memory[name] / 2**20:,.0f}",
+                        mfu,
+                        f"{reference / steady.median:.2f}x",
+                        f"{first[name]:.4f}",
+                    ]
+                )
     headers = [
         "BxT",
         "dtype",
