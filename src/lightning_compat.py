@@ -205,3 +205,19 @@ def rewind_optimizer_steps(trainer: Trainer, steps: int) -> None:
     for tracker in (progress.total, progress.current):
         tracker.ready -= steps
         tracker.completed -= steps
+
+
+def batch_progress(trainer: Trainer) -> dict[str, Any]:
+    """The training loop's batch counters, as a checkpoint stores them (a copy)."""
+    loop = trainer.fit_loop.epoch_loop
+    return {
+        "batch_progress": _private(loop, "batch_progress").state_dict(),
+        "batches_that_stepped": _private(loop, "_batches_that_stepped"),
+    }
+
+
+def restore_batch_progress(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """Set the batch counters back to `saved` (`batch_progress`)."""
+    loop = trainer.fit_loop.epoch_loop
+    loop.batch_progress.load_state_dict(saved["batch_progress"])
+    loop._batches_that_stepped = saved["batches_that_stepped"]

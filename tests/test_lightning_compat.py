@@ -20,12 +20,14 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from src.lightning_compat import (
     AppendingExperimentWriter,
     LightningChanged,
+    batch_progress,
     child_ranks,
     delay_kill_on_child_failure,
     is_log_step,
     log_the_last_step,
     mark_step_saved,
     note_sigterm_only,
+    restore_batch_progress,
     rewind_optimizer_steps,
     set_logging_step,
     set_mesh_sizes,
@@ -83,6 +85,20 @@ def test_rewinding_moves_the_global_step_and_both_progress_counts():
     rewind_optimizer_steps(trainer, 4)
     assert trainer.global_step == 8
     assert (progress.total.ready, progress.current.ready, progress.current.completed) == (8, 8, 8)
+
+
+def test_batch_progress_is_what_the_fit_loop_checkpoints_and_comes_back_whole():
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    loop = trainer.fit_loop.epoch_loop
+    loop.batch_progress.increment_ready()
+    set_logging_step(trainer, 5)
+    saved = batch_progress(trainer)
+    loop.batch_progress.increment_ready()  # a batch started after the copy
+    set_logging_step(trainer, 6)
+    restore_batch_progress(trainer, saved)
+    state = loop.state_dict()
+    assert state["batch_progress"]["total"]["ready"] == 1 and state["batch_progress"]["current"]["ready"] == 1
+    assert loop.on_save_checkpoint()["_batches_that_stepped"] == 5
 
 
 def test_mark_step_saved_sets_the_step_model_checkpoint_compares_against(tmp_path):

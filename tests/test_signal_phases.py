@@ -8,6 +8,8 @@ saves.
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 from pathlib import Path
 
@@ -68,3 +70,35 @@ def test_a_signal_in_any_phase_exits_with_its_code_and_saves_what_a_step_finishe
         assert f"{last} holds step {saved}; continue with ckpt_path={last}" in proc.stderr
         assert read_checkpoint(last)["global_step"] == saved
     assert not list(last.parent.glob(".*.tmp-*"))
+
+
+def test_a_continuation_after_ctrl_c_inside_a_step_validates_and_logs_at_the_steps_of_an_unstopped_run(
+    tmp_path,
+):
+    """Ctrl-C lands in step 3's update, so the loop has counted that step's batch; last.ckpt
+    holds step 2, and its continuation must validate at steps 4 and 6 (eval_every=2) with the
+    losses of a run never stopped, not one batch early."""
+    for name in ("stopped", "whole"):
+        (tmp_path / name).mkdir()
+    stopped = run_signalled(tmp_path / "stopped", "training", "SIGINT", 2, "trainer.limit_val_batches=1")
+    assert stopped.returncode == EXIT_SIGINT, stopped.stderr[-3000:]
+    last = tmp_path / "stopped" / "run" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == 2
+    continued = run_signalled(
+        tmp_path / "stopped", "training", "SIGINT", 99, "trainer.limit_val_batches=1", f"ckpt_path={last}"
+    )  # the same callbacks, its signal never sent
+    assert continued.returncode == 0, continued.stderr[-3000:]
+    whole = run_signalled(tmp_path / "whole", "training", "SIGINT", 99, "trainer.limit_val_batches=1")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    def validations(run: Path) -> dict[str, float]:
+        return json.loads((run / "run" / "summary.json").read_text())["val/loss_by_step"]
+
+    def logged_steps(run: Path, key: str) -> list[str]:
+        with open(run / "run" / "csv" / "metrics.csv", newline="") as f:
+            return [row["step"] for row in csv.DictReader(f) if row.get(key)]
+
+    assert list(validations(tmp_path / "stopped")) == ["0", "2", "4", "6"]
+    assert validations(tmp_path / "stopped") == validations(tmp_path / "whole")
+    for key in ("val/loss", "train/loss"):
+        assert logged_steps(tmp_path / "stopped", key) == logged_steps(tmp_path / "whole", key)

@@ -16,6 +16,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from src.lightning_compat import batch_progress, restore_batch_progress
 from src.training.checkpoint import CheckpointWriteFailed
 from src.training.nonfinite import TrainingDiverged
 
@@ -29,7 +30,10 @@ class LastCheckpoint(L.Callback):
     """`ckpt_path=<run>/checkpoints/last.ckpt` always continues from where the run stopped.
 
     The state saved is that of the last completed optimizer step; a half-accumulated step
-    is redone after the resume, because the data position follows the optimizer step.
+    is redone after the resume, because the data position follows the optimizer step. So do
+    the loop's batch counters, which place validation and the logged steps: a Ctrl-C in the
+    middle of a step leaves them counting the batch it interrupted, and the save sets them
+    back to where that step's last batch ended, as a periodic save records them.
     Files are written atomically by `AtomicCheckpointIO`, and sharded folders (trainer=fsdp)
     by `FSDP2Strategy`, so a kill leaves the previous `last.ckpt` whole. An exception before
     training starts (bad data, a failed restore) saves nothing: the trainer then holds an
@@ -43,6 +47,8 @@ class LastCheckpoint(L.Callback):
         self.every_n_train_steps = every_n_train_steps
         self._saved_step = -1
         self._started = False
+        self._step_end: dict | None = None  # the batch counters where the last optimizer step ended
+        self._step_end_step = -1
 
     def _save(self, trainer: L.Trainer, reason: str | None = None) -> None:
         step = trainer.global_step
@@ -67,8 +73,11 @@ class LastCheckpoint(L.Callback):
         self._started = True
         # Step 0 is the untrained model; a resumed step's checkpoint is the one we started from.
         self._saved_step = trainer.global_step
+        self._step_end_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step != self._step_end_step:  # this batch ended an optimizer step
+            self._step_end, self._step_end_step = batch_progress(trainer), trainer.global_step
         n = self.every_n_train_steps
         if n > 0 and trainer.global_step % n == 0:
             self._save(trainer)
@@ -87,7 +96,16 @@ class LastCheckpoint(L.Callback):
         if isinstance(exception, CheckpointWriteFailed):  # a retry would fail alike
             self._report(trainer, reason)
         elif trainer.world_size == 1 or isinstance(exception, AGREED_STOPS):
+            self._rewind_to_step_end(trainer)
             self._save(trainer, reason)
         else:
             held = f"holds step {self._saved_step}" if self._saved_step > 0 else "was not written yet"
             rank_zero_info(f"{reason}: not saved, a save needs every rank; {self.path} {held}")
+
+    def _rewind_to_step_end(self, trainer: L.Trainer) -> None:
+        """The batch counters as the last optimizer step's end left them, if a batch started since."""
+        if self._step_end is None or trainer.global_step != self._step_end_step:
+            return
+        ready = batch_progress(trainer)["batch_progress"]["total"]["ready"]
+        if ready > self._step_end["batch_progress"]["total"]["ready"]:
+            restore_batch_progress(trainer, self._step_end)
