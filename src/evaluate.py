@@ -25,7 +25,7 @@ from src.errors import UserError, exit_on_user_error
 from src.evaluation.perplexity import file_perplexity
 from src.evaluation.scoring import score
 from src.evaluation.tasks import load_task, parse_tasks, sample
-from src.files import atomic_write
+from src.files import atomic_write, check_output_file
 from src.outputs import default_output_dir
 from src.serving.inference import ModelSource, read_source, resolve_device, resolve_dtype
 
@@ -90,6 +90,8 @@ def model_name(path: Path) -> str:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(EvaluateConfig, argv)
+    if cfg.out_file:  # before the model loads and the questions are scored
+        check_output_file(Path(cfg.out_file), "out_file")
     results = evaluate(cfg)
     name = model_name(Path(results["model"]))
     out = (

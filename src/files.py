@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
+
+from src.errors import UserError
 
 TMP_MARK = ".tmp-"  # a file being written: .<name>.tmp-<host>-<pid>
 
@@ -36,3 +40,26 @@ def atomic_write(path: Path, mode: Literal["w", "wb"] = "w", **open_args: Any) -
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def probe_writable(folder: Path) -> None:
+    """Raise the OSError that writing a file into `folder` would meet, without making the folder
+    or leaving a file: a folder not made yet is judged by its nearest existing parent."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    with tempfile.TemporaryFile(dir=existing):
+        pass
+
+
+def check_output_file(path: Path, key: str) -> None:
+    """Fail before the work, not after it, when the file a command writes at its end (`key=path`)
+    cannot be written."""
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder; pass a file path")
+    try:
+        probe_writable(path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {key}={path} ({err.strerror}); pass a writable {key}") from None

@@ -21,6 +21,7 @@ from omegaconf import MISSING
 from src.cli import command_name, parse_cli
 from src.errors import UserError, exit_on_user_error
 from src.extras import require_extra
+from src.files import check_output_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,16 +60,29 @@ class PlotConfig:
 
 
 def read_series(metrics_csv: Path) -> Series:
-    """key -> {step: value}; a step logged twice (a continuation after a crash redoes it) keeps the last."""
+    """key -> {optimizer steps taken: value}; a step logged twice (a continuation after a crash
+    redoes it) keeps the last.
+
+    Lightning's CSV logs step k's metrics, and the validation after step k, at step k - 1; the
+    validation before training (`val_at_start`) comes before any training row, at step 0, and
+    stays there. So every point is drawn at the step summary.json, the samples and the
+    checkpoints name, and a validation after step 1 does not overwrite the one before training.
+    """
     if not metrics_csv.is_file():
         raise UserError(f"no metrics at {metrics_csv}; give a run folder that a training run wrote")
     series: Series = {}
+    trained = False
     with metrics_csv.open(newline="") as f:
         for row in csv.DictReader(f):
-            step = int(row["step"])
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series.setdefault(key, {})[step] = float(value)
+            values = {
+                key: float(value)
+                for key, value in row.items()
+                if key not in ("step", "epoch") and value not in ("", None)
+            }
+            trained = trained or not all(key.startswith("val/") for key in values)
+            step = int(row["step"]) + trained
+            for key, value in values.items():
+                series.setdefault(key, {})[step] = value
     return series
 
 
@@ -131,10 +145,24 @@ def figure(series: Series, title: str = "", others: dict[str, Series] | None = N
     return fig
 
 
+def check_image_path(out: Path) -> None:
+    """A file matplotlib can write, in a format it knows (by the name's suffix), checked before
+    the metrics are read."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    check_output_file(out, "out")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix and out.suffix[1:].lower() not in formats:
+        known = ", ".join(f".{name}" for name in sorted(formats))
+        raise UserError(f"out={out}: matplotlib cannot write {out.suffix} files; end the name in {known}")
+
+
 def plot_run(run_dir: Path, out: Path | None = None, compare: Path | None = None) -> Path:
     out = out or run_dir / "metrics.png"
+    check_image_path(out)
     others = {compare.resolve().name: read_series(compare / "csv" / "metrics.csv")} if compare else None
     series = read_series(run_dir / "csv" / "metrics.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
     figure(series, title=run_dir.resolve().name, others=others).savefig(out, dpi=100)
     return out
 

@@ -4,9 +4,9 @@ the last sample, and whether a falling train loss is memorisation.
 python -m src.report <run folder>
 
 Reads what every run writes: `csv/metrics.csv`, `summary.json` and `samples.jsonl`. Steps are
-optimizer steps taken (the CSV logs step k's loss at row k - 1; summary.json keys validations by
-the step whose weights it scored). Training losses are single logged steps, so noisy at small
-batches; each row gives their mean over the steps logged since the previous validation. The
+optimizer steps taken (`read_series`; summary.json keys validations by the step whose weights
+it scored). Training losses are single logged steps, so noisy at small batches; each row gives
+their mean over the steps logged since the previous validation. The
 verdict compares the held-out loss at its best step with the last one: a validation loss that
 rose while the train loss fell is memorisation.
 """
@@ -52,7 +52,7 @@ def loss_rows(train: dict[int, float], val: dict[int, float]) -> list[Row]:
 
 def losses(series: Series, summary: dict) -> tuple[dict[int, float], dict[int, float]]:
     """Train and validation losses keyed by the optimizer steps taken before them."""
-    train = {step + 1: loss for step, loss in series.get("train/loss", {}).items()}
+    train = series.get("train/loss", {})
     by_step = summary.get("val/loss_by_step")  # RunSummary's VAL_LOSSES; importing it loads lightning
     val = {int(s): v for s, v in by_step.items()} if by_step else series.get("val/loss", {})
     return train, val

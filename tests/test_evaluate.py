@@ -69,11 +69,16 @@ def test_the_default_output_goes_to_outputs_eval(files, tmp_path, monkeypatch, c
         (("tasks=local:/no/such.jsonl",), "/no/such.jsonl: task file not found"),
         (("tasks=local:QUESTIONS", "limit=0"), "limit=0"),
         (("text_file=/no/such.txt",), "/no/such.txt: text file not found"),
+        (("text_file=TEXT", "window=0"), "window=0: use a positive number of tokens"),
+        (("text_file=TEXT", "stride=0"), "stride=0, window=2048: use 0 < stride <= window"),
+        # Refused before the model loads, though a missing task would be refused next.
+        (("tasks=nope", "out_file=/proc/no/such/x.json"), "cannot write out_file=/proc/no/such/x.json"),
+        (("tasks=nope", "out_file=/tmp"), "out_file=/tmp is a folder"),
     ],
 )
 def test_bad_input_is_one_error_line(files, capsys, args, message):
-    _, ckpt, questions, _ = files
-    args = [a.replace("QUESTIONS", str(questions)) for a in args]
+    _, ckpt, questions, text = files
+    args = [a.replace("QUESTIONS", str(questions)).replace("TEXT", str(text)) for a in args]
     with pytest.raises(SystemExit) as exit_:
         main([f"ckpt_path={ckpt}", *args])
     err = capsys.readouterr().err

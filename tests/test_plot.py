@@ -12,7 +12,8 @@ from tests.helpers import run_cli, write_metrics
 
 @pytest.fixture
 def run_dir(tmp_path):
-    """Steps 0-9, then a continuation after a crash that re-logs steps 8 and 9 with other values."""
+    """Steps 1-10 (CSV rows 0-9), then a continuation after a crash that re-logs steps 9 and 10
+    with other values."""
     rows = [{"step": s, "lr": 1e-3, "train/loss": 10 - s, "tokens_per_s": 100 + s} for s in range(10)]
     rows.append({"step": 4, "val/loss": 7.5, "val/ppl": 1808.0})
     rows += [{"step": s, "lr": 5e-4, "train/loss": 1.0, "tokens_per_s": 50} for s in (8, 9)]
@@ -24,10 +25,22 @@ def run_dir(tmp_path):
 
 def test_duplicate_steps_keep_the_last_value(run_dir):
     series = read_series(run_dir / "csv" / "metrics.csv")
-    assert sorted(series["train/loss"]) == list(range(10))
-    assert series["train/loss"][7] == 3 and series["train/loss"][8] == series["train/loss"][9] == 1.0
-    assert series["lr"][9] == 5e-4 and series["val/loss"] == {4: 7.5}
+    assert sorted(series["train/loss"]) == list(range(1, 11))
+    assert series["train/loss"][8] == 3 and series["train/loss"][9] == series["train/loss"][10] == 1.0
+    assert series["lr"][10] == 5e-4 and series["val/loss"] == {5: 7.5}
     assert "epoch" not in series and "step" not in series
+
+
+def test_points_are_at_the_optimizer_steps_taken_the_validation_before_training_at_0(tmp_path):
+    """As Lightning logs a run validating before training and after every step: the validations
+    after step 1 and the one before training share CSV step 0."""
+    rows = [{"step": 0, "val/loss": 11.0}]
+    for s in (1, 2):
+        rows += [{"step": s - 1, "train/loss": 10.0 - s}, {"step": s - 1, "val/loss": 9.0 - s}]
+    write_metrics(tmp_path / "run", rows)
+    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
+    assert series["train/loss"] == {1: 9.0, 2: 8.0}
+    assert series["val/loss"] == {0: 11.0, 1: 8.0, 2: 7.0}
 
 
 def test_figure_has_a_panel_per_logged_quantity(run_dir):
@@ -38,7 +51,7 @@ def test_figure_has_a_panel_per_logged_quantity(run_dir):
     assert loss.get_yscale() == "log" and panels["learning rate"].get_yscale() == "linear"
     lines = {line.get_label(): line for line in loss.get_lines()}
     assert set(lines) == {"train/loss", "val/loss"}
-    assert list(lines["train/loss"].get_xdata()) == list(range(10))
+    assert list(lines["train/loss"].get_xdata()) == list(range(1, 11))
     assert list(lines["train/loss"].get_ydata())[-3:] == [3, 1.0, 1.0]
 
 
@@ -71,6 +84,19 @@ def test_cli_writes_a_png_into_the_run_folder(run_dir):
     image = matplotlib.image.imread(run_dir / "metrics.png")
     assert image.shape[:2] == (700, 1200)  # 2x2 panels at 6x3.5 inches, 100 dpi
     assert image[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("/proc/no/such/m.png", "cannot write out=/proc/no/such/m.png"),
+        ("m.xyz", "matplotlib cannot write .xyz files; end the name in "),
+        (".", "is a folder; pass a file path"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_the_metrics_are_read(tmp_path, out, message):
+    result = run_cli("src.plot", str(tmp_path / "no run"), f"out={tmp_path / out}")  # an absolute out stays
+    assert result.returncode == 2 and message in result.stderr and "no metrics" not in result.stderr
 
 
 def test_missing_metrics_is_a_user_error(tmp_path):

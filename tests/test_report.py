@@ -16,9 +16,13 @@ VAL = {0: 11.0, 20: 4.0, 40: 6.0}
 
 def memorising_run(run_dir) -> None:
     """Train loss falls every step; validation improves to step 20, then rises. As a run logs
-    them: step k's train loss in CSV row k - 1, validations there too, and by step in summary.json."""
-    rows = [{"step": s - 1, "train/loss": 10.0 / s, "tokens_per_s": 100 + s} for s in range(1, 41)]
-    rows += [{"step": max(s - 1, 0), "val/loss": v} for s, v in VAL.items()]
+    them: the validation before training first, at CSV step 0; step k's train loss at CSV step
+    k - 1, and the validation after it there too; validations by step in summary.json."""
+    rows = [{"step": 0, "val/loss": VAL[0]}]
+    for s in range(1, 41):
+        rows.append({"step": s - 1, "train/loss": 10.0 / s, "tokens_per_s": 100 + s})
+        if s in VAL:
+            rows.append({"step": s - 1, "val/loss": VAL[s]})
     write_metrics(run_dir, rows)
     by_step = {str(s): v for s, v in VAL.items()}
     summary = {"wall_time_s": 90.0, "tokens_seen": 10240, VAL_LOSSES: by_step}  # RunSummary's key
@@ -30,7 +34,9 @@ def memorising_run(run_dir) -> None:
 def test_each_validation_gets_the_mean_train_loss_logged_since_the_previous(tmp_path):
     memorising_run(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    rows = loss_rows(*losses(read_series(tmp_path / "csv" / "metrics.csv"), summary))
+    series = read_series(tmp_path / "csv" / "metrics.csv")
+    rows = loss_rows(*losses(series, summary))
+    assert loss_rows(*losses(series, {})) == rows  # the CSV alone (a summary not written) agrees
     assert [row.step for row in rows] == [0, 20, 40]
     assert rows[0].train_loss is None and rows[0].val_loss == 11.0
     assert rows[1].train_loss == pytest.approx(sum(10.0 / s for s in range(1, 21)) / 20)

@@ -31,6 +31,8 @@ class Perplexity:
 @torch.no_grad()
 def perplexity(model: SmolLM2, ids: list[int], window: int, stride: int) -> Perplexity:
     """exp(mean negative log-likelihood) of ids[1:] (ids[0] starts the document and is not scored)."""
+    if window < 1:
+        raise UserError(f"window={window}: use a positive number of tokens")
     if not 0 < stride <= window:
         raise UserError(f"stride={stride}, window={window}: use 0 < stride <= window")
     model.config.check_context(window, f"window={window}", "use a smaller window")
@@ -61,7 +63,9 @@ def file_perplexity(
     2,048 tokens) and the stride half of it."""
     if not path.is_file():
         raise UserError(f"{path}: text file not found")
-    window = window or min(model.config.max_position_embeddings, 2048)
-    stride = stride or max(window // 2, 1)
+    if window is None:
+        window = min(model.config.max_position_embeddings, 2048)
+    if stride is None:
+        stride = max(window // 2, 1)
     ids = [tokenizer.eos_token_id, *tokenizer.encode(path.read_text(encoding="utf-8"), verbose=False)]
     return perplexity(model, ids, window, stride)

@@ -7,15 +7,14 @@ tokenization or a crash at the first checkpoint. Nothing here may import Lightni
 
 from __future__ import annotations
 
-import errno
 import os
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
+from src.files import probe_writable
 from src.kernels import check_kernels
 from src.kernels.selection import check_policy
 from src.models.config import SmolLM2Config
@@ -25,16 +24,9 @@ from src.training.value_checks import check_values
 
 def check_writable(folder: Path, what: str = "the run folder") -> None:
     """Fail now rather than at the first checkpoint, after the compute is spent. A folder not
-    made yet is left unmade (a run refused later writes nothing): its nearest existing parent
-    is checked instead."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    made yet is left unmade (a run refused later writes nothing)."""
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        probe_writable(folder)
     except OSError as err:
         raise UserError(
             f"cannot write to {what} {folder} ({err.strerror}); "
