@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import EXIT_USER_ERROR, exit_on_user_error
 from src.training.overrides import override_key
-from src.training.run_folder import claim_fresh_folder, launch_record, takes_the_lock
+from src.training.run_folder import claim_fresh_folder, launch_record, release_unused_claim, takes_the_lock
 from src.training.value_checks import check_values
 
 
@@ -95,6 +95,8 @@ def main() -> None:
             raise
         print(f"error: {err.filename}: {err.strerror}; pick a writable paths.root_dir", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    finally:
+        release_unused_claim()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,13 @@ def bad_files(tmp):
             "trainer.devices must be a positive count, -1 \\(all\\), a list of indices or auto, got 0",
         ),
         (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
+        (["checkpoint_every=-5"], "checkpoint_every must be an integer >= 0, got -5"),
+        (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+        (["schedule.warmup_steps=abc"], "schedule.warmup_steps must be an integer >= 0, got 'abc'"),
+        (["schedule.total_steps=0"], "schedule.total_steps must be a positive integer or null, got 0"),
+        (["schedule.min_lr_ratio=2"], r"schedule.min_lr_ratio must be a number in \[0, 1\], got 2"),
+        (["trainer.limit_val_batches=1.5"], r"limit_val_batches must be a count .* a fraction in \[0, 1\]"),
+        (["data.path={tmp}"], "is a folder; pass data.path=<a UTF-8 text file>"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
         (
             ["kernels=[rms_norm,flash]"],
@@ -129,6 +136,31 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
         result = run_cli("src.train", *args)
         assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
         assert message in result.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_launch_leaves_no_run_folder(tmp_path):
+    """The fresh run folder is made while Hydra composes the config, before any check."""
+    for args in (["trainer.max_stepz=5"], ["seed=abc"], [f"data.path={tmp_path}/missing.txt"]):
+        cli_error(f"paths.root_dir={tmp_path}", *args)
+    runs = tmp_path / "logs" / "train" / "runs"
+    assert runs.is_dir() and not list(runs.iterdir())
+
+
+def test_a_recipes_settings_for_a_callback_switched_off_are_left_out(tmp_path):
+    """experiment=smoke sets text_samples values; callbacks=none removes the callback itself."""
+    text = write_text(tmp_path / "input.txt")
+    run_training(
+        [
+            "experiment=smoke", "callbacks=none", "model=tiny", "precision=32-true",
+            "trainer.accelerator=cpu", f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}",
+            f"data.path={text}", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+        ]
+    )  # fmt: skip
+    run = tmp_path / "run"
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert not (run / "checkpoints").exists() and not (run / "samples.jsonl").exists()
 
 
 def test_a_sweep_of_multi_process_runs_is_refused_in_one_line(tmp_path):

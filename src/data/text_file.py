@@ -37,9 +37,18 @@ def download(url: str, path: Path) -> None:
         ) from None
 
 
-def read_text(path: Path) -> str:
+def check_text_file(path: Path) -> None:
+    """What can be told of a text file without reading it: that it is a file, and not empty."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; pass data.path=<a UTF-8 text file>")
     if not path.is_file():
         raise UserError(f"{path}: text file not found; pass data.path=<an existing UTF-8 file>")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the file is empty; give a file with text in it")
+
+
+def read_text(path: Path) -> str:
+    check_text_file(path)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.errors import UserError
 from src.models.config import SmolLM2Config
@@ -58,6 +58,7 @@ def checked_config(cfg: DictConfig, overrides: list[str]) -> CheckedConfig:
                 f"trainer.max_steps={max_steps} is below the checkpoint's step {step}; "
                 f"pass trainer.max_steps > {step} to continue"
             )
+    drop_settings_of_absent_callbacks(cfg)
     checked = CheckedConfig(cfg, overrides, hydra.utils.instantiate(cfg.model), checkpoint)
     if checked.finished:
         return checked
@@ -65,6 +66,18 @@ def checked_config(cfg: DictConfig, overrides: list[str]) -> CheckedConfig:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], checked.model.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, checked.model)
     return checked
+
+
+def drop_settings_of_absent_callbacks(cfg: DictConfig) -> None:
+    """A recipe's settings for a callback the config no longer has (`experiment=smoke
+    callbacks=none`, whose text_samples settings outlive the callback) are left out: without
+    a `_target_` they are no callback, only values for one."""
+    callbacks = cfg.get("callbacks")
+    if not callbacks:
+        return
+    with open_dict(callbacks):
+        for name in [name for name, node in callbacks.items() if not node or "_target_" not in node]:
+            del callbacks[name]
 
 
 def check_model_matches(saved: dict[str, Any], config: dict[str, Any], ckpt_path: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.data.text_file import check_text_file
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.files import probe_writable
@@ -99,6 +100,8 @@ def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     check_policy(cfg.kernels_policy)
     model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")
     check_tokenizer_fits(cfg.data.get("tokenizer"), model_config.vocab_size)
+    if cfg.data.get("_target_", "").endswith(".TextFileDataModule") and cfg.data.get("path") is not None:
+        check_text_file(Path(cfg.data.path))  # before the run folder is written to; the rest on reading
     folders, files = written_paths(cfg)
     check_writable(folders[0])
     for folder in folders[1:]:

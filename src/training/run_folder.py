@@ -31,6 +31,8 @@ NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 # Lock files held by this process. A forked child (a DataLoader worker) would share the lock
 # and keep it after this process is killed, refusing the run's continuation: it closes them.
 HELD: set[int] = set()
+# The fresh run folder this process made, if any (`claim_fresh_folder`).
+CLAIMED: list[Path] = []
 
 
 def _close_held_in_child() -> None:
@@ -54,10 +56,22 @@ def claim_fresh_folder(runs: str) -> str:
         folder = base if n == 1 else f"{base}_{n}"
         try:
             os.mkdir(folder)
+            CLAIMED.append(Path(folder))
             return folder
         except FileExistsError:
             continue
     raise UserError(f"{runs}: 10000 runs started in this second; pick run_name=<name> or hydra.run.dir=<dir>")
+
+
+def release_unused_claim() -> None:
+    """Remove the fresh folder this process made if nothing was written into it: a launch refused
+    before its first file (a mistyped key, a bad value) leaves no empty run folder behind."""
+    for folder in CLAIMED:
+        try:
+            folder.rmdir()  # only ever removes an empty folder
+        except OSError:
+            pass
+    CLAIMED.clear()
 
 
 def pid_alive(pid: int) -> bool:

@@ -21,13 +21,45 @@ POSITIVE_INTS = (
     "data.batch_size",
     "data.seq_len",
 )
+NON_NEGATIVE_INTS = ("checkpoint_every", "schedule.warmup_steps", "seed")  # 0: no periodic save, no warmup
 NONFINITE_POLICIES = ("stop", "skip")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_positive_int(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _is_int(value) or value <= 0:
         raise UserError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_schedule_and_validation(cfg: DictConfig) -> None:
+    """The integers that may be 0, the schedule's horizon and fractions, and the share of the
+    validation set each validation reads: Lightning and the schedule would fail on them late,
+    with a traceback, or (a negative checkpoint interval) after the model is built."""
+    for key in NON_NEGATIVE_INTS:
+        value = OmegaConf.select(cfg, key)
+        if not _is_int(value) or value < 0:
+            raise UserError(f"{key} must be an integer >= 0, got {value!r}")
+    total = OmegaConf.select(cfg, "schedule.total_steps")
+    if total is not None and (not _is_int(total) or total <= 0):
+        raise UserError(f"schedule.total_steps must be a positive integer or null, got {total!r}")
+    for key in ("schedule.min_lr_ratio", "schedule.decay_fraction"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not _is_number(value) or not 0 <= value <= 1):
+            raise UserError(f"{key} must be a number in [0, 1], got {value!r}")
+    limit = cfg.trainer.get("limit_val_batches")
+    if limit is not None and not ((_is_int(limit) and limit >= 0) or (_is_number(limit) and 0 <= limit <= 1)):
+        raise UserError(
+            f"trainer.limit_val_batches must be a count of batches (an integer >= 0) or a fraction "
+            f"in [0, 1], got {limit!r}"
+        )
 
 
 def check_devices(devices: object) -> None:
@@ -39,16 +71,17 @@ def check_devices(devices: object) -> None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Counts, the learning rate, weight decay, devices and the policies, each on its own."""
+    """Counts, the schedule, the learning rate, weight decay, devices and the policies, each on its own."""
     for key in POSITIVE_INTS:
         check_positive_int(cfg, key)
+    check_schedule_and_validation(cfg)
     lr = cfg.optim.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
+    if not _is_number(lr):
         raise UserError(f"optim.lr must be a number, got {lr!r}")
     if lr <= 0:
         raise UserError(f"optim.lr must be positive, got {float(lr)}")
     weight_decay = cfg.optim.get("weight_decay", 0.0)
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+    if not _is_number(weight_decay) or not weight_decay >= 0:
         raise UserError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
     check_devices(cfg.trainer.get("devices", 1))
     if cfg.optim.get("fused") is False:
