@@ -25,7 +25,8 @@ def training_windows(text, seq_len: int) -> int:
     return num_windows(int(tokens * 0.9), seq_len)
 
 
-def test_plan_true_prints_the_epochs_and_a_warning_and_exits(tmp_path, text):
+def test_plan_true_prints_the_epochs_and_a_warning_and_exits(tmp_path):
+    text = write_text(tmp_path / "input.txt", words=24_000)  # a validation part of one 2,048-token window
     run = tmp_path / "run"
     result = run_cli(
         "src.train", "model=smollm2_135m", "plan=true", f"data.path={text}", f"paths.root_dir={tmp_path}",
@@ -117,3 +118,22 @@ def test_a_continuations_milestones_come_after_its_start():
     assert plan.checkpoints_kept == 2 + 1 and plan.epochs is None and plan.warnings() == []
     assert "1,200 (200 in this run, from step 1,000)" in plan.table()
     assert "streaming, epochs unknown" in plan.table()
+
+
+def test_a_plan_leaves_the_run_it_continues_as_it_was_and_refuses_a_text_too_short(tmp_path, text):
+    overrides = fast_overrides(tmp_path, text, "trainer.max_steps=2")
+    run_training(overrides)
+    run = tmp_path / "run"
+    before = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+    last = run / "checkpoints" / "last.ckpt"
+    result = run_cli("src.train", *overrides, "trainer.max_steps=4", f"ckpt_path={last}", "plan=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 (2 in this run, from step 2)" in result.stderr
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before  # no record, no log lines
+    short = tmp_path / "short.txt"
+    short.write_text("Too short.\n")
+    other = tmp_path / "other"
+    result = run_cli("src.train", *fast_overrides(other, short, "plan=true"))
+    assert result.returncode == 2
+    assert "the training part has" in result.stderr and "fewer than one window" in result.stderr
+    assert not (other / "run").exists()

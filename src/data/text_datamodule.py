@@ -67,18 +67,23 @@ class TextFileDataModule(WindowDataModule):
         cut = int(len(tokens) * (1 - self.val_fraction))
         return tokens[:cut], tokens[cut:]
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_tokens is not None:
-            return
-        self.train_tokens, self.val_tokens = self.split(self.tokens())
-        for name, part in (("training", self.train_tokens), ("validation", self.val_tokens)):
+    def checked_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """`split`, each part holding at least one window: the plan refuses a text too short
+        for the run as the run does, before the run's folder holds a plan of it."""
+        train, val = self.split(self.tokens())
+        for name, part in (("training", train), ("validation", val)):
             self.check_holds_a_window(
                 part, f"{self.path}: the {name} part", "use a longer text or a smaller data.seq_len"
             )
+        return train, val
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_tokens is None:
+            self.train_tokens, self.val_tokens = self.checked_split()
 
     def data_size(self) -> DataSize:
         """The file and the tokens of its training windows (one epoch); tokenizes only once per file."""
-        train, _ = self.split(self.tokens())
+        train, _ = self.checked_split()
         path = self.path.resolve()
         name = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
         return DataSize(str(name), num_windows(len(train), self.seq_len) * self.seq_len)

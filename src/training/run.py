@@ -140,12 +140,14 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
     lock = RunLock(folder, continuing=bool(cfg.ckpt_path))
     if cfg.plan:
         if takes_the_lock():
-            try:
-                if lock.try_acquire():  # a live run's folder is left as it is: the plan is only printed
+            preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
+            # A fresh folder keeps the planned config and the plan (train.log); a continued run's
+            # records and a live run's folder are left as they are: the plan is only printed.
+            if not cfg.ckpt_path and lock.try_acquire():
+                try:
                     start_writing(folder, record)
-                preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
-            finally:
-                lock.release()
+                finally:
+                    lock.release()
         return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     continue_at = None if checkpoint is None else start_step
