@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -150,10 +151,23 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
     return app
 
 
+def check_can_serve(host: str, port: int) -> None:
+    """A port already taken (or a host this machine is not) is refused before the model loads;
+    Gradio would find it only after. `main` still catches the port taken in between."""
+    if port == 0:
+        return
+    try:
+        socket.create_server((host, port)).close()
+    except OSError as err:
+        fix = "choose another port= or host="
+        raise UserError(f"cannot serve on {host}:{port} ({err.strerror}); {fix}") from None
+
+
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(AppConfig, argv)
     require_extra("gradio", "app", command_name())  # before the model load, which can take a while
+    check_can_serve(cfg.host, cfg.port)
     generator = TextGenerator.load(cfg)
     print(f"loaded {generator.description}", file=sys.stderr)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -62,12 +63,17 @@ def user_message(err: UserError) -> str:
 
 
 def exit_on_user_error(main: F) -> F:
-    """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2."""
+    """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2,
+    and a closed stdout (`| head`) with the shell's 141, without a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except BrokenPipeError:
+            # Python flushes stdout again at exit, which would fail and print; write to nowhere instead.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_SIGPIPE)
         except Exception as err:
             cause = find_user_error(err)
             if cause is None:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from src.cli import parse_cli
-from src.errors import EXIT_SIGINT, EXIT_SIGPIPE, UserError, exit_on_user_error
+from src.errors import EXIT_SIGINT, UserError, exit_on_user_error
 from src.outputs import default_output_dir
 from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed
 
@@ -75,15 +74,12 @@ def settings(cfg: GenerateConfig) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The CLI: `generate`, with Ctrl-C and a closed stdout ending it without a traceback."""
+    """The CLI: `generate`, with Ctrl-C ending it without a traceback (a closed stdout too:
+    `exit_on_user_error`)."""
     try:
         generate(argv)
     except KeyboardInterrupt:
         sys.exit(EXIT_SIGINT)
-    except BrokenPipeError:
-        # Python flushes stdout again at exit, which would fail and print; write to nowhere instead.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(EXIT_SIGPIPE)
 
 
 @exit_on_user_error

@@ -61,6 +61,6 @@ class ContinuingCSVLogger(CSVLogger):
         side = set_aside_rows_from(Path(self.log_dir) / "metrics.csv", step)
         if side is not None:
             rank_zero_info(
-                f"metrics.csv: the rows of steps >= {step}, logged by a process that ended after "
-                f"its last checkpoint, moved to {side}"
+                f"metrics.csv: the rows of steps >= {step}, logged after the checkpoint this run "
+                f"continues from, moved to {side}"
             )

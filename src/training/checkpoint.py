@@ -97,7 +97,7 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     elif path.is_dir():
         raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_METADATA})")
     else:
-        raise UserError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: checkpoint not found; check the path (a run's are in <run>/checkpoints/)")
     if not isinstance(checkpoint, dict) or MODEL_CONFIG not in checkpoint:
         raise UserError(f"{path}: not a checkpoint written by src.train (no model config)")
     if weights and "state_dict" not in checkpoint:
@@ -105,6 +105,7 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     return checkpoint
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
 # How torch.load(weights_only=True) begins its message for a file that needs more than it allows.
 WEIGHTS_ONLY_FAILED = "Weights only load failed"
 
@@ -123,8 +124,19 @@ def load_weights_only(path: Path, **kwargs: Any) -> Any:
                 f"{path}: refused: it holds {_unsafe_globals(path, err)}, which only code in the file could "
                 "rebuild; src.train never writes such objects, so this is not one of our checkpoints"
             ) from None
+        if _magic(path) != ZIP_MAGIC:  # torch's own message advises on how to save, not on what this is
+            not_zip = "torch.save writes zip archives; this is none"
+            raise UserError(f"{path}: not a checkpoint ({not_zip})") from None
         reason = first_line(err)
         raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({reason})") from None
+
+
+def _magic(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(ZIP_MAGIC))
+    except OSError:
+        return b""
 
 
 def _unsafe_globals(path: Path, err: pickle.UnpicklingError) -> str:
