@@ -92,21 +92,41 @@ def test_gpu_accelerator_without_a_gpu(tmp_path):
 
 
 def test_checkpoint_cases_leave_the_run_intact(trained, tmp_path):
-    """Truncated file, max_steps below the step, or a broken data file: last.ckpt is untouched."""
+    """Truncated file, max_steps below the step, or a broken data file: the checkpoint, the
+    metrics, the plan and the logged config are untouched."""
     tmp, text, last = trained
-    before = last.read_bytes()
+    run = last.parent.parent
+    records = [last, run / "plan.json", run / "csv" / "metrics.csv", run / "csv" / "hparams.yaml"]
+    before = [path.read_bytes() for path in records]
     truncated = tmp_path / "truncated.ckpt"
-    truncated.write_bytes(before[: len(before) // 2])
+    truncated.write_bytes(before[0][: len(before[0]) // 2])
+    (tmp_path / "short.txt").write_text("Too short.\n")
     cases = [
         ([f"ckpt_path={truncated}"], "truncated.ckpt: not a readable checkpoint, it may be truncated"),
         ([f"ckpt_path={last}", "trainer.max_steps=1"], "max_steps=1 is below the checkpoint's step 2"),
-        # Fails in the DataModule's setup, inside trainer.fit, after the trainer exists.
         ([f"ckpt_path={last}", "trainer.max_steps=4", f"data.path={tmp_path}/gone", "data.url=null"], "gone"),
+        # Known once the text is tokenized, after the run folder is held.
+        ([f"ckpt_path={last}", "trainer.max_steps=4", f"data.path={tmp_path}/short.txt"], "than one window"),
     ]
     for extra, message in cases:
         with pytest.raises(UserError, match=message):
             run_training(fast_overrides(tmp, text, "schedule.warmup_steps=1", *extra))
-        assert last.read_bytes() == before
+        assert [path.read_bytes() for path in records] == before
+
+
+def test_a_continuation_refused_for_its_data_leaves_the_later_rows_where_they_are(tmp_path):
+    """From step 2 of a 4-step run: the rows of steps 3 and 4 stay in metrics.csv (a continuation
+    that trains would set them aside), since this one cannot train on a text that short."""
+    text, short = write_text(tmp_path / "input.txt"), tmp_path / "short.txt"
+    short.write_text("Too short.\n")
+    every_2 = ("checkpoint_every=2", "schedule.warmup_steps=1", "trainer.max_steps=4")
+    run_training(fast_overrides(tmp_path, text, *every_2))
+    run = tmp_path / "run"
+    csv_files = {path: path.read_bytes() for path in (run / "csv").iterdir()}
+    step_2 = run / "checkpoints" / "step_0000002.ckpt"
+    with pytest.raises(UserError, match="than one window"):
+        run_training(fast_overrides(tmp_path, short, *every_2, f"ckpt_path={step_2}"))
+    assert {path: path.read_bytes() for path in (run / "csv").iterdir()} == csv_files
 
 
 def cli_error(*args: str) -> str:
