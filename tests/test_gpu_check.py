@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import hydra
 import pytest
@@ -19,7 +20,7 @@ from src.training.config_checks import check_run_config
 from src.training.global_batch import resolve_global_batch
 from src.training.overrides import override_key
 from tests.helpers import run_cli
-from tests.training import compose_train, hydra_context
+from tests.training import compose_train, hydra_context, write_text
 
 
 class Recorded(Exception):
@@ -52,6 +53,8 @@ def test_the_gpu_runs_training_commands_pass_the_config_checks(
     command = first_command(step, tmp_path)
     assert command[:2] == ["-m", "src.train"]
     overrides = command[2:]
+    [data_path] = [o.partition("=")[2] for o in overrides if o.startswith("data.path=")]
+    write_text(Path(data_path))  # the GPU machine's copy of tiny Shakespeare
     with hydra_context():
         cfg = compose_train(overrides)
         model_config = hydra.utils.instantiate(cfg.model)
