@@ -239,13 +239,13 @@ def fit(
             )
             if initial is not None:
                 module.model.load_state_dict(initial)
+            callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
             plan = None
             if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
                 # Before the loggers, which set a continuation's later rows aside: data that
                 # cannot make the run (a text too short) stops it with the run's records untouched.
                 plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
             loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
-            callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
             if plan is not None:
                 plan_file = Path(cfg.paths.output_dir) / "plan.json"
                 with atomic_write(plan_file) as f:  # a continuation's plan replaces the last one whole
