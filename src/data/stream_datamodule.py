@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
 from itertools import chain, islice
 from typing import Any
 
@@ -13,12 +12,13 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from src.data.bad_shards import READ_ERRORS, bad_shard
 from src.data.base import DataSize, WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
 from src.data.reshard import reshard
 from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
 from src.data.tokenizer import load_tokenizer
-from src.errors import UserError
+from src.errors import UserError, first_line
 
 
 class StreamPosition:
@@ -110,7 +110,7 @@ class StreamDataModule(WindowDataModule):
         self.stream, self.files, self.skip_files = open_stream(
             self.path, self.name, self.split, self.data_files, self.text_column, self.skip_bad_files
         )
-        texts = [row[self.text_column] for row in islice(self.good_rows(), self.val_documents)]
+        texts = self.validation_texts()
         self.held_out = frozenset(texts)
         docs = tokenize_documents(self.tokenizer, texts) if texts else []
         self.val_tokens = np.fromiter(chain.from_iterable(docs), dtype=token_dtype(len(self.tokenizer)))
@@ -120,13 +120,24 @@ class StreamDataModule(WindowDataModule):
             "raise data.val_documents or lower data.seq_len",
         )
 
-    def good_rows(self) -> Iterator[dict[str, Any]]:
-        """The stream's rows in file order, without the files skipped as bad."""
-        if not self.skip_files:
-            return iter(self.stream)
+    def validation_texts(self) -> list[str]:
+        """The first `val_documents` documents of the good files, read file by file so that a
+        file failing mid-read (a damaged page the footer check cannot see) is named, and with
+        data.skip_bad_files skipped here and in training alike."""
+        texts: list[str] = []
         num_files = self.stream.num_shards
-        good = (i for i in range(num_files) if i not in self.skip_files)
-        return chain.from_iterable(self.stream.shard(num_shards=num_files, index=i) for i in good)
+        for index in range(num_files):
+            if len(texts) == self.val_documents:
+                break
+            if index in self.skip_files:
+                continue
+            rows = self.stream.shard(num_shards=num_files, index=index)
+            try:
+                texts += [row[self.text_column] for row in islice(rows, self.val_documents - len(texts))]
+            except READ_ERRORS as err:
+                bad_shard(self.files[index], f"cannot read it ({first_line(err)})", self.skip_bad_files)
+                self.skip_files = self.skip_files | {index}
+        return texts
 
     def data_size(self) -> DataSize:
         """A stream's length is not known before it is read: the plan says "epochs unknown"."""

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from src.data.stream import ReaderState
+from src.data.stream_datamodule import StreamDataModule
 from src.errors import UserError
 from tests.data.shards import corrupt_second_row_group, write_shards
 from tests.data.test_stream import assert_resumes_exactly, datamodule, packed
@@ -96,3 +97,24 @@ def test_readers_by_examples_cannot_skip_a_shard_and_say_to_read_by_files(folder
     dm = datamodule((tmp, None), shard_by="examples", skip_bad_files=True)
     with pytest.raises(UserError, match="data.skip_bad_files skips whole files, which needs"):
         packed(dm, [ReaderState()])
+
+
+def test_a_shard_failing_mid_read_among_the_validation_documents_is_named_or_skipped(folder):
+    """A damaged page in the first file: setting up the validation set reads it first."""
+    tmp, texts = folder
+    corrupt_second_row_group(shard(tmp, 0))
+
+    def validation_of_all_but_one(**kwargs) -> StreamDataModule:
+        dm = StreamDataModule(
+            "local", 8, 2, data_files=str(tmp / "*.parquet"), val_documents=sum(SIZES) - 1, **kwargs
+        )
+        dm.setup()
+        return dm
+
+    with pytest.raises(
+        UserError, match=r"train-00000-of-00004.parquet: cannot read it .*skip_bad_files=true"
+    ):
+        validation_of_all_but_one()
+    dm = validation_of_all_but_one(skip_bad_files=True)
+    assert dm.skip_files == {0}
+    assert frozenset(texts[SIZES[0] :]) <= dm.held_out <= frozenset(texts)
