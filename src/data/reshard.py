@@ -14,6 +14,17 @@ from src.data.stream import ReaderState
 from src.errors import UserError
 
 
+def check_covers(saved: list[ReaderState], num_files: int) -> None:
+    """A position by files names each of the dataset's files once: on another number of files
+    it would read rows that are not the ones it counted."""
+    files = sorted(file for state in saved for file, _, _ in state.files)
+    if files != list(range(num_files)):
+        raise UserError(
+            f"the checkpoint's data position covers {len(files)} file(s), the dataset has {num_files}; "
+            "resume on the same data.data_files (or dataset) as the checkpoint"
+        )
+
+
 def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: int) -> ReaderState:
     """The state of reader `reader` of `num_readers` (at most `num_files`), continuing `saved`
     (every old reader, in order, all by files).
@@ -21,12 +32,8 @@ def reshard(saved: list[ReaderState], reader: int, num_readers: int, num_files: 
     It takes the files `f` with `f % num_readers == reader` as they stand, and the remainders
     and document counts of the old readers `g` with `g % num_readers == reader`.
     """
+    check_covers(saved, num_files)
     files = sorted(entry for state in saved for entry in state.files)
-    if [file for file, _, _ in files] != list(range(num_files)):
-        raise UserError(
-            f"the checkpoint's data position covers {len(files)} file(s), the dataset has {num_files}; "
-            "resume on the same data.data_files (or dataset) as the checkpoint"
-        )
     handed = saved[reader::num_readers]
     remainder: list[int] = []
     for state in handed:  # each old remainder's first token was already its last window's target

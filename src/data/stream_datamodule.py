@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from itertools import chain, islice
+from pathlib import PurePosixPath
 from typing import Any
 
 import datasets
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 from src.data.bad_shards import READ_ERRORS, bad_shard
 from src.data.base import DataSize, WindowDataModule
 from src.data.packing import token_dtype, tokenize_documents
-from src.data.reshard import reshard
+from src.data.reshard import check_covers, reshard
 from src.data.stream import PackedStream, ReaderState, join_files, open_stream, split_strategy
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError, first_line
@@ -102,6 +103,7 @@ class StreamDataModule(WindowDataModule):
         self.held_out: frozenset[str] = frozenset()
         self.position: StreamPosition | None = None
         self.restored: list[dict[str, Any]] | None = None
+        self.restored_files: list[str] | None = None  # the names of the files the position is in
 
     def setup(self, stage: str | None = None) -> None:
         if self.stream is not None:
@@ -155,9 +157,12 @@ class StreamDataModule(WindowDataModule):
         """
         if self.restored is None:
             return [ReaderState() for _ in range(self.num_readers)]
+        self.check_same_files()
         saved = [ReaderState.from_dict(s) for r in self.restored for s in r["readers"]]
         first = rank * self.num_readers
         if len(self.restored) == world_size and len(self.restored[rank]["readers"]) == self.num_readers:
+            if all(state.files is not None for state in saved):
+                check_covers(saved, self.stream.num_shards)  # checkpoints without file names too
             if self.restored[rank]["consumed"] != consumed:
                 saved_at = self.restored[rank]["consumed"]
                 raise RuntimeError(f"data position after {saved_at} batches, trainer after {consumed}")
@@ -178,6 +183,19 @@ class StreamDataModule(WindowDataModule):
             )
         mine = range(first, first + self.num_readers)
         return [reshard(saved, g, num_readers, self.stream.num_shards) for g in mine]
+
+    def check_same_files(self) -> None:
+        """A position is rows of files, by their order: on other files (another data.data_files,
+        files added or removed) it would continue silently from the wrong rows, or fail."""
+        saved, names = self.restored_files, [PurePosixPath(file).name for file in self.files]
+        if saved is None or saved == names:
+            return
+        problem = f"the checkpoint's data position is in {len(saved)} file(s), this run reads {len(names)}"
+        for i, (there, here) in enumerate(zip(saved, names, strict=False)):
+            if there != here:
+                problem += f" (file {i} is {there} there, {here} here)"
+                break
+        raise UserError(f"{problem}; resume on the same data.data_files (or dataset) as the checkpoint")
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -226,7 +244,8 @@ class StreamDataModule(WindowDataModule):
         trainer = self.trainer
         consumed = trainer.global_step * trainer.accumulate_grad_batches
         mine = {"consumed": consumed, "readers": [s.to_dict() for s in self.position.after(consumed)]}
-        return {"ranks": gather_from_ranks(mine)}
+        return {"ranks": gather_from_ranks(mine), "files": [PurePosixPath(file).name for file in self.files]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict["ranks"]
+        self.restored_files = state_dict.get("files")  # absent before 2026-12-03

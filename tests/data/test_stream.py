@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from itertools import islice
+from pathlib import Path
 
 import datasets
 import huggingface_hub
@@ -191,6 +192,26 @@ def test_resuming_on_other_files_or_by_examples_with_other_readers_is_a_user_err
     dm.num_workers = 5  # more readers than files: by examples
     with pytest.raises(UserError, match=r"5 would split the stream by examples.*at most 4 readers"):
         dm.start(0, 1, 4)
+
+
+def test_resuming_with_the_checkpoints_readers_on_other_files_is_a_user_error(shards):
+    """The same reader count takes the saved states as they are: the files must be the same."""
+    dm = datamodule(shards, num_workers=2)
+    names = [Path(file).name for file in dm.files]
+    readers = [ReaderState(files=reader_files(r, 2, 3)).to_dict() for r in range(2)]
+    dm.load_state_dict({"ranks": [{"consumed": 4, "readers": readers}]})  # a checkpoint without names
+    with pytest.raises(UserError, match=r"covers 3 file\(s\), the dataset has 4; resume on the same"):
+        dm.start(0, 1, 4)
+    readers = [ReaderState(files=reader_files(r, 2, 4)).to_dict() for r in range(2)]
+    for files, message in [
+        (names[:3], r"position is in 3 file\(s\), this run reads 4; resume on the same data.data_files"),
+        (["other.parquet", *names[1:]], rf"\(file 0 is other.parquet there, {names[0]} here\)"),
+    ]:
+        dm.load_state_dict({"ranks": [{"consumed": 4, "readers": readers}], "files": files})
+        with pytest.raises(UserError, match=message):
+            dm.start(0, 1, 4)
+    dm.load_state_dict({"ranks": [{"consumed": 4, "readers": readers}], "files": names})
+    assert [s.files for s in dm.start(0, 1, 4)] == [[[0, 0, 0], [2, 0, 0]], [[1, 0, 0], [3, 0, 0]]]
 
 
 def test_a_position_saved_before_files_continues_its_pass_then_reads_by_files(shards):
