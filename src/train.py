@@ -19,11 +19,12 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import EXIT_USER_ERROR, exit_on_user_error
+from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.training.overrides import override_key
 from src.training.run_folder import claim_fresh_folder, launch_record, release_unused_claim, takes_the_lock
 from src.training.value_checks import check_values
@@ -50,6 +51,38 @@ def one_line(err: Exception) -> str:
     parts = [err, err.__cause__] if err.__cause__ else [err]
     lines = [line.strip().rstrip(".") for part in parts for line in str(part).splitlines()]
     return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=")))
+
+
+CONFIG_GROUPS = frozenset(
+    entry.name
+    for entry in (Path(__file__).parent / "conf").iterdir()
+    if entry.is_dir() and entry.name not in ("hydra", "__pycache__")
+)
+
+
+def continued_groups_first(args: list[str]) -> list[str]:
+    """`args`, with the config groups the continued run chose (data=cosmopedia_v2, trainer=ddp,
+    an experiment) put first where today's overrides set a key inside a group they do not name.
+
+    Hydra composes today's overrides before the checkpoint's are replayed (checked_config), so
+    `ckpt_path=<a streamed run's> data.skip_bad_files=true` would be refused against the default
+    data group, which has no such key: `main` composes again with them. The replay composes the
+    same config either way.
+    """
+    given = {override_key(arg): arg for arg in args if "=" in arg or arg.startswith("~")}
+    ckpt_path = given.get("ckpt_path", "").partition("=")[2]
+    inside = {key.split(".")[0] for key in given if "." in key} & CONFIG_GROUPS
+    if not ckpt_path or not inside - given.keys():
+        return args
+    from src.training import checkpoint as ckpt  # torch: only for a continuation Hydra refused
+
+    try:
+        saved = ckpt.read_checkpoint(Path(ckpt_path), weights=False)
+    except UserError:  # Hydra's own error stands; the checkpoint is not the problem it names
+        return args
+    history = ckpt.migrate_overrides(saved.get(ckpt.OVERRIDES, []))
+    groups = [o for o in history if override_key(o) in CONFIG_GROUPS and override_key(o) not in given]
+    return groups + args
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -86,7 +119,15 @@ def main() -> None:
         )
         sys.exit(EXIT_USER_ERROR)
     try:
-        hydra_main()
+        try:
+            hydra_main()
+        except ConfigCompositionException:
+            with_groups = continued_groups_first(sys.argv[1:])  # a continuation's key of its own groups
+            if with_groups == sys.argv[1:]:
+                raise
+            sys.argv[1:] = with_groups  # the other ranks of a DDP run are started with these
+            GlobalHydra.instance().clear()
+            hydra_main()
     except (ConfigCompositionException, OverrideParseException) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

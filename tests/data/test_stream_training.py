@@ -7,7 +7,8 @@ import torch
 
 from src.training.checkpoint import read_checkpoint
 from tests.data.shards import write_shards
-from tests.training import logged, run_training, stream_overrides
+from tests.helpers import run_cli
+from tests.training import logged, run_training, stream_overrides, tiny_run
 
 
 @pytest.mark.slow
@@ -65,3 +66,18 @@ def test_a_continuation_may_change_the_dataloader_workers(tmp_path):
         assert len(readers) == max(1, workers)
         if step > 1:  # handed on: every file, whichever reader (a reader yet to serve a batch has none)
             assert sorted(file for state in readers for file, _, _ in state["files"]) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_continuation_takes_keys_of_the_data_group_its_run_chose(tmp_path):
+    """`data.skip_bad_files=true`, which a bad shard's error line asks for, is a key of the stream's
+    data group only: the continuation is composed with the run's groups, as its replay is."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    run_training(stream_overrides(tmp_path, shards, "trainer.max_steps=1"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    skip = "data.skip_bad_files=true"
+    result = run_cli("src.train", *tiny_run(tmp_path, f"ckpt_path={last}", "trainer.max_steps=2", skip))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_checkpoint(last)["global_step"] == 2
+    assert "data.skip_bad_files=true" in read_checkpoint(last)["cli_overrides"]
