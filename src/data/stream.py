@@ -41,6 +41,7 @@ document in N of the whole stream and cannot be split anew: that is a one-line e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,11 @@ def open_stream(
         raise UserError(
             f"datasets {datasets.__version__} cannot resume a stream twice; "
             f"pip install 'datasets>={MIN_DATASETS}'"
+        )
+    if isinstance(data_files, str) and os.path.isdir(data_files):  # datasets would say "Unable to find"
+        raise UserError(
+            f"data.data_files={data_files} is a folder; pass a glob of its shards, "
+            f"data.data_files='{data_files.rstrip('/')}/*.parquet'"
         )
     source = f"{data_files!r} (parquet)" if data_files else f"{path} ({name or 'default'}, {split})"
 

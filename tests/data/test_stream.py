@@ -313,5 +313,11 @@ def test_missing_shards_or_column_are_user_errors(tmp_path, shards):
     missing = StreamDataModule("x", SEQ_LEN, BATCH, data_files=str(tmp_path / "none" / "*.parquet"))
     with pytest.raises(UserError, match="cannot open dataset"):
         missing.setup()
+    folder, _ = shards
+    a_folder = StreamDataModule("x", SEQ_LEN, BATCH, data_files=f"{folder}/")
+    with pytest.raises(
+        UserError, match=rf"is a folder; pass a glob of its shards, data.data_files='{folder}/\*.parquet'"
+    ):
+        a_folder.setup()
     with pytest.raises(UserError, match=r"no column 'content' \(columns: prompt, text, token_length"):
         datamodule(shards, text_column="content")
