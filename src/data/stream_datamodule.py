@@ -184,10 +184,14 @@ class StreamDataModule(WindowDataModule):
         mine = range(first, first + self.num_readers)
         return [reshard(saved, g, num_readers, self.stream.num_shards) for g in mine]
 
+    def file_names(self) -> list[str]:
+        """The stream's files by name, in order: what a checkpoint's position records it is in."""
+        return [PurePosixPath(file).name for file in self.files]
+
     def check_same_files(self) -> None:
         """A position is rows of files, by their order: on other files (another data.data_files,
         files added or removed) it would continue silently from the wrong rows, or fail."""
-        saved, names = self.restored_files, [PurePosixPath(file).name for file in self.files]
+        saved, names = self.restored_files, self.file_names()
         if saved is None or saved == names:
             return
         problem = f"the checkpoint's data position is in {len(saved)} file(s), this run reads {len(names)}"
@@ -244,7 +248,7 @@ class StreamDataModule(WindowDataModule):
         trainer = self.trainer
         consumed = trainer.global_step * trainer.accumulate_grad_batches
         mine = {"consumed": consumed, "readers": [s.to_dict() for s in self.position.after(consumed)]}
-        return {"ranks": gather_from_ranks(mine), "files": [PurePosixPath(file).name for file in self.files]}
+        return {"ranks": gather_from_ranks(mine), "files": self.file_names()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict["ranks"]
