@@ -36,12 +36,15 @@ from src.training.lr_schedule import LRSchedule
 PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
-def make_module(preset: str, steps: int) -> SmolLM2LitModule:
+def make_module(args: argparse.Namespace) -> SmolLM2LitModule:
     torch.manual_seed(0)
     optimizer = functools.partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    schedule = LRSchedule(kind="wsd", warmup_steps=1, total_steps=steps)
-    config = SmolLM2Config.from_preset(preset)
-    return SmolLM2LitModule(config, optimizer=optimizer, schedule=schedule, kernels=KERNELS)
+    schedule = LRSchedule(kind="wsd", warmup_steps=1, total_steps=args.steps)
+    config = SmolLM2Config.from_preset(args.preset)
+    tokens_per_step = args.batch_size * args.seq_len
+    return SmolLM2LitModule(
+        config, optimizer=optimizer, schedule=schedule, tokens_per_step=tokens_per_step, kernels=KERNELS
+    )
 
 
 class StepClock(L.Callback):
@@ -59,7 +62,7 @@ class StepClock(L.Callback):
 
 
 def lightning_seconds_per_step(args, loader: DataLoader, dtype: str, log_dir: str) -> float:
-    module = make_module(args.preset, args.steps)
+    module = make_module(args)
     clock = StepClock(args.warmup)
     trainer = L.Trainer(
         accelerator="cpu" if args.device == "cpu" else "auto",
@@ -80,7 +83,7 @@ def lightning_seconds_per_step(args, loader: DataLoader, dtype: str, log_dir: st
 
 
 def bare_seconds_per_step(args, loader: DataLoader, dtype: str, device: torch.device) -> float:
-    module = make_module(args.preset, args.steps).to(device)
+    module = make_module(args).to(device)
     optimizer = module.configure_optimizers()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
     start = 0.0

@@ -88,6 +88,7 @@ def test_a_checkpoint_of_a_module_with_checkpointing_and_kernels_loads_into_a_pl
         config,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
         schedule=LRSchedule(kind="wsd", warmup_steps=1, total_steps=2),
+        tokens_per_step=64,
         activation_checkpointing=True,
         kernels=KERNELS,
     )

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from src.data.base import DataSize
 from src.data.packing import num_windows
 from src.data.tokenizer import load_tokenizer
+from src.training.checkpoint import TOKENS_SEEN, read_checkpoint
 from src.training.plan import make_plan
 from tests.helpers import run_cli
 from tests.training import compose_train, fast_overrides, hydra_context, logged, run_training, write_text
@@ -84,6 +85,24 @@ def test_a_continuation_from_mid_epoch_counts_steps_to_max_steps(tmp_path, text,
     assert bar.startswith("step: 100%") and "| 7/7 [" in bar and "this run=2/2" in bar
 
 
+def test_a_continuation_with_another_batch_counts_each_step_at_its_own_size(tmp_path, text):
+    """4 steps of 4 windows, then 2 of 2: 20 windows, not 6 x 2 (nor the next run's 24 from 6 x 4)."""
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=4"))
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)[TOKENS_SEEN] == 16 * 32
+    run_training(
+        fast_overrides(tmp_path, text, "trainer.max_steps=6", "data.batch_size=2", f"ckpt_path={last}")
+    )
+    windows = {0: 4.0, 1: 8.0, 2: 12.0, 3: 16.0, 4: 18.0, 5: 20.0}
+    assert logged(run, "data/windows_seen") == windows
+    assert logged(run, "tokens_seen") == {step: 32 * n for step, n in windows.items()}
+    assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 20 * 32
+    assert read_checkpoint(last)[TOKENS_SEEN] == 20 * 32
+    plan = json.loads((run / "plan.json").read_text())
+    assert (plan["start_tokens"], plan["tokens_per_step"], plan["total_tokens"]) == (16 * 32, 2 * 32, 20 * 32)
+
+
 def test_seed_004_phase_2_continues_with_its_own_constant_lr(tmp_path, text, caplog, capsys):
     """README's phase 2 (5,000 steps, then 50 at 3e-5), shrunk to 4 steps, then 2 more."""
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=4"))
@@ -112,11 +131,18 @@ def test_a_continuations_milestones_come_after_its_start():
             ["model=tiny", "trainer.max_steps=1200", "eval_every=100", "checkpoint_every=500"]
         )
     plan = make_plan(
-        cfg, parameters=1000, tokens_per_step=64, lr_multiplier=0.5, data=DataSize("s", None), start_step=1000
+        cfg,
+        parameters=1000,
+        tokens_per_step=64,
+        lr_multiplier=0.5,
+        data=DataSize("s", None),
+        start_step=1000,
+        start_tokens=1000 * 32,  # the first 1,000 steps had half today's batch
     )
     assert (plan.first_sample, plan.first_validation, plan.first_checkpoint) == (1100, 1100, None)
     assert plan.checkpoints_kept == 2 + 1 and plan.epochs is None and plan.warnings() == []
     assert "1,200 (200 in this run, from step 1,000)" in plan.table()
+    assert plan.total_tokens == 1000 * 32 + 200 * 64
     assert "streaming, epochs unknown" in plan.table()
 
 

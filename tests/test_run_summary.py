@@ -11,7 +11,10 @@ from src.callbacks.run_summary import VAL_LOSSES, RunSummary
 
 
 def trainer_at(step: int) -> SimpleNamespace:
-    return SimpleNamespace(global_rank=0, global_step=step, loggers=[], callback_metrics={})
+    module = SimpleNamespace(tokens_seen=lambda: 64 * step)  # the module's count (tests/test_plan.py)
+    return SimpleNamespace(
+        global_rank=0, global_step=step, loggers=[], callback_metrics={}, lightning_module=module
+    )
 
 
 def test_the_summary_holds_the_best_validation_and_the_losses_by_step(tmp_path):
@@ -21,6 +24,7 @@ def test_the_summary_holds_the_best_validation_and_the_losses_by_step(tmp_path):
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["val/loss_best"] == 3.25 and written["val/loss_best_step"] == 20
     assert written[VAL_LOSSES] == {"10": 3.5, "20": 3.25, "30": 3.5}
+    assert written["tokens_seen"] == 64 * 30
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 

@@ -64,7 +64,13 @@ def test_rollback_equals_a_run_without_the_bad_window_and_continues_exactly(tmp_
         run_training(overrides(rolled, "spike.mode=rollback", *CORRUPT))
     last = read_checkpoint(rolled / "run" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == MAX_STEPS and last["spike"]["spikes"] == 1
-    assert last["TextFileDataModule"] == {"skipped_batches": SEEN_AT - GOOD_STEP}
+    skipped = SEEN_AT - GOOD_STEP
+    windows = (MAX_STEPS + skipped) * 4  # batches of 4 windows: those trained on and those skipped
+    assert last["TextFileDataModule"] == {
+        "step": MAX_STEPS,
+        "windows_consumed": windows,
+        "skipped_batches": skipped,
+    }
     # The loggers' step counts the undone steps too: rows go on past max_steps, never back.
     assert max(logged(rolled / "run", "train/loss")) == MAX_STEPS + SEEN_AT - GOOD_STEP - 1
 

@@ -51,7 +51,10 @@ def logged_by_throughput(world_size: int, peak_tflops: float) -> dict[str, float
     config = SmolLM2Config.from_preset("tiny")
     logged: dict[str, float] = {}
     module = SimpleNamespace(
-        config=config, log_dict=lambda metrics, **_: logged.update(metrics), log=lambda *a, **k: None
+        config=config,
+        log_dict=lambda metrics, **_: logged.update(metrics),
+        log=lambda *a, **k: None,
+        tokens_seen=lambda: 0,  # the module's count (tests/test_plan.py)
     )
     trainer = SimpleNamespace(
         global_step=0,
@@ -79,7 +82,6 @@ def test_mfu_is_per_device_and_tokens_per_s_is_global():
     flops = SmolLM2Config.from_preset("tiny").training_flops_per_token(64)
     assert one["mfu"] == pytest.approx(one["tokens_per_s"] * flops / 100e12, rel=1e-6)
     assert two["mfu"] == pytest.approx(one["mfu"], rel=1e-3)  # the same work per device: the same MFU
-    assert two["tokens_seen"] == 2 * one["tokens_seen"] == 2 * tokens_per_rank
 
 
 def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch):
@@ -88,7 +90,9 @@ def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch)
     monkeypatch.setattr("src.callbacks.throughput.time.perf_counter", lambda: next(clock))
     logged: dict[str, float] = {}
     module = SimpleNamespace(
-        config=SmolLM2Config.from_preset("tiny"), log_dict=lambda m, **_: logged.update(m)
+        config=SmolLM2Config.from_preset("tiny"),
+        log_dict=lambda m, **_: logged.update(m),
+        tokens_seen=lambda: 0,
     )
     trainer = SimpleNamespace(
         global_step=0,

@@ -11,8 +11,8 @@ class DataProgress(L.Callback):
     """Logs `data/<count>` at log steps, for DataModules that count what they serve.
 
     A stream counts per rank (`rank_counts`: `documents_seen`, `unique_documents`), summed over
-    ranks with one small all-reduce; a text file's counts follow from the step alone
-    (`run_counts`: `windows_seen`, `unique_windows`, `epochs`), the same on every rank. Both are
+    ranks with one small all-reduce; a text file's follow from the step and the checkpoint's
+    count (`run_counts`: `windows_seen`, `unique_windows`, `epochs`), the same on every rank. Both are
     host-side numbers, so reading them costs no device sync.
     """
 

@@ -17,7 +17,6 @@ from typing import Any
 import lightning as L
 import torch
 
-from src.callbacks.throughput import tokens_per_step
 from src.files import atomic_write
 
 VAL_LOSSES = "val/loss_by_step"
@@ -31,7 +30,6 @@ class RunSummary(L.Callback):
         self.val_losses: dict[int, float] = {}
         self.wall_time_s = 0.0  # of the processes before this one, up to their last checkpoint
         self._start: float | None = None
-        self._tokens_per_step: int | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"val_losses": dict(self.val_losses), "wall_time_s": self._wall_time()}
@@ -54,12 +52,6 @@ class RunSummary(L.Callback):
             earlier = json.loads(self.path.read_text()).get(VAL_LOSSES, {})
             self.val_losses.update({int(s): loss for s, loss in earlier.items() if int(s) <= step})
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: torch.Tensor, batch_idx: int
-    ) -> None:
-        if self._tokens_per_step is None:
-            self._tokens_per_step = tokens_per_step(trainer, batch)
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("val/loss")
         if loss is None or trainer.sanity_checking:
@@ -78,8 +70,7 @@ class RunSummary(L.Callback):
         train_loss = trainer.callback_metrics.get("train/loss")
         if isinstance(train_loss, torch.Tensor):
             values["train/loss_last"] = float(train_loss)
-        if self._tokens_per_step is not None:
-            values["tokens_seen"] = trainer.global_step * self._tokens_per_step
+        values["tokens_seen"] = trainer.lightning_module.tokens_seen()
         return values
 
     def _write(self, trainer: L.Trainer) -> None:

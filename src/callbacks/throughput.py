@@ -12,12 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from src.lightning_compat import is_log_step
 from src.training.device_peaks import peak_flops
-
-
-def tokens_per_step(trainer: L.Trainer, batch: torch.Tensor) -> int:
-    """Tokens one optimizer step trains on over all processes, from a (B, T + 1) batch's shape."""
-    rows, seq_len = batch.shape[0], batch.shape[1] - 1
-    return rows * seq_len * trainer.accumulate_grad_batches * trainer.world_size
+from src.training.global_batch import tokens_per_step
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -92,7 +87,7 @@ class ThroughputLogger(L.Callback):
         tokens_per_s = (step - self._step0) * per_step / (now - self._t0)
         per_device = tokens_per_s / trainer.world_size
         metrics = {
-            "tokens_seen": float(step * per_step),
+            "tokens_seen": float(pl_module.tokens_seen()),
             "tokens_per_s": tokens_per_s,
             "tokens_per_s_per_device": per_device,
             "step_time_s": (now - self._t0) / (step - self._step0),

@@ -22,9 +22,11 @@ class TextFileDataModule(WindowDataModule):
     """Any UTF-8 file given as `path`, or (path=None) tiny Shakespeare, downloaded once from
     `url` to `default_path`. A given path is never downloaded to: a typo is an error.
 
-    The training position is `global_step * accumulation` batches, plus the batches a loss-spike
-    rollback skipped (src/training/spike.py; this module's checkpointed state), so a checkpoint
-    written at any optimizer step resumes on the next batch.
+    The training position is the number of windows all ranks have consumed (src/data/windows.py):
+    the checkpoint's count at its step, plus this run's optimizer steps at this run's windows per
+    step, plus the batches a loss-spike rollback skipped (src/training/spike.py). A checkpoint
+    written at any optimizer step so resumes on the next window, and a continuation that changes
+    the global batch (data.batch_size, devices, accumulation) neither repeats nor skips any.
     """
 
     def __init__(
@@ -49,7 +51,8 @@ class TextFileDataModule(WindowDataModule):
         self.tokenizer_name = tokenizer
         self.cache_dir = Path(cache_dir) if cache_dir else self.path.parent / "cache"
         self.train_tokens: np.ndarray | None = None
-        self.skipped_batches = 0
+        self.skipped_batches = 0  # by rollbacks, over the whole run (logged as spike/skipped_batches)
+        self._windows_at: tuple[int, int] = (0, 0)  # (optimizer step, windows consumed by then)
 
     def prepare_data(self) -> None:
         """Rank 0 only: download the default file if it is missing, tokenize and cache it."""
@@ -88,21 +91,34 @@ class TextFileDataModule(WindowDataModule):
         name = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
         return DataSize(str(name), num_windows(len(train), self.seq_len) * self.seq_len)
 
-    def batches_consumed(self) -> int:
-        """Per-rank training batches already used by the optimizer steps taken so far, or skipped."""
+    def windows_consumed(self) -> int:
+        """Training windows all ranks used for the optimizer steps taken so far, or skipped."""
+        step, windows = self._windows_at
         trainer = self.trainer
-        steps = trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
-        return steps + self.skipped_batches
+        if trainer is None:
+            return windows
+        per_step = self.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        return windows + (trainer.global_step - step) * per_step
 
     def skip_batches(self, batches: int) -> None:
         """The training step count went back by `batches` worth (a rollback); the data does not."""
         self.skipped_batches += batches
+        step, windows = self._windows_at
+        self._windows_at = (step, windows + batches * self.batch_size * self.trainer.world_size)
 
     def state_dict(self) -> dict[str, int]:
-        return {"skipped_batches": self.skipped_batches} if self.skipped_batches else {}
+        return {
+            "step": self.trainer.global_step,
+            "windows_consumed": self.windows_consumed(),
+            "skipped_batches": self.skipped_batches,
+        }
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self.skipped_batches = state_dict.get("skipped_batches", 0)
+        if "windows_consumed" in state_dict:
+            self._windows_at = (state_dict["step"], state_dict["windows_consumed"])
+        else:  # a checkpoint from before the count was kept: its steps had today's global batch
+            self._windows_at = (0, self.skipped_batches * self.batch_size * self.trainer.world_size)
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -113,7 +129,7 @@ class TextFileDataModule(WindowDataModule):
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
-            start_batch=self.batches_consumed(),
+            start_window=self.windows_consumed(),
         )
         return self.loader(dataset, batch_size=None)
 
@@ -130,6 +146,6 @@ class TextFileDataModule(WindowDataModule):
         trainer = self.trainer
         if trainer is None or self.train_tokens is None:
             return {}
-        seen = self.batches_consumed() * self.batch_size * trainer.world_size
+        seen = self.windows_consumed()
         per_epoch = self.windows_per_epoch
         return {"windows_seen": seen, "unique_windows": min(seen, per_epoch), "epochs": seen / per_epoch}

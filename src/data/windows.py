@@ -2,8 +2,9 @@
 
 Training batches come from an endless sequence of epochs; each epoch visits every
 window once, in a permutation that depends only on the seed and the epoch number.
-Batch `b` of rank `r` is a pure function of (seed, b, r), so resuming needs nothing
-but the number of batches already consumed.
+The windows form one endless sequence, and a run's position in it is the number of windows
+all ranks have consumed, so resuming needs nothing but that count, whatever the batch shape
+before it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def window(tokens: np.ndarray, index: int, seq_len: int) -> torch.Tensor:
 
 
 class ShuffledWindowBatches(IterableDataset):
-    """Endless (batch_size, seq_len + 1) batches for one rank, starting at batch `start_batch`.
+    """Endless (batch_size, seq_len + 1) batches for one rank, the first batch of all ranks
+    starting at window `start_window` of the endless sequence.
 
     Dataloader workers take batches round-robin (worker w yields start + w, start + w + W, ...),
     which is the order the DataLoader hands them out, so the sequence is the same for any
@@ -38,10 +40,10 @@ class ShuffledWindowBatches(IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        start_batch: int = 0,
+        start_window: int = 0,
     ) -> None:
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
-        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.rank, self.world_size, self.start_window = rank, world_size, start_window
         self.num_windows = num_windows(len(tokens), seq_len)
         self._order: tuple[int, torch.Tensor] | None = None
 
@@ -57,7 +59,8 @@ class ShuffledWindowBatches(IterableDataset):
         return int(self.epoch_order(epoch)[offset])
 
     def batch(self, batch_index: int) -> torch.Tensor:
-        first = (batch_index * self.world_size + self.rank) * self.batch_size
+        """This rank's part of the `batch_index`-th global batch from `start_window`."""
+        first = self.start_window + (batch_index * self.world_size + self.rank) * self.batch_size
         rows = [
             window(self.tokens, self.window_index(first + i), self.seq_len) for i in range(self.batch_size)
         ]
@@ -66,7 +69,7 @@ class ShuffledWindowBatches(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        batch_index = self.start_batch + worker_id
+        batch_index = worker_id
         while True:
             yield self.batch(batch_index)
             batch_index += num_workers

@@ -44,6 +44,7 @@ OVERRIDES = "cli_overrides"  # the run's command-line overrides, replayed by a c
 SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
 SPIKE = "spike"  # the loss-spike guard: rollbacks, rewound steps, its running statistic
 CPU_KERNELS = "cpu_kernels"  # the kernels the run kept, for which machine and shapes (KernelRecord)
+TOKENS_SEEN = "tokens_seen"  # tokens the optimizer steps so far trained on, all processes
 # The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
 MODEL_PREFIX = "model."
 # The file of a sharded checkpoint's folder that holds everything but the tensors: Lightning's
@@ -65,6 +66,12 @@ RENAMED_KEYS = {
     "callbacks.model_checkpoint.every_n_train_steps": "checkpoint_every",
     "cpu_malloc_cache": "keep_freed_host_memory",
 }
+
+
+def tokens_seen(checkpoint: dict[str, Any], tokens_per_step: int) -> int:
+    """Tokens the checkpoint's optimizer steps trained on. A checkpoint from before the count was
+    kept is taken to have had `tokens_per_step`, today's global batch, all along."""
+    return checkpoint.get(TOKENS_SEEN, checkpoint["global_step"] * tokens_per_step)
 
 
 def migrate_overrides(overrides: list[str]) -> list[str]:

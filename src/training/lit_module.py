@@ -37,6 +37,9 @@ class SmolLM2LitModule(L.LightningModule):
     `spike` says what a loss spike does (src/training/spike.py: nothing, warn, or roll back).
     `kernels` names the CPU kernels swapped into the model (src/kernels; none: plain PyTorch),
     or records them with the machine and shapes they were chosen for, which checkpoints keep.
+    `tokens_per_step` is this run's global batch in tokens; `tokens_seen` adds its steps to the
+    count the checkpoint kept, so a continuation that changes the batch counts each step at the
+    size it had.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class SmolLM2LitModule(L.LightningModule):
         model_config: SmolLM2Config,
         optimizer: functools.partial,
         schedule: LRSchedule,
+        tokens_per_step: int,
         tokenizer: str | None = None,
         compile: bool = False,
         activation_checkpointing: bool = False,
@@ -63,6 +67,8 @@ class SmolLM2LitModule(L.LightningModule):
         # Decided here, on the whole model: a sharded run's optimizer sees the same names.
         self.no_decay = {name for name, p in self.named_parameters() if p.dim() < 2}  # norms
         self.optimizer_factory, self.schedule = optimizer, schedule
+        self.tokens_per_step = tokens_per_step
+        self._tokens_at = (0, 0)  # (optimizer step, tokens seen by then): the checkpoint's count
         self.peak_lr = float(optimizer.keywords["lr"])
         self.nonfinite = nonfinite
         self.guard = NonfiniteGuard(nonfinite)
@@ -178,6 +184,11 @@ class SmolLM2LitModule(L.LightningModule):
         if self.spike.rule.mode == "rollback":
             self.log("spike/skipped_batches", float(self.trainer.datamodule.skipped_batches))
 
+    def tokens_seen(self) -> int:
+        """Tokens the optimizer steps so far trained on, over all processes."""
+        step, tokens = self._tokens_at
+        return tokens + (self.trainer.global_step - step) * self.tokens_per_step
+
     def on_train_end(self) -> None:
         self.guard.report(self.trainer.global_step)  # steps skipped after the last log step
 
@@ -213,6 +224,7 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.LR_SCHEDULE] = dataclasses.asdict(self.schedule)
         checkpoint[ckpt.OVERRIDES] = self.cli_overrides
         checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
+        checkpoint[ckpt.TOKENS_SEEN] = self.tokens_seen()
         if self.spike.active:
             checkpoint[ckpt.SPIKE] = self.spike.state_dict()
         if self.kernel_record is not None:
@@ -225,5 +237,6 @@ class SmolLM2LitModule(L.LightningModule):
             for group in state["param_groups"]:
                 group["fused"] = True
         self.guard = NonfiniteGuard(self.nonfinite, checkpoint.get(ckpt.SKIPPED_STEPS, 0))
+        self._tokens_at = (checkpoint["global_step"], ckpt.tokens_seen(checkpoint, self.tokens_per_step))
         if self.spike.active and ckpt.SPIKE in checkpoint:
             self.spike.load_state_dict(checkpoint[ckpt.SPIKE])

@@ -50,6 +50,7 @@ class Plan:
     parameters: int
     tokens_per_step: int  # global: all processes and micro-batches of one optimizer step
     start_step: int  # 0, or the checkpoint's step for a continuation
+    start_tokens: int  # tokens the steps before start_step trained on (at their own global batch)
     max_steps: int
     data: str  # the training data, as the DataModule reads it
     epoch_tokens: int | None  # tokens of one pass over finite data; None when streaming
@@ -67,7 +68,7 @@ class Plan:
     @property
     def total_tokens(self) -> int:
         """Tokens the whole run trains on, from step 0 (a continuation's earlier steps included)."""
-        return self.max_steps * self.tokens_per_step
+        return self.start_tokens + (self.max_steps - self.start_step) * self.tokens_per_step
 
     @property
     def tokens_per_parameter(self) -> float:
@@ -81,10 +82,11 @@ class Plan:
         epochs = self.epochs
         if epochs is None or epochs <= MAX_EPOCHS:
             return []
-        fewer = MAX_EPOCHS * self.epoch_tokens // self.tokens_per_step
-        tokens = (
-            f"{self.max_steps:,} steps x {self.tokens_per_step:,} tokens = {human(self.total_tokens)} tokens"
-        )
+        fewer = self.start_step + (MAX_EPOCHS * self.epoch_tokens - self.start_tokens) // self.tokens_per_step
+        steps = f"{self.max_steps - self.start_step:,} steps x {self.tokens_per_step:,} tokens"
+        if self.start_step:
+            steps = f"{human(self.start_tokens)} tokens to step {self.start_step:,} + {steps}"
+        tokens = f"{steps} = {human(self.total_tokens)} tokens"
         return [
             f"warning: {tokens} are {epochs:,.0f} epochs of {self.data} ({self.epoch_tokens:,} training "
             f"tokens): the model will memorise it; train on more data (data=cosmopedia_v2, or data.path="
@@ -143,6 +145,7 @@ def make_plan(
     lr_multiplier: float,
     data: DataSize,
     start_step: int = 0,
+    start_tokens: int = 0,
     starts_from: str | None = None,
 ) -> Plan:
     """The plan of the composed (and checked) `cfg`; `lr_multiplier` is the schedule's at `start_step`."""
@@ -159,6 +162,7 @@ def make_plan(
         parameters=parameters,
         tokens_per_step=tokens_per_step,
         start_step=start_step,
+        start_tokens=start_tokens,
         max_steps=max_steps,
         data=data.name,
         epoch_tokens=data.epoch_tokens,

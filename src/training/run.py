@@ -134,13 +134,16 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
         rank_zero_info(parameters_line(model_config.num_parameters(), cfg.reference))
     rank_zero_info(f"global batch: {global_batch}")
     start_step = checkpoint["global_step"] if checkpoint else 0
+    start_tokens = ckpt.tokens_seen(checkpoint, global_batch.tokens) if checkpoint else 0
     # From here on the run writes into its folder: one run at a time (global rank 0 locks it, the
     # other ranks write into the folder it holds).
     folder = Path(cfg.paths.output_dir)
     lock = RunLock(folder, continuing=bool(cfg.ckpt_path))
     if cfg.plan:
         if takes_the_lock():
-            preflight_plan(cfg, model_config, global_batch.tokens, schedule, datamodule, start_step)
+            preflight_plan(
+                cfg, model_config, global_batch.tokens, schedule, datamodule, start_step, start_tokens
+            )
             # A fresh folder keeps the planned config and the plan (train.log); a continued run's
             # records and a live run's folder are left as they are: the plan is only printed.
             if not cfg.ckpt_path and lock.try_acquire():
@@ -165,6 +168,7 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
             recipe=recipe,
             continue_at=continue_at,
             tokens_per_step=global_batch.tokens,
+            start_tokens=start_tokens,
             initial=initial,
             continued_kernels=KernelRecord.from_dict(saved_kernels) if saved_kernels else None,
         )
@@ -177,8 +181,10 @@ def preflight_plan(
     schedule: LRSchedule,
     datamodule: L.LightningDataModule,
     start_step: int | None,
+    start_tokens: int,
 ) -> Plan:
-    """The run's plan, printed before anything is trained (README: Train)."""
+    """The run's plan, printed before anything is trained (README: Train); a continuation's from
+    `start_step`, the tokens its steps trained on `start_tokens`."""
     start_step = start_step or 0
     plan = make_plan(
         cfg,
@@ -187,6 +193,7 @@ def preflight_plan(
         schedule(start_step),
         datamodule.data_size(),
         start_step,
+        start_tokens,
         starts_from=cfg.get("init_from"),
     )
     rank_zero_info(plan.table())
@@ -204,12 +211,14 @@ def fit(
     recipe: str,
     continue_at: int | None = None,
     tokens_per_step: int,
+    start_tokens: int = 0,
     initial: dict[str, torch.Tensor] | None = None,
     continued_kernels: KernelRecord | None = None,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train (from the checkpoint's
-    step `continue_at`, when continuing, with the CPU kernels it kept, `continued_kernels`;
-    from `initial` weights when given: same keys, so a tied head stays the embedding).
+    step `continue_at`, when continuing, whose steps trained on `start_tokens`, with the CPU
+    kernels it kept, `continued_kernels`; from `initial` weights when given: same keys, so a tied
+    head stays the embedding).
 
     From here on SIGTERM, like Ctrl-C, ends the run with its exit code in every phase, tokenizing
     included (README: Reliability); a stop outside a trainer call is reported here.
@@ -227,6 +236,7 @@ def fit(
                 model_config,
                 optimizer=hydra.utils.instantiate(cfg.optim),
                 schedule=schedule,
+                tokens_per_step=tokens_per_step,
                 tokenizer=cfg.data.tokenizer,
                 compile=cfg.compile,
                 activation_checkpointing=cfg.activation_checkpointing,
@@ -244,7 +254,9 @@ def fit(
             if takes_the_lock():  # one rank counts the data (the first run of a file tokenizes it)
                 # Before the loggers, which set a continuation's later rows aside: data that
                 # cannot make the run (a text too short) stops it with the run's records untouched.
-                plan = preflight_plan(cfg, model_config, tokens_per_step, schedule, datamodule, continue_at)
+                plan = preflight_plan(
+                    cfg, model_config, tokens_per_step, schedule, datamodule, continue_at, start_tokens
+                )
             loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
             if plan is not None:
                 plan_file = Path(cfg.paths.output_dir) / "plan.json"

@@ -3,6 +3,7 @@
 import errno
 import io
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from src.data import text_file
 from src.data.packing import WindowPacker, num_windows
+from src.data.text_datamodule import TextFileDataModule
 from src.data.text_file import load_tokens, split_for_tokenization
 from src.data.windows import OrderedWindows, ShuffledWindowBatches
 from src.errors import UserError
@@ -91,9 +93,48 @@ def test_order_depends_only_on_seed_and_epoch():
 def test_workers_and_resume_serve_the_same_batches():
     straight = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1), 12)
     with_workers = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1), 12, workers=2)
-    resumed = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1, start_batch=5), 7, workers=2)
+    resumed = take(ShuffledWindowBatches(TOKENS, 10, 3, seed=1, start_window=5 * 3), 7, workers=2)
     assert all(torch.equal(x, y) for x, y in zip(straight, with_workers, strict=True))
     assert all(torch.equal(x, y) for x, y in zip(straight[5:], resumed, strict=True))
+
+
+def stub_trainer(step: int, world_size: int = 1, rank: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(
+        global_step=step,
+        world_size=world_size,
+        global_rank=rank,
+        accumulate_grad_batches=1,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
+
+
+def text_module(tmp_path, batch_size: int, trainer: SimpleNamespace) -> TextFileDataModule:
+    module = TextFileDataModule(path=str(tmp_path / "input.txt"), seq_len=10, batch_size=batch_size, seed=1)
+    module.train_tokens, module.trainer = TOKENS, trainer
+    return module
+
+
+def test_a_continuation_with_another_batch_size_takes_the_next_windows(tmp_path):
+    """4 steps of 3 windows took the first 12 of the endless sequence; batches of 2 go on at 12."""
+    first = text_module(tmp_path, 3, stub_trainer(step=4))
+    state = first.state_dict()
+    assert state["windows_consumed"] == 12
+    continued = text_module(tmp_path, 2, stub_trainer(step=4))
+    continued.load_state_dict(state)
+    rows = torch.cat(take(continued.train_dataloader().dataset, 3))
+    one_by_one = ShuffledWindowBatches(TOKENS, 10, 1, seed=1)
+    assert torch.equal(rows, torch.cat([one_by_one.batch(i) for i in range(12, 18)]))
+    continued.trainer.global_step = 6
+    assert continued.run_counts()["windows_seen"] == 12 + 2 * 2
+    continued.skip_batches(3)  # a rollback of 3 steps: the data goes on past them
+    continued.trainer.global_step = 3
+    assert continued.windows_consumed() == 16 and continued.state_dict()["skipped_batches"] == 3
+
+
+def test_a_checkpoint_without_the_window_count_resumes_at_its_step_times_todays_batch(tmp_path):
+    module = text_module(tmp_path, 3, stub_trainer(step=4, world_size=2))
+    module.load_state_dict({"skipped_batches": 1})  # written before the count was kept
+    assert module.windows_consumed() == (4 + 1) * 3 * 2
 
 
 def test_ranks_split_a_global_batch():
