@@ -14,12 +14,13 @@ import logging
 import math
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from src.cli import command_name, parse_cli
-from src.errors import UserError, exit_on_user_error, first_line
+from src.errors import EXIT_SIGINT, UserError, exit_on_user_error, first_line
 from src.extras import require_extra
 from src.serving.inference import ModelSource, Sampling, TextGenerator
 
@@ -170,11 +171,24 @@ def main(argv: list[str] | None = None) -> None:
     check_can_serve(cfg.host, cfg.port)
     generator = TextGenerator.load(cfg)
     print(f"loaded {generator.description}", file=sys.stderr)
+    app = build_app(generator).queue()
     try:
-        build_app(generator).queue().launch(server_name=cfg.host, server_port=cfg.port)
+        app.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=True)
     except OSError as err:
         reason = str(err).split(". ")[0]  # the rest is Gradio's advice about its own launch() arguments
         raise UserError(f"cannot serve on {cfg.host}:{cfg.port} ({reason}); choose another port=") from None
+    serve_until_interrupted(app)
+
+
+def serve_until_interrupted(app: gr.Blocks) -> None:
+    """Serve until Ctrl-C, then exit 130 as the shell expects of an interrupted command (Gradio's
+    own wait catches the interrupt and returns, which would exit 0)."""
+    try:
+        while app.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        app.close()
+        sys.exit(EXIT_SIGINT)
 
 
 if __name__ == "__main__":

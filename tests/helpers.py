@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from src.models import SmolLM2, SmolLM2Config
@@ -93,3 +96,32 @@ def write_metrics(run_dir: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(checkpoint: Path, log: Path, timeout: float = 40.0) -> tuple[subprocess.Popen, int]:
+    """`python -m src.app` serving `checkpoint` on a free port, its output in `log`, once it listens."""
+    port = free_port()
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "src.app", f"ckpt_path={checkpoint}", f"port={port}"],
+            cwd=REPO_ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process, port
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"the app did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 import socket
 import tracemalloc
 
@@ -11,13 +12,24 @@ import pytest
 from src.app import main, reply
 from src.models import SmolLM2, SmolLM2Config
 from src.serving.inference import ModelSource, TextGenerator
-from tests.helpers import run_cli, tiny_checkpoint, write_checkpoint
+from tests.helpers import run_cli, start_app, tiny_checkpoint, write_checkpoint
 
 
 def test_missing_checkpoint_is_one_line_and_exit_2(tmp_path):
     result = run_cli("src.app", f"ckpt_path={tmp_path / 'missing.ckpt'}")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "checkpoint not found" in result.stderr
+
+
+def test_ctrl_c_stops_the_app_with_the_shells_130_and_no_traceback(tmp_path):
+    write_checkpoint(SmolLM2(SmolLM2Config.from_preset("tiny")), tmp_path / "tiny.ckpt")
+    log = tmp_path / "app.log"
+    process, port = start_app(tmp_path / "tiny.ckpt", log)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 130, log.read_text()
+    assert "Traceback" not in log.read_text()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 def test_busy_port_is_one_line_and_exit_2(tmp_path):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +11,7 @@ import torch
 
 from src.generate import main as generate_main
 from src.models import SmolLM2, SmolLM2Config
-from tests.conftest import REPO_ROOT
-from tests.helpers import write_checkpoint
+from tests.helpers import start_app, write_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -39,25 +35,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_serving(process: subprocess.Popen, port: int, log: Path, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"the app did not listen on port {port} within {timeout:.0f} s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def checkpoint(module_tmp_path) -> Path:
     torch.manual_seed(0)
@@ -68,17 +45,8 @@ def checkpoint(module_tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(checkpoint) -> Iterator[str]:
-    port = free_port()
-    log = checkpoint.with_name("app.log")
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "src.app", f"ckpt_path={checkpoint}", f"port={port}"],
-            cwd=REPO_ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    process, port = start_app(checkpoint, checkpoint.with_name("app.log"))
     try:
-        wait_until_serving(process, port, log)
         yield f"http://127.0.0.1:{port}/"
     finally:
         process.terminate()
