@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from src.cli import command_name, parse_cli
-from src.errors import EXIT_SIGINT, UserError, exit_on_user_error, first_line
+from src.errors import UserError, exit_on_user_error, first_line
 from src.extras import require_extra
 from src.serving.inference import ModelSource, Sampling, TextGenerator
 
@@ -181,14 +181,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve_until_interrupted(app: gr.Blocks) -> None:
-    """Serve until Ctrl-C, then exit 130 as the shell expects of an interrupted command (Gradio's
-    own wait catches the interrupt and returns, which would exit 0)."""
+    """Serve until Ctrl-C, which ends the command as every other (`exit_on_user_error`: 130);
+    Gradio's own wait would catch it and return."""
     try:
         while app.is_running:
             time.sleep(0.1)
     except KeyboardInterrupt:
         app.close()
-        sys.exit(EXIT_SIGINT)
+        raise
 
 
 if __name__ == "__main__":

@@ -64,12 +64,14 @@ def user_message(err: UserError) -> str:
 
 def exit_on_user_error(main: F) -> F:
     """Decorate an entry point so a UserError ends it with `error: <message>` and exit code 2,
-    and a closed stdout (`| head`) with the shell's 141, without a traceback."""
+    a closed stdout (`| head`) with the shell's 141 and Ctrl-C with its 130, without a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_SIGINT)
         except BrokenPipeError:
             # Python flushes stdout again at exit, which would fail and print; write to nowhere instead.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

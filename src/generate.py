@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from src.cli import parse_cli
-from src.errors import EXIT_SIGINT, UserError, exit_on_user_error
+from src.errors import UserError, exit_on_user_error
 from src.outputs import default_output_dir
 from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed
 
@@ -73,17 +73,8 @@ def settings(cfg: GenerateConfig) -> dict[str, object]:
     return {name: getattr(cfg, name) for name in names}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The CLI: `generate`, with Ctrl-C ending it without a traceback (a closed stdout too:
-    `exit_on_user_error`)."""
-    try:
-        generate(argv)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_SIGINT)
-
-
 @exit_on_user_error
-def generate(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(GenerateConfig, argv)
     prompts = read_prompts(cfg)
     out_file = Path(

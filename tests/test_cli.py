@@ -1,4 +1,5 @@
-"""`key=value` parsing: typed fields are checked, plain `str` fields are kept verbatim."""
+"""`key=value` parsing: typed fields are checked, plain `str` fields are kept verbatim; how a
+command ends on bad input or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from omegaconf import MISSING
 
 from src.cli import parse_cli, usage
-from src.errors import UserError
+from src.errors import EXIT_SIGINT, EXIT_USER_ERROR, UserError, exit_on_user_error
 
 
 @dataclass
@@ -51,3 +52,22 @@ def test_usage_names_the_command_that_was_run(monkeypatch, spec, argv0, command)
     monkeypatch.setitem(sys.modules, "__main__", main)
     monkeypatch.setattr(sys, "argv", [argv0])
     assert usage(Schema).splitlines()[0] == f"usage: {command} key=value ..."
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "stderr"),
+    [
+        (KeyboardInterrupt(), EXIT_SIGINT, ""),
+        (UserError("no such file"), EXIT_USER_ERROR, "error: no such file\n"),
+    ],
+)
+def test_a_command_ends_on_ctrl_c_or_bad_input_with_the_shells_code_and_no_traceback(
+    capsys, raised, code, stderr
+):
+    @exit_on_user_error
+    def command() -> None:
+        raise raised
+
+    with pytest.raises(SystemExit) as exit_info:
+        command()
+    assert exit_info.value.code == code and capsys.readouterr().err == stderr
