@@ -66,6 +66,7 @@ def bad_files(tmp):
         (["trainer.limit_val_batches=1.5"], r"limit_val_batches must be a count .* a fraction in \[0, 1\]"),
         (["data.path={tmp}"], "is a folder; pass data.path=<a UTF-8 text file>"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
+        (["logger=wandb", "logger.wandb.mode=onlien"], r"logger.wandb.mode='onlien'; choose one of \['auto'"),
         (
             ["kernels=[rms_norm,flash]"],
             "unknown kernels flash; choose from causal_attention, rms_norm, onednn",

@@ -129,7 +129,10 @@ def test_key_without_server_falls_back_offline_once(tmp_path, wandb_env, monkeyp
         _ = explicit.experiment
 
 
-def test_unknown_mode_is_a_user_error(tmp_path, wandb_env):
+@pytest.mark.parametrize("env_mode", [None, "offline"])
+def test_unknown_mode_is_a_user_error_whatever_wandb_mode_says(tmp_path, wandb_env, monkeypatch, env_mode):
+    if env_mode:
+        monkeypatch.setenv("WANDB_MODE", env_mode)
     with pytest.raises(UserError, match="choose one of"):
         RunWandbLogger(save_dir=str(tmp_path), mode="onlien")
 

@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from src.errors import UserError
 from src.lightning_compat import wandb_init_args, wandb_run
+from src.training.value_checks import check_wandb_mode
 
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 SAMPLES_KEY = "samples"
 SAMPLE_COLUMNS = ["step", "prompt", "completion"]
 EVAL_KEY = "eval/table"
@@ -33,10 +33,9 @@ def has_wandb_credentials() -> bool:
 
 def wandb_mode(requested: str) -> tuple[str, str]:
     """(mode, why): WANDB_MODE wins; `auto` is online only with an API key, so a run never waits on login."""
+    check_wandb_mode(requested)
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"], f"WANDB_MODE={os.environ['WANDB_MODE']}"
-    if requested not in WANDB_MODES:
-        raise UserError(f"logger.wandb.mode={requested!r}; choose one of {list(WANDB_MODES)}")
     if requested == "auto":
         if has_wandb_credentials():
             return "online", "an API key was found"

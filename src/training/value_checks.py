@@ -23,6 +23,7 @@ POSITIVE_INTS = (
 )
 NON_NEGATIVE_INTS = ("checkpoint_every", "schedule.warmup_steps", "seed")  # 0: no periodic save, no warmup
 NONFINITE_POLICIES = ("stop", "skip")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 def _is_int(value: object) -> bool:
@@ -70,8 +71,15 @@ def check_devices(devices: object) -> None:
         )
 
 
+def check_wandb_mode(mode: object) -> None:
+    """Also where WANDB_MODE overrides it: a typo in the config is one all the same."""
+    if mode not in WANDB_MODES:
+        raise UserError(f"logger.wandb.mode={mode!r}; choose one of {list(WANDB_MODES)}")
+
+
 def check_values(cfg: DictConfig) -> None:
-    """Counts, the schedule, the learning rate, weight decay, devices and the policies, each on its own."""
+    """Counts, the schedule, the learning rate, weight decay, devices, the policies and the W&B mode,
+    each on its own."""
     for key in POSITIVE_INTS:
         check_positive_int(cfg, key)
     check_schedule_and_validation(cfg)
@@ -91,3 +99,5 @@ def check_values(cfg: DictConfig) -> None:
         )
     if cfg.nonfinite not in NONFINITE_POLICIES:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
+    if OmegaConf.select(cfg, "logger.wandb") is not None:
+        check_wandb_mode(OmegaConf.select(cfg, "logger.wandb.mode"))
