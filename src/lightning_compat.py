@@ -207,6 +207,24 @@ def rewind_optimizer_steps(trainer: Trainer, steps: int) -> None:
         tracker.completed -= steps
 
 
+def count_batches_as(trainer: Trainer, batches: int) -> None:
+    """Make the training loop's batch counters read `batches` for the steps already taken.
+
+    Lightning steps the optimizer when its batch count reaches a multiple of
+    `accumulate_grad_batches`, and validates at multiples of `val_check_interval` batches: a
+    continuation whose accumulation differs from its checkpoint's would otherwise step after
+    fewer micro-batches and validate between its `eval_every` steps. Every count moves by the
+    same amount, so what a restart makes of them (where the save happened) stays the same.
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    shift = batches - progress.total.ready
+    for tracker in (progress.total, progress.current):
+        tracker.ready += shift
+        tracker.started += shift
+        tracker.processed += shift
+        tracker.completed += shift
+
+
 def batch_progress(trainer: Trainer) -> dict[str, Any]:
     """The training loop's batch counters, as a checkpoint stores them (a copy)."""
     loop = trainer.fit_loop.epoch_loop

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import warnings
 
 import pytest
 import torch
@@ -127,6 +128,51 @@ def test_continuation_is_exact(tmp_path, text, accumulation):
     # The continuation kept the periodic checkpoints of the first part.
     names = sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").glob("step_*.ckpt"))
     assert names == ["step_0000005.ckpt", "step_0000010.ckpt", "step_0000015.ckpt", "step_0000020.ckpt"]
+
+
+def test_a_continuation_with_another_accumulation_steps_on_whole_global_batches(tmp_path, text):
+    """256 tokens a step: 1 micro-batch of 8 windows to step 5, then 2 of 4 (another
+    data.batch_size, or fewer devices, under tokens_per_step): the straight run's steps,
+    losses and validations, up to the order of a sum."""
+    common = ("tokens_per_step=256", "schedule.total_steps=10", "kernels=[]")
+    run_training(fast_overrides(tmp_path / "a", text, "data.batch_size=8", "trainer.max_steps=10", *common))
+    run_training(fast_overrides(tmp_path / "b", text, "data.batch_size=8", "trainer.max_steps=5", *common))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    # Twice the validation batches of half the size: the same validation windows.
+    continued = (
+        "data.batch_size=4",
+        "trainer.limit_val_batches=4",
+        "trainer.max_steps=10",
+        f"ckpt_path={last}",
+    )
+    run_training(fast_overrides(tmp_path / "b", text, *continued, *common))
+    straight, split = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    assert read_checkpoint(last)["val_windows"] == 2 * 8
+    for key in ("train/loss", "grad_norm", "val/loss"):
+        assert logged(split, key) == pytest.approx(logged(straight, key), rel=1e-5), key
+    assert logged(split, "data/windows_seen") == logged(straight, "data/windows_seen")
+    a, b = weights(straight / "checkpoints" / "last.ckpt"), weights(last)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+
+
+def test_a_continuation_validating_on_other_windows_says_so(tmp_path, text):
+    """trainer.limit_val_batches counts batches: half the batch size, half the windows."""
+    run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["val_windows"] == 2 * 4  # limit_val_batches=2 of data.batch_size=4
+    continued = fast_overrides(
+        tmp_path, text, "trainer.max_steps=10", "data.batch_size=2", f"ckpt_path={last}"
+    )
+    with pytest.warns(
+        UserWarning, match="read 4 windows and the ones before 8, so val/loss is not comparable"
+    ):
+        run_training(continued)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="this validation read")
+        run_training(
+            [*continued[:-1], "trainer.max_steps=15", "trainer.limit_val_batches=4", f"ckpt_path={last}"]
+        )
 
 
 def test_a_continuation_keeps_its_checkpoints_kernels_when_the_timing_cache_says_otherwise(

@@ -45,6 +45,7 @@ SKIPPED_STEPS = "nonfinite_skipped"  # updates skipped by nonfinite=skip
 SPIKE = "spike"  # the loss-spike guard: rollbacks, rewound steps, its running statistic
 CPU_KERNELS = "cpu_kernels"  # the kernels the run kept, for which machine and shapes (KernelRecord)
 TOKENS_SEEN = "tokens_seen"  # tokens the optimizer steps so far trained on, all processes
+VAL_WINDOWS = "val_windows"  # the windows the last validation read, all processes
 # The LightningModule holds the decoder as `self.model`, so its weights are `model.<name>`.
 MODEL_PREFIX = "model."
 # The file of a sharded checkpoint's folder that holds everything but the tensors: Lightning's

@@ -9,13 +9,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from src.kernels import apply_cpu_kernels, loss_matmuls
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.selection import KernelRecord
-from src.lightning_compat import is_log_step, log_the_last_step, set_logging_step
+from src.lightning_compat import count_batches_as, is_log_step, log_the_last_step, set_logging_step
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 from src.training import checkpoint as ckpt
@@ -84,6 +85,7 @@ class SmolLM2LitModule(L.LightningModule):
         self._report_due = False
         self._val_sum: torch.Tensor | None = None
         self._val_count = 0
+        self._val_windows: int | None = None  # the last validation's, all ranks (checkpointed)
 
     def configure_model(self) -> None:
         """Compile, then under trainer=fsdp shard (Lightning then sets `device_mesh`).
@@ -119,6 +121,10 @@ class SmolLM2LitModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         log_the_last_step(self.trainer)
+        # A continuation's accumulation may differ from its checkpoint's (another data.batch_size
+        # or device count under tokens_per_step): count the steps so far in today's micro-batches.
+        steps = self.trainer.global_step + self.spike.rewound_steps  # the loggers' steps, and the loop's
+        count_batches_as(self.trainer, steps * self.trainer.accumulate_grad_batches)
         self.spike.start(self)
 
     def configure_gradient_clipping(
@@ -203,7 +209,21 @@ class SmolLM2LitModule(L.LightningModule):
         mean = self.trainer.strategy.reduce(self._val_sum / self._val_count, reduce_op="mean")
         self.log("val/loss", mean, prog_bar=True)
         self.log("val/ppl", mean.exp())
+        if not self.trainer.sanity_checking:
+            self._note_validation_windows(self._val_count * self.trainer.world_size)  # equal shares
         self._val_sum, self._val_count = None, 0
+
+    def _note_validation_windows(self, windows: int) -> None:
+        """`trainer.limit_val_batches` counts batches: a continuation with another data.batch_size
+        or device count validates on other windows, and its val/loss is another measure."""
+        before = self._val_windows
+        self._val_windows = windows
+        if before is not None and before != windows:
+            rank_zero_warn(
+                f"this validation read {windows:,} windows and the ones before {before:,}, so val/loss "
+                f"is not comparable across step {self.trainer.global_step}; set trainer.limit_val_batches "
+                f"to make batches x data.batch_size x devices = {before:,} windows"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW with weight decay on matrices only (not norms), groups named before sharding.
@@ -225,6 +245,8 @@ class SmolLM2LitModule(L.LightningModule):
         checkpoint[ckpt.OVERRIDES] = self.cli_overrides
         checkpoint[ckpt.SKIPPED_STEPS] = self.guard.total()
         checkpoint[ckpt.TOKENS_SEEN] = self.tokens_seen()
+        if self._val_windows is not None:
+            checkpoint[ckpt.VAL_WINDOWS] = self._val_windows
         if self.spike.active:
             checkpoint[ckpt.SPIKE] = self.spike.state_dict()
         if self.kernel_record is not None:
@@ -238,5 +260,6 @@ class SmolLM2LitModule(L.LightningModule):
                 group["fused"] = True
         self.guard = NonfiniteGuard(self.nonfinite, checkpoint.get(ckpt.SKIPPED_STEPS, 0))
         self._tokens_at = (checkpoint["global_step"], ckpt.tokens_seen(checkpoint, self.tokens_per_step))
+        self._val_windows = checkpoint.get(ckpt.VAL_WINDOWS)
         if self.spike.active and ckpt.SPIKE in checkpoint:
             self.spike.load_state_dict(checkpoint[ckpt.SPIKE])
