@@ -42,6 +42,8 @@ def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
 
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 OmegaConf.register_new_resolver("run_dir", run_dir_of, replace=True)
+# The launch folder, known before Hydra's runtime is: a -m sweep resolves its folder earlier.
+OmegaConf.register_new_resolver("cwd", os.getcwd, replace=True)
 
 
 def one_line(err: Exception) -> str:
@@ -85,9 +87,20 @@ def continued_groups_first(args: list[str]) -> list[str]:
     return groups + args
 
 
+def check_recipe_exists(overrides: list[str], choices: DictConfig) -> None:
+    """The recipe group is optional (a model without a recipe trains the defaults), so Hydra
+    drops an `experiment=` it cannot find: a typo would train the defaults."""
+    if not any(override.startswith(("experiment=", "+experiment=")) for override in overrides):
+        return
+    known = GlobalHydra.instance().config_loader().get_group_options("experiment")
+    if (name := choices.get("experiment")) not in known:
+        raise UserError(f"no recipe experiment={name}; choose one of {', '.join(known)}, or ~experiment")
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def hydra_main(cfg: DictConfig) -> None:
+    check_recipe_exists(list(HydraConfig.get().overrides.task), HydraConfig.get().runtime.choices)
     check_values(cfg)  # before torch: src/training/value_checks.py
     from src.training.checked_config import checked_config  # torch and the tokenizer
 

@@ -44,8 +44,8 @@ def test_quick_start_on_tiny_shakespeare_learns(tmp_path, shakespeare_path):
 
 @pytest.mark.slow
 def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli(
+    """As the README types it: the sweep's folder under the launch folder's logs/."""
+    result, _ = run_plain(
         "src.train",
         "-m",
         "experiment=smoke",
@@ -58,9 +58,11 @@ def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
         "val_at_start=false",
         "callbacks.text_samples.prompts=[]",
         f"data.path={shakespeare_path}",
-        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
     lrs = {}
     for job in ("0", "1"):
         lr = logged(sweep / job, "lr")
@@ -81,6 +83,11 @@ def test_bad_override_is_one_line_and_non_zero(tmp_path):
     [
         ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", set()),  # before torch
         ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", set()),  # a value alone: before torch
+        (
+            "experiment=smok",
+            "error: no recipe experiment=smok; choose one of seed000",
+            set(),
+        ),  # not the defaults
         # a value checked against the model: before Lightning
         ("data.seq_len=9000", "error: data.seq_len=9000 exceeds the model's context", {"torch"}),
     ],
