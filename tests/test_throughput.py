@@ -8,6 +8,7 @@ import torch
 from src.callbacks.throughput import ThroughputLogger
 from src.models import SmolLM2, SmolLM2Config
 from src.training.device_peaks import bf16_peak_tflops, peak_flops
+from tests.training import fast_overrides, logged, run_training, write_text
 
 
 @pytest.mark.parametrize(
@@ -112,3 +113,16 @@ def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch)
         callback.on_train_batch_end(trainer, module, None, batch, 0)
     assert logged["step_time_s"] == pytest.approx(1.0) and logged["data_wait_fraction"] == pytest.approx(0.25)
     assert 0 < logged["peak_memory_gib"] < 1024  # this process's peak resident set
+
+
+def test_a_peak_given_on_the_command_line_logs_mfu_on_any_device(tmp_path):
+    """The README's `callbacks.throughput.peak_tflops=` for a device no table knows (here a CPU)."""
+    text = write_text(tmp_path / "input.txt")
+    run_training(
+        fast_overrides(tmp_path, text, "trainer.max_steps=2", "callbacks.throughput.peak_tflops=0.5")
+    )
+    tokens_per_s, mfu = logged(tmp_path / "run", "tokens_per_s"), logged(tmp_path / "run", "mfu")
+    flops = SmolLM2Config.from_preset("tiny").training_flops_per_token(32)
+    assert mfu == pytest.approx(
+        {step: tokens_per_s[step] * flops / 0.5e12 for step in tokens_per_s}, rel=1e-6
+    )
