@@ -125,6 +125,18 @@ def test_seed_004_phase_2_continues_with_its_own_constant_lr(tmp_path, text, cap
     assert "learning rate              3e-05 at step 4 (peak 3e-05, constant)" in caplog.text
 
 
+def test_the_quick_start_does_not_warn_and_three_times_its_steps_does():
+    """The default run is 5.3 epochs of tiny Shakespeare, where its val loss still falls."""
+    shakespeare = DataSize("data/input.txt", 306_944)  # training tokens of one pass, as printed
+    with hydra_context():
+        default, longer = compose_train([]), compose_train(["trainer.max_steps=1200"])
+    plan = make_plan(default, parameters=1000, tokens_per_step=4096, lr_multiplier=0.0, data=shakespeare)
+    assert plan.epochs == pytest.approx(5.34, abs=0.01) and plan.warnings() == []
+    (warning,) = make_plan(longer, 1000, 4096, 0.0, shakespeare).warnings()
+    assert "1,200 steps x 4,096 tokens = 4.9M tokens are 16 epochs" in warning
+    assert "trainer.max_steps=599 is 8 epochs" in warning
+
+
 def test_a_continuations_milestones_come_after_its_start():
     with hydra_context():
         cfg = compose_train(
