@@ -147,7 +147,10 @@ def main() -> None:
     except OSError as err:
         if err.filename is None:
             raise
-        print(f"error: {err.filename}: {err.strerror}; pick a writable paths.root_dir", file=sys.stderr)
+        print(
+            f"error: {err.filename}: {err.strerror}; pick a writable paths.root_dir or hydra.run.dir",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_USER_ERROR)
     finally:
         release_unused_claim()

@@ -66,6 +66,14 @@ def bad_files(tmp):
         (["trainer.limit_val_batches=1.5"], r"limit_val_batches must be a count .* a fraction in \[0, 1\]"),
         (["data.path={tmp}"], "is a folder; pass data.path=<a UTF-8 text file>"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
+        (
+            ["callbacks.layer_health.every_n_steps=3", "trainer.log_every_n_steps=2"],
+            "layer_health.every_n_steps=3 is not a multiple of trainer.log_every_n_steps=2",
+        ),
+        (
+            ["callbacks.layer_health.every_n_steps=2", "callbacks.layer_health.histogram_every_n_steps=3"],
+            r"histogram_every_n_steps=3 is not a multiple of the health interval \(2 steps\)",
+        ),
         (["logger=wandb", "logger.wandb.mode=onlien"], r"logger.wandb.mode='onlien'; choose one of \['auto'"),
         (
             ["kernels=[rms_norm,flash]"],
@@ -182,6 +190,13 @@ def test_a_recipes_settings_for_a_callback_switched_off_are_left_out(tmp_path):
     run = tmp_path / "run"
     assert (run / "csv" / "metrics.csv").is_file()
     assert not (run / "checkpoints").exists() and not (run / "samples.jsonl").exists()
+
+
+def test_a_plan_refuses_a_callback_setting_the_run_would_refuse(tmp_path):
+    run = tmp_path / "run"
+    line = cli_error("plan=true", "callbacks.layer_health.every_n_steps=15", f"hydra.run.dir={run}")
+    assert "every_n_steps=15 is not a multiple of trainer.log_every_n_steps=10" in line
+    assert not list(run.rglob("*"))  # no plan, no record: refused before anything is written
 
 
 def test_a_sweep_of_multi_process_runs_is_refused_in_one_line(tmp_path):

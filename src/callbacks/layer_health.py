@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from src.errors import UserError
+from src.training.value_checks import health_interval
 
 QUANTITIES = ("grad_norm", "weight_norm", "update_ratio")
 HISTOGRAM_LOG10_RANGE, HISTOGRAM_BINS = (-12.0, 2.0), 56  # quarter decades
@@ -61,18 +61,9 @@ class LayerHealth(L.Callback):
         self._grad_hist: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        log_every = trainer.log_every_n_steps
-        self.every = self.every_n_steps or log_every
-        if log_every == 0 or self.every % log_every:
-            raise UserError(
-                f"callbacks.layer_health.every_n_steps={self.every_n_steps} is not a multiple of "
-                f"trainer.log_every_n_steps={log_every}: its values would never be logged; pick a multiple"
-            )
-        if self.histogram_every_n_steps % self.every:
-            raise UserError(
-                f"callbacks.layer_health.histogram_every_n_steps={self.histogram_every_n_steps} is not a "
-                f"multiple of the health interval ({self.every} steps); pick a multiple, or 0 for none"
-            )
+        self.every = health_interval(
+            self.every_n_steps, self.histogram_every_n_steps, trainer.log_every_n_steps
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         named = [(name, p) for name, p in pl_module.model.named_parameters() if p.requires_grad]

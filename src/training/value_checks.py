@@ -71,6 +71,23 @@ def check_devices(devices: object) -> None:
         )
 
 
+def health_interval(every_n_steps: int | None, histogram_every_n_steps: int, log_every: int) -> int:
+    """The layer-health interval (src/callbacks/layer_health.py; default: the log interval), which
+    must fall on log steps, as the histograms' must fall on it."""
+    every = every_n_steps or log_every
+    if log_every == 0 or every % log_every:
+        raise UserError(
+            f"callbacks.layer_health.every_n_steps={every_n_steps} is not a multiple of "
+            f"trainer.log_every_n_steps={log_every}: its values would never be logged; pick a multiple"
+        )
+    if histogram_every_n_steps % every:
+        raise UserError(
+            f"callbacks.layer_health.histogram_every_n_steps={histogram_every_n_steps} is not a "
+            f"multiple of the health interval ({every} steps); pick a multiple, or 0 for none"
+        )
+    return every
+
+
 def check_wandb_mode(mode: object) -> None:
     """Also where WANDB_MODE overrides it: a typo in the config is one all the same."""
     if mode not in WANDB_MODES:
@@ -78,8 +95,8 @@ def check_wandb_mode(mode: object) -> None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Counts, the schedule, the learning rate, weight decay, devices, the policies and the W&B mode,
-    each on its own."""
+    """Counts, the schedule, the learning rate, weight decay, devices, the policies, the W&B mode
+    and the layer-health intervals."""
     for key in POSITIVE_INTS:
         check_positive_int(cfg, key)
     check_schedule_and_validation(cfg)
@@ -101,3 +118,6 @@ def check_values(cfg: DictConfig) -> None:
         raise UserError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {cfg.nonfinite!r}")
     if OmegaConf.select(cfg, "logger.wandb") is not None:
         check_wandb_mode(OmegaConf.select(cfg, "logger.wandb.mode"))
+    if (health := OmegaConf.select(cfg, "callbacks.layer_health")) is not None:
+        log_every = cfg.trainer.log_every_n_steps
+        health_interval(health.get("every_n_steps"), health.get("histogram_every_n_steps", 0), log_every)
