@@ -194,7 +194,8 @@ def delay_kill_on_child_failure(grace_s: float) -> None:
 
 
 def rewind_optimizer_steps(trainer: Trainer, steps: int) -> None:
-    """Move `trainer.global_step` back by `steps` (a loss-spike rollback to an earlier state).
+    """Move `trainer.global_step` back by `steps` (a loss-spike rollback to an earlier state),
+    and the batch counters with it.
 
     The step counter is the automatic optimization's progress tracker; both its `ready` and
     `completed` counts move, so a call from inside `optimizer_step` (where `ready` is one ahead)
@@ -205,6 +206,8 @@ def rewind_optimizer_steps(trainer: Trainer, steps: int) -> None:
     for tracker in (progress.total, progress.current):
         tracker.ready -= steps
         tracker.completed -= steps
+    # The batch counters place validation: on eval_every steps of the weights, as without a rollback.
+    count_batches_as(trainer, loop.batch_progress.total.ready - steps * trainer.accumulate_grad_batches)
 
 
 def count_batches_as(trainer: Trainer, batches: int) -> None:

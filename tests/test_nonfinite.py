@@ -3,6 +3,8 @@ next log step with clean weights, `skip` (nonfinite=skip) carries on and counts 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -83,6 +85,8 @@ def test_stop_names_the_step_at_the_next_log_step_and_saves_clean_weights(tmp_pa
         run_training(overrides)
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 8 and last["nonfinite_skipped"] == 1 and finite(last)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # where the run got, as last.ckpt
+    assert summary["tokens_seen"] == last["tokens_seen"] == 8 * 4 * 32 and "train/loss_last" in summary
 
 
 def test_skip_drops_the_update_and_counts_it(tmp_path, poison):

@@ -3,6 +3,8 @@ exactly, skips the data since, and ends where a run given that data without the 
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
+from src.callbacks.run_summary import VAL_LOSSES
 from src.data.windows import ShuffledWindowBatches
 from src.errors import UserError
 from src.training.checkpoint import read_checkpoint
@@ -37,7 +40,7 @@ def overrides(tmp: Path, *extra: str, max_steps: int = MAX_STEPS) -> list[str]:
         "kernels=[]",
         "trainer.log_every_n_steps=4",
         "checkpoint_every=8",
-        "eval_every=1000",
+        "eval_every=8",
         "val_at_start=false",
         "spike.window=8",
         "spike.min_steps=8",
@@ -73,6 +76,14 @@ def test_rollback_equals_a_run_without_the_bad_window_and_continues_exactly(tmp_
     }
     # The loggers' step counts the undone steps too: rows go on past max_steps, never back.
     assert max(logged(rolled / "run", "train/loss")) == MAX_STEPS + SEEN_AT - GOOD_STEP - 1
+    # Validation stays on eval_every steps of the weights, the last one included.
+    summary = json.loads((rolled / "run" / "summary.json").read_text())
+    assert sorted(map(int, summary[VAL_LOSSES])) == [8, 16, 24]
+    # The log step that decided (row SEEN_AT - 1) logs its decision, and no update of the step it undid.
+    assert logged(rolled / "run", "spike/spikes")[SEEN_AT - 1] == 1.0
+    assert logged(rolled / "run", "spike/skipped_batches")[SEEN_AT - 1] == skipped
+    assert SEEN_AT - 1 in logged(rolled / "run", "health/grad_norm/embed")
+    assert math.isnan(logged(rolled / "run", "health/update_ratio/embed")[SEEN_AT - 1])
 
     # Stopped after the rollback and continued: the same weights.
     split = tmp_path / "split"
@@ -80,6 +91,9 @@ def test_rollback_equals_a_run_without_the_bad_window_and_continues_exactly(tmp_
     ckpt = split / "run" / "checkpoints" / "last.ckpt"
     run_training(overrides(split, "spike.mode=rollback", *CORRUPT, f"ckpt_path={ckpt}"))
     assert_equal(weights(rolled), weights(split))
+    # The rows logged up to the checkpoint (its step plus the undone ones) are kept, not set aside.
+    assert not list((split / "run" / "csv").glob("metrics.rolled_back_*"))
+    assert logged(split / "run", "train/loss") == logged(rolled / "run", "train/loss")
 
     # The same data without batches 16-19, no corruption, no guard: the same weights.
     batch = ShuffledWindowBatches.batch
@@ -101,6 +115,9 @@ def test_past_max_rollbacks_the_run_stops_at_the_last_good_state(tmp_path):
         run_training(overrides(tmp_path, "spike.mode=rollback", "spike.max_rollbacks=0", *CORRUPT))
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert last["global_step"] == GOOD_STEP
+    # Past the spiking data: a continuation takes the batches after it (saved again at step 16).
+    assert last["TextFileDataModule"]["windows_consumed"] == SEEN_AT * 4
+    assert last["spike"]["rewound_steps"] == SEEN_AT - GOOD_STEP
     assert_equal(last["state_dict"], weights(tmp_path, f"step_{GOOD_STEP:07d}.ckpt"))
 
 

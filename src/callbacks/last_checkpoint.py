@@ -26,6 +26,12 @@ AGREED_STOPS = (SIGTERMException, TrainingDiverged)
 SIGNAL_STOPS = (SIGTERMException, KeyboardInterrupt)
 
 
+def rewound_steps(trainer: L.Trainer) -> int:
+    """The optimizer steps loss-spike rollbacks have undone so far (0 without a spike guard)."""
+    spike = getattr(trainer.lightning_module, "spike", None)
+    return spike.rewound_steps if spike is not None else 0
+
+
 class LastCheckpoint(L.Callback):
     """`ckpt_path=<run>/checkpoints/last.ckpt` always continues from where the run stopped.
 
@@ -46,16 +52,18 @@ class LastCheckpoint(L.Callback):
         self.path = Path(dirpath) / filename
         self.every_n_train_steps = every_n_train_steps
         self._saved_step = -1
+        self._saved_rewound = 0  # the steps loss-spike rollbacks had undone by the saved state
         self._started = False
         self._step_end: dict | None = None  # the batch counters where the last optimizer step ended
         self._step_end_step = -1
 
     def _save(self, trainer: L.Trainer, reason: str | None = None) -> None:
-        step = trainer.global_step
-        if step != self._saved_step:
+        step, rewound = trainer.global_step, rewound_steps(trainer)
+        # A rollback to a saved step is a state of its own: the data has moved past the spike.
+        if (step, rewound) != (self._saved_step, self._saved_rewound):
             # The full training state; left unset, Lightning logs a misleading "weights_only ... False".
             trainer.save_checkpoint(self.path, weights_only=False)
-            self._saved_step = step
+            self._saved_step, self._saved_rewound = step, rewound
         if reason:
             self._report(trainer, reason)
 
@@ -72,7 +80,7 @@ class LastCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = True
         # Step 0 is the untrained model; a resumed step's checkpoint is the one we started from.
-        self._saved_step = trainer.global_step
+        self._saved_step, self._saved_rewound = trainer.global_step, rewound_steps(trainer)
         self._step_end_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:

@@ -59,6 +59,7 @@ class LayerHealth(L.Callback):
         self._before: list[torch.Tensor] | None = None
         self._grad_sq: torch.Tensor | None = None
         self._grad_hist: torch.Tensor | None = None
+        self._before_step = -1  # the step whose update `_before` measures
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.every = health_interval(
@@ -104,6 +105,7 @@ class LayerHealth(L.Callback):
         if self.histogram_every_n_steps and step % self.histogram_every_n_steps == 0:
             self._grad_hist = self._layer_hist(grads, scale)
         self._before = [_local(p).detach().clone() for p in self.params]
+        self._before_step = step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         if self._before is None:
@@ -115,7 +117,10 @@ class LayerHealth(L.Callback):
         if self.sharded:
             dist.all_reduce(sq)
         grad, weight, update_norm = sq.sqrt().unbind()
-        values = torch.stack((grad, weight, update_norm / weight)).tolist()  # the one host read
+        ratio = update_norm / weight
+        if trainer.global_step != self._before_step:  # a loss-spike rollback undid the step: no update
+            ratio = torch.full_like(ratio, float("nan"))  # (src/training/spike.py)
+        values = torch.stack((grad, weight, ratio)).tolist()  # the one host read
         pl_module.log_dict(
             {
                 f"health/{quantity}/{layer}": value

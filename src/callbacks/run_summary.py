@@ -30,6 +30,7 @@ class RunSummary(L.Callback):
         self.val_losses: dict[int, float] = {}
         self.wall_time_s = 0.0  # of the processes before this one, up to their last checkpoint
         self._start: float | None = None
+        self._started_at = 0  # the step training started from
 
     def state_dict(self) -> dict[str, Any]:
         return {"val_losses": dict(self.val_losses), "wall_time_s": self._wall_time()}
@@ -47,7 +48,7 @@ class RunSummary(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """A periodic checkpoint at step s is saved before step s's validation: take that loss
         from the summary the earlier process wrote, and nothing later."""
-        step = trainer.global_step
+        step = self._started_at = trainer.global_step
         if step > 0 and self.path.is_file():
             earlier = json.loads(self.path.read_text()).get(VAL_LOSSES, {})
             self.val_losses.update({int(s): loss for s, loss in earlier.items() if int(s) <= step})
@@ -61,6 +62,14 @@ class RunSummary(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A run stopped inside training (non-finite gradients, a signal, a crash) says where it got,
+        as last.ckpt does; one stopped before has nothing new to say."""
+        if trainer.global_step > self._started_at:
+            self._write(trainer)
 
     def summary(self, trainer: L.Trainer) -> dict[str, float | int]:
         values: dict[str, float | int] = {"wall_time_s": self._wall_time()}

@@ -123,8 +123,7 @@ class SmolLM2LitModule(L.LightningModule):
         log_the_last_step(self.trainer)
         # A continuation's accumulation may differ from its checkpoint's (another data.batch_size
         # or device count under tokens_per_step): count the steps so far in today's micro-batches.
-        steps = self.trainer.global_step + self.spike.rewound_steps  # the loggers' steps, and the loop's
-        count_batches_as(self.trainer, steps * self.trainer.accumulate_grad_batches)
+        count_batches_as(self.trainer, self.trainer.global_step * self.trainer.accumulate_grad_batches)
         self.spike.start(self)
 
     def configure_gradient_clipping(
@@ -162,6 +161,8 @@ class SmolLM2LitModule(L.LightningModule):
             self._report_due = True
         if logged or step == self.trainer.max_steps:  # the last step, logged or not (interval 0)
             self.spike.decide(self, step)  # before any callback saves this step
+        if logged:
+            self._log_spikes()  # this interval's decision included
         self._step_loss = None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -185,6 +186,8 @@ class SmolLM2LitModule(L.LightningModule):
             self.log("grad_norm", self._grad_norm)
         if self.nonfinite == "skip" and (skipped := self.guard.skipped()) is not None:
             self.log("nonfinite_skipped", skipped.float())
+
+    def _log_spikes(self) -> None:
         if self.spike.active:
             self.log("spike/spikes", float(self.spike.spikes))
         if self.spike.rule.mode == "rollback":

@@ -154,6 +154,8 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
         return {}
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     continue_at = None if checkpoint is None else start_step
+    # The loggers' steps count the steps loss-spike rollbacks undid (src/training/spike.py).
+    rewound = ((checkpoint or {}).get(ckpt.SPIKE) or {}).get("rewound_steps", 0)
     saved_kernels = (checkpoint or {}).get(ckpt.CPU_KERNELS)  # absent in checkpoints before it was stored
     del checkpoint  # Lightning reads the file again to restore the full training state
     with lock if takes_the_lock() else nullcontext():
@@ -167,6 +169,7 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
             run_id=run_id,
             recipe=recipe,
             continue_at=continue_at,
+            rewound_steps=rewound,
             tokens_per_step=global_batch.tokens,
             start_tokens=start_tokens,
             initial=initial,
@@ -210,13 +213,15 @@ def fit(
     run_id: str,
     recipe: str,
     continue_at: int | None = None,
+    rewound_steps: int = 0,
     tokens_per_step: int,
     start_tokens: int = 0,
     initial: dict[str, torch.Tensor] | None = None,
     continued_kernels: KernelRecord | None = None,
 ) -> dict[str, float]:
     """Build the module and trainer from the checked config, and train (from the checkpoint's
-    step `continue_at`, when continuing, whose steps trained on `start_tokens`, with the CPU
+    step `continue_at`, when continuing, whose steps trained on `start_tokens` and whose
+    rollbacks undid `rewound_steps` (the loggers count them), with the CPU
     kernels it kept, `continued_kernels`; from `initial` weights when given: same keys, so a tied
     head stays the embedding).
 
@@ -257,7 +262,8 @@ def fit(
                 plan = preflight_plan(
                     cfg, model_config, tokens_per_step, schedule, datamodule, continue_at, start_tokens
                 )
-            loggers = build_loggers(cfg.get("logger"), run_id, continue_at)
+            logged_at = None if continue_at is None else continue_at + rewound_steps
+            loggers = build_loggers(cfg.get("logger"), run_id, logged_at)
             if plan is not None:
                 plan_file = Path(cfg.paths.output_dir) / "plan.json"
                 with atomic_write(plan_file) as f:  # a continuation's plan replaces the last one whole
