@@ -15,6 +15,7 @@ In a multi-process run every rank exits: a failed rank ends the others (README: 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import EXIT_USER_ERROR, UserError, exit_on_user_error
+from src.errors import EXIT_SIGTERM, EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.training.overrides import override_key
 from src.training.run_folder import claim_fresh_folder, launch_record, release_unused_claim, takes_the_lock
 from src.training.value_checks import check_values
@@ -113,9 +114,16 @@ def hydra_main(cfg: DictConfig) -> None:
     run.train(checked, record)
 
 
+def exit_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM before the run's own handling (src/training/run.py: fit) ends the command with
+    143 all the same, through `main`'s cleanup: a fresh run folder claimed so far is removed."""
+    sys.exit(EXIT_SIGTERM)
+
+
 def main() -> None:
     """The CLI. Hydra's own errors (unknown preset or key, bad syntax, an unwritable run folder)
     reach us instead of Hydra's printout, and leave as one `error:` line with exit code 2."""
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     if "experiment=null" in sys.argv[1:]:  # Hydra cannot null a default chosen by interpolation
         print("error: experiment=null cannot drop the recipe; use ~experiment", file=sys.stderr)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.errors import UserError
+from src.errors import EXIT_SIGTERM, UserError
 from src.training import run_folder
 from src.training.checkpoint import read_checkpoint
 from src.training.checkpoint_io import AtomicCheckpointIO
@@ -255,3 +255,26 @@ def test_only_temp_files_of_writers_that_are_gone_are_removed(tmp_path):
         live.kill()
         live.wait()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "last.ckpt"])
+
+
+def test_sigterm_before_the_run_starts_exits_143_and_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM while the config is checked (before fit's own handling)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    import src.train
+
+    def terminated(cfg) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(src.train, "check_values", terminated)
+    monkeypatch.setattr(sys, "argv", ["src.train", f"paths.root_dir={tmp_path}", "logger=csv"])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            src.train.main()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        GlobalHydra.instance().clear()
+    runs = tmp_path / "logs" / "train" / "runs"
+    assert stop.value.code == EXIT_SIGTERM and runs.is_dir() and not list(runs.iterdir())
