@@ -4,8 +4,8 @@ the last sample, and whether a falling train loss is memorisation.
 python -m src.report <run folder>
 
 Reads what every run writes: `csv/metrics.csv`, `summary.json` and `samples.jsonl`. Steps are
-optimizer steps taken (`read_series`; summary.json keys validations by the step whose weights
-it scored). Training losses are single logged steps, so noisy at small batches; each row gives
+optimizer steps taken as the loggers count them (`read_series`; a loss-spike rollback's undone
+steps included). Training losses are single logged steps, so noisy at small batches; each row gives
 their mean over the steps logged since the previous validation. The
 verdict compares the held-out loss at its best step with the last one: a validation loss that
 rose while the train loss fell is memorisation.
@@ -51,10 +51,13 @@ def loss_rows(train: dict[int, float], val: dict[int, float]) -> list[Row]:
 
 
 def losses(series: Series, summary: dict) -> tuple[dict[int, float], dict[int, float]]:
-    """Train and validation losses keyed by the optimizer steps taken before them."""
+    """Train and validation losses keyed by the optimizer steps taken before them, both as the
+    loggers count them: after a loss-spike rollback these include the undone steps, which
+    summary.json's validations (keyed by the weights' step) do not, so it only stands in for a
+    CSV without validations."""
     train = series.get("train/loss", {})
     by_step = summary.get("val/loss_by_step")  # RunSummary's VAL_LOSSES; importing it loads lightning
-    val = {int(s): v for s, v in by_step.items()} if by_step else series.get("val/loss", {})
+    val = series.get("val/loss") or ({int(s): v for s, v in by_step.items()} if by_step else {})
     return train, val
 
 

@@ -74,3 +74,18 @@ def test_cli_takes_the_run_folder_bare_and_refuses_a_missing_one(tmp_path):
     missing = run_cli("src.report", str(tmp_path / "nope"))
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith("error: run_dir=")
+
+
+def test_after_a_rollback_rows_follow_the_loggers_steps_not_the_weights(tmp_path):
+    """4 steps undone at 20: the loggers' steps run to 28 for 24 steps of the weights, and the
+    validation of weights step 24 is logged at step 28, where its train losses are."""
+    rows = [{"step": 0, "val/loss": 11.0}]
+    for s in range(1, 29):
+        rows.append({"step": s - 1, "train/loss": 9.0 if s in range(17, 21) else 3.0})  # 17-20: the spike
+        if s in (16, 28):
+            rows.append({"step": s - 1, "val/loss": {16: 4.0, 28: 3.5}[s]})
+    write_metrics(tmp_path, rows)
+    summary = {VAL_LOSSES: {"0": 11.0, "16": 4.0, "24": 3.5}}  # keyed by the weights' step
+    got = loss_rows(*losses(read_series(tmp_path / "csv" / "metrics.csv"), summary))
+    assert [(row.step, row.val_loss) for row in got] == [(0, 11.0), (16, 4.0), (28, 3.5)]
+    assert got[2].train_loss == pytest.approx((4 * 9.0 + 8 * 3.0) / 12)  # steps 17-28 as logged
