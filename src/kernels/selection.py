@@ -20,6 +20,7 @@ same module (two oneDNN linears) are rivals: one of them stays (`one_per_module`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -222,6 +223,18 @@ def choose_kernels(
         return one_per_module([Decision(name, name in continued.kept, reason=reason) for name in candidates])
     if cache is None and candidates:
         cache = TimingCache()
+    uncached = any(cache.get(name, workload.key()) is None for name in candidates)
+    with cache.measuring() if uncached else contextlib.nullcontext():
+        return one_per_module(measured_decisions(candidates, workload, cache, timer))
+
+
+def measured_decisions(
+    candidates: Sequence[str],
+    workload: Workload,
+    cache: TimingCache,
+    timer: Callable[[Probe], tuple[float, float]],
+) -> list[Decision]:
+    """Each candidate timed against PyTorch's op (or read from `cache`), or dropped with why."""
     decisions = []
     for name in candidates:
         timings = cache.get(name, workload.key())
@@ -243,7 +256,7 @@ def choose_kernels(
             probe_s = time.perf_counter() - started
         ratio = timings[0] / timings[1]
         decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached, probe_s=probe_s))
-    return one_per_module(decisions)
+    return decisions
 
 
 def kept(decisions: Sequence[Decision]) -> list[str]:

@@ -1,17 +1,21 @@
 """Kernel timings measured once per machine, kept in a JSON file outside the repository.
 
 A timing holds for one CPU model (`cpu_name`), one PyTorch version (a new release can change which
-library a matmul calls) and one revision of the kernel's code, so all three are part of
-every key: on another CPU, after an upgrade or a change to the kernel, the key differs and
-the kernel is measured again. The folder is `$SMOLLM2_CACHE_DIR`, else
-`$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
+library a matmul calls), one thread count and one revision of the kernel's code, so all four
+are part of every key: on another CPU, after an upgrade, with other threads or a change to the
+kernel, the key differs and the kernel is measured again. One process measures at a time
+(`measuring`): two at once would time each other's load, and the cache would keep it. The
+folder is `$SMOLLM2_CACHE_DIR`, else `$XDG_CACHE_HOME/smollm2`, else `~/.cache/smollm2`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,11 +79,21 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "smollm2"
 
 
+def valid_timings(timings: object) -> bool:
+    """(kernel seconds, PyTorch seconds), as `put` writes them."""
+    return (
+        isinstance(timings, list)
+        and len(timings) == 2
+        and all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in timings)
+    )
+
+
 class TimingCache:
     """(kernel seconds, PyTorch seconds) per kernel and workload, for `machine` (default: this one).
 
-    A missing or unreadable file is an empty cache; a folder that cannot be written keeps
-    the timings for this process only (`saved` says which).
+    A missing or unreadable file is an empty cache, and an entry that is not two positive
+    timings is none; a folder that cannot be written keeps the timings for this process only
+    (`saved` says which).
     """
 
     def __init__(self, folder: Path | None = None, machine: str | None = None) -> None:
@@ -90,12 +104,31 @@ class TimingCache:
 
     def _read(self) -> dict[str, list[float]]:
         try:
-            return json.loads(self.path.read_text())
+            entries = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        if not isinstance(entries, dict):
+            return {}
+        return {key: timings for key, timings in entries.items() if valid_timings(timings)}
 
     def key(self, kernel: str, workload_key: str) -> str:
-        return f"{self.machine} | {kernel} v{kernel_revision(kernel)} | {workload_key}"
+        threads = f"{torch.get_num_threads()} threads"
+        return f"{self.machine} | {threads} | {kernel} v{kernel_revision(kernel)} | {workload_key}"
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Hold the cache's lock while measuring, then read what a run that held it before
+        measured meanwhile. A folder that cannot be written is measured in without a lock."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lock = self.path.with_suffix(".lock").open("w")
+        except OSError:
+            yield
+            return
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            self.entries = {**self.entries, **self._read()}
+            yield
 
     def get(self, kernel: str, workload_key: str) -> tuple[float, float] | None:
         timings = self.entries.get(self.key(kernel, workload_key))

@@ -6,6 +6,7 @@ import errno
 import functools
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -322,6 +323,48 @@ def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_th
         choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
     ) == ["rms_norm"]
     assert not cache.saved and cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "null", '"text"'])
+def test_a_cache_of_another_shape_is_empty_and_bad_entries_are_measured_again(tmp_path, content):
+    (tmp_path / FILE_NAME).write_text(content)
+    assert TimingCache(tmp_path).entries == {}
+    good = TimingCache(tmp_path).key("rms_norm", FP32_TRAINING.key())
+    broken = [("causal_attention", [0.1]), ("onednn_linear", [0.1, 0]), ("packed_linear", ["a", "b"])]
+    bad = {TimingCache(tmp_path).key(name, FP32_TRAINING.key()): value for name, value in broken}
+    (tmp_path / FILE_NAME).write_text(json.dumps({good: [0.5, 1.0], **bad, "other": {"x": 1}}))
+    assert TimingCache(tmp_path).entries == {good: [0.5, 1.0]}
+
+
+def test_timings_are_kept_per_thread_count(tmp_path):
+    threads = torch.get_num_threads()
+    cache = TimingCache(tmp_path)
+    cache.put("rms_norm", FP32_TRAINING.key(), (0.5, 1.0))
+    try:
+        torch.set_num_threads(threads + 1)
+        assert TimingCache(tmp_path).get("rms_norm", FP32_TRAINING.key()) is None
+    finally:
+        torch.set_num_threads(threads)
+    assert TimingCache(tmp_path).get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+
+
+def test_a_run_that_waited_for_another_measuring_reads_its_timings_instead(tmp_path):
+    """Two runs starting at once: the second measures nothing the first measured."""
+    first, second = TimingCache(tmp_path), TimingCache(tmp_path)
+    waited: list[tuple[float, float] | None] = []
+
+    def second_run() -> None:
+        with second.measuring():
+            waited.append(second.get("rms_norm", FP32_TRAINING.key()))
+
+    with first.measuring():
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        time.sleep(0.3)
+        assert waited == []  # blocked while the first measures
+        first.put("rms_norm", FP32_TRAINING.key(), (0.5, 1.0))
+    thread.join(timeout=10)
+    assert waited == [(0.5, 1.0)]
 
 
 def test_timings_of_an_earlier_revision_of_a_kernel_are_measured_again(tmp_path, monkeypatch):
