@@ -80,6 +80,7 @@ def bad_files(tmp):
             "unknown kernels flash; choose from causal_attention, rms_norm, onednn",
         ),
         (["precision=16-mixed"], "precision=16-mixed needs a GPU"),
+        (["kernels=[rms_norm,rms_norm]"], "kernels names rms_norm more than once; name each kernel once"),
         (["paths.output_dir={tmp}/empty.txt/run"], r"cannot write to the run folder .*Not a directory"),
     ],
 )

@@ -89,6 +89,9 @@ def check_kernels(kernels: Sequence[str]) -> None:
             f"unknown kernels {', '.join(map(str, unknown))}; choose from {', '.join(KERNELS)} "
             "(kernels=[] for plain PyTorch)"
         )
+    twice = sorted({name for name in kernels if list(kernels).count(name) > 1})
+    if twice:
+        raise UserError(f"kernels names {', '.join(twice)} more than once; name each kernel once")
 
 
 def apply_cpu_kernels(model: nn.Module, kernels: Sequence[str]) -> nn.Module:
