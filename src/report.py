@@ -98,7 +98,14 @@ def report(run_dir: Path, sample_chars: int = 300) -> str:
     train, val = losses(series, summary)
     rows = loss_rows(train, val)
     lines = [f"## {run_dir.resolve().name}", ""]
-    facts = [f"{max(train, default=0):,} steps"]
+    logged_steps = max(train, default=0)
+    steps = summary.get("steps", logged_steps)  # the weights' optimizer steps (summary.json)
+    undone = (
+        f" ({logged_steps - steps:,} more logged, undone by loss-spike rollbacks)"
+        if logged_steps > steps
+        else ""
+    )
+    facts = [f"{steps:,} steps{undone}"]
     if "tokens_seen" in summary:
         facts.append(f"{summary['tokens_seen']:,} tokens")
     speeds = list(series.get("tokens_per_s", {}).values())

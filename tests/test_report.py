@@ -89,3 +89,5 @@ def test_after_a_rollback_rows_follow_the_loggers_steps_not_the_weights(tmp_path
     got = loss_rows(*losses(read_series(tmp_path / "csv" / "metrics.csv"), summary))
     assert [(row.step, row.val_loss) for row in got] == [(0, 11.0), (16, 4.0), (28, 3.5)]
     assert got[2].train_loss == pytest.approx((4 * 9.0 + 8 * 3.0) / 12)  # steps 17-28 as logged
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "steps": 24, "tokens_seen": 24 * 128}))
+    assert "24 steps (4 more logged, undone by loss-spike rollbacks), 3,072 tokens" in report(tmp_path)

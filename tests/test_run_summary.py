@@ -24,7 +24,7 @@ def test_the_summary_holds_the_best_validation_and_the_losses_by_step(tmp_path):
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["val/loss_best"] == 3.25 and written["val/loss_best_step"] == 20
     assert written[VAL_LOSSES] == {"10": 3.5, "20": 3.25, "30": 3.5}
-    assert written["tokens_seen"] == 64 * 30
+    assert written["tokens_seen"] == 64 * 30 and written["steps"] == 30
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 

@@ -1,4 +1,5 @@
-"""The run's summary: best validation loss and its step, last training loss, tokens seen, wall time.
+"""The run's summary: optimizer steps, best validation loss and its step, last training loss,
+tokens seen, wall time.
 
 Written to `<run>/summary.json` and to every logger with a `log_summary` method (W&B's run
 summary) after each validation and when fit ends, from values already on the host there
@@ -72,7 +73,7 @@ class RunSummary(L.Callback):
             self._write(trainer)
 
     def summary(self, trainer: L.Trainer) -> dict[str, float | int]:
-        values: dict[str, float | int] = {"wall_time_s": self._wall_time()}
+        values: dict[str, float | int] = {"wall_time_s": self._wall_time(), "steps": trainer.global_step}
         if self.val_losses:
             best_step = min(self.val_losses, key=self.val_losses.__getitem__)
             values["val/loss_best"], values["val/loss_best_step"] = self.val_losses[best_step], best_step
