@@ -12,7 +12,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from src.lightning_compat import is_log_step
 from src.training.device_peaks import peak_flops
-from src.training.global_batch import tokens_per_step
+
+
+def tokens_per_step(trainer: L.Trainer, batch: torch.Tensor) -> int:
+    """Tokens one optimizer step trains on over all processes, from a (B, T + 1) batch's shape."""
+    rows, seq_len = batch.shape[0], batch.shape[1] - 1
+    return rows * seq_len * trainer.accumulate_grad_batches * trainer.world_size
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -10,16 +10,12 @@ batch then grows with the processes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserError
 from src.training.hardware import uses_cuda
-
-if TYPE_CHECKING:
-    import lightning as L
 
 
 def process_count(trainer: DictConfig) -> int:
@@ -34,12 +30,6 @@ def process_count(trainer: DictConfig) -> int:
     else:
         count = int(devices)
     return max(1, count) * int(nodes)
-
-
-def tokens_per_step(trainer: L.Trainer, batch: torch.Tensor) -> int:
-    """Tokens one optimizer step trains on over all processes, from a (B, T + 1) batch's shape."""
-    rows, seq_len = batch.shape[0], batch.shape[1] - 1
-    return rows * seq_len * trainer.accumulate_grad_batches * trainer.world_size
 
 
 @dataclass(frozen=True)
