@@ -104,6 +104,7 @@ class StreamDataModule(WindowDataModule):
         self.position: StreamPosition | None = None
         self.restored: list[dict[str, Any]] | None = None
         self.restored_files: list[str] | None = None  # the names of the files the position is in
+        self._consumed_at = (0, 0)  # (optimizer step, batches each rank had consumed by then)
 
     def setup(self, stage: str | None = None) -> None:
         if self.stream is not None:
@@ -148,6 +149,16 @@ class StreamDataModule(WindowDataModule):
     @property
     def num_readers(self) -> int:
         return max(1, self.num_workers)
+
+    def batches_consumed(self) -> int:
+        """Batches each rank used for the optimizer steps taken so far: the checkpoint's count at
+        its step, plus this run's steps at this run's accumulation, which a continuation may change
+        (as src/data/text_datamodule.py counts windows)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        step, consumed = self._consumed_at
+        return consumed + (trainer.global_step - step) * trainer.accumulate_grad_batches
 
     def start(self, rank: int, world_size: int, consumed: int) -> list[ReaderState]:
         """This rank's reader states after `consumed` batches: restored, handed on, or at the beginning.
@@ -205,7 +216,7 @@ class StreamDataModule(WindowDataModule):
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         accumulation = trainer.accumulate_grad_batches if trainer else 1
-        consumed = trainer.global_step * accumulation if trainer else 0
+        consumed = self.batches_consumed()
         states = self.start(rank, world_size, consumed)
         self.position = StreamPosition(states, consumed, keep=accumulation + 1)
         if self.num_workers:  # the workers are the parallelism; keep each tokenizer on one thread
@@ -245,11 +256,16 @@ class StreamDataModule(WindowDataModule):
     def state_dict(self) -> dict[str, Any]:
         if self.position is None:
             return {}
-        trainer = self.trainer
-        consumed = trainer.global_step * trainer.accumulate_grad_batches
+        consumed = self.batches_consumed()
         mine = {"consumed": consumed, "readers": [s.to_dict() for s in self.position.after(consumed)]}
-        return {"ranks": gather_from_ranks(mine), "files": self.file_names()}
+        return {
+            "ranks": gather_from_ranks(mine),
+            "files": self.file_names(),
+            "step": self.trainer.global_step,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict["ranks"]
         self.restored_files = state_dict.get("files")  # absent before 2026-12-03
+        if "step" in state_dict:  # else its steps had today's accumulation, as was then required
+            self._consumed_at = (state_dict["step"], self.restored[0]["consumed"])  # the same on every rank

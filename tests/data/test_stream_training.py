@@ -49,6 +49,26 @@ def test_stream_continuation_is_exact(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_continuation_with_another_accumulation_goes_on_at_the_next_batch(tmp_path):
+    """1 step of 3 micro-batches, then 1 of 2 (2 workers): the position after 5 batches, as 5
+    steps of 1 leave it."""
+    shards = tmp_path / "shards"
+    write_shards(shards)
+    common = ("data.num_workers=2", "schedule.total_steps=5", "schedule.warmup_steps=1", "checkpoint_every=1")
+    run_training(stream_overrides(tmp_path / "a", shards, "trainer.max_steps=5", *common))
+    first = ("trainer.max_steps=1", "trainer.accumulate_grad_batches=3")
+    run_training(stream_overrides(tmp_path / "b", shards, *first, *common))
+    last = tmp_path / "b" / "run" / "checkpoints" / "last.ckpt"
+    then = ("trainer.max_steps=2", "trainer.accumulate_grad_batches=2", f"ckpt_path={last}")
+    run_training(stream_overrides(tmp_path / "b", shards, *then, *common))
+    straight = read_checkpoint(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt")["StreamDataModule"]
+    continued = read_checkpoint(last)["StreamDataModule"]
+    assert continued["ranks"][0]["consumed"] == 5 and continued["ranks"] == straight["ranks"]
+    documents = [logged(tmp_path / run / "run", "data/documents_seen") for run in ("a", "b")]
+    assert documents[1][1] == documents[0][4]  # after 5 batches both ways
+
+
+@pytest.mark.slow
 def test_a_continuation_may_change_the_dataloader_workers(tmp_path):
     """2 workers for a step, then 1, then 3, through the CLI's checkpoints: each continuation takes
     the position over (files' passes and rows; tested document by document in test_stream.py)."""
