@@ -13,8 +13,9 @@ disagree: the decision is that of two series that agree (two noisy series can st
 It is cached whatever it is, so that a run and its continuation on one machine use the same
 kernels and continue bit for bit. A checkpoint records the kernels its run kept too
 (`KernelRecord`): a continuation on the same machine and shapes keeps those, whatever the
-cache holds by then. `always` keeps every candidate. Where a probe cannot run, `rule_keeps`
-decides from the CPU's vendor, family and flags and the workload. Kernels that replace the
+cache holds by then. `always` keeps every candidate that acts on the workload. Where a
+probe cannot run, `rule_keeps` decides from the CPU's vendor, family and flags and the
+workload. Kernels that replace the
 same module (two oneDNN linears) are rivals: one of them stays (`one_per_module`).
 """
 
@@ -215,7 +216,7 @@ def choose_kernels(
     (`one_per_module`)."""
     check_policy(policy)
     if policy == "always":
-        return one_per_module([Decision(name, True, reason="kernels_policy=always") for name in candidates])
+        return one_per_module([kept_always(name, workload) for name in candidates])
     if not on_cpu:
         return [Decision(name, False, reason="not a CPU run") for name in candidates]
     if continued is not None and recorded_here(continued.machine) and continued.workload == workload.key():
@@ -226,6 +227,17 @@ def choose_kernels(
     uncached = any(cache.get(name, workload.key()) is None for name in candidates)
     with cache.measuring() if uncached else contextlib.nullcontext():
         return one_per_module(measured_decisions(candidates, workload, cache, timer))
+
+
+def kept_always(kernel: str, workload: Workload) -> Decision:
+    """`kernels_policy=always`: kept wherever it acts on `workload`. One that cannot act (an
+    fp32 kernel in a bf16 run) is dropped with why, so that it never takes the place of a
+    rival that acts (`one_per_module`)."""
+    with torch.random.fork_rng(devices=[]):
+        pair = probe(kernel, workload)
+    if isinstance(pair, str):
+        return Decision(kernel, False, reason=pair)
+    return Decision(kernel, True, reason="kernels_policy=always")
 
 
 def measured_decisions(
@@ -255,7 +267,10 @@ def measured_decisions(
             cache.put(name, workload.key(), timings)
             probe_s = time.perf_counter() - started
         ratio = timings[0] / timings[1]
-        decisions.append(Decision(name, faster_by_margin(ratio), ratio=ratio, cached=cached, probe_s=probe_s))
+        unsaved = f"not cached: {cache.path} cannot be written, measured at every start"
+        reason = "" if cached or cache.saved else unsaved
+        keep = faster_by_margin(ratio)
+        decisions.append(Decision(name, keep, ratio=ratio, reason=reason, cached=cached, probe_s=probe_s))
     return decisions
 
 

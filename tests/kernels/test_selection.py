@@ -150,9 +150,9 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     assert kept(always) == ["causal_attention", "rms_norm", "onednn_linear"]  # one kernel per module type
     assert [d.reason for d in always[3:]] == [
         "onednn_linear is named first",
-        "onednn_linear is named first",
-        "causal_attention is named first",
-        "onednn_linear is named first",
+        "acts in inference only",
+        "acts on bf16 only",
+        "acts on bf16 only",
     ]
     assert (
         kept(choose_kernels(KERNELS, FP32_TRAINING, cache=TimingCache(tmp_path), timer=timer, on_cpu=False))
@@ -161,6 +161,19 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     assert timer.calls == 0 and not (tmp_path / FILE_NAME).exists()
     with pytest.raises(UserError, match="kernels_policy='fastest': use measure .* or always"):
         choose_kernels(KERNELS, FP32_TRAINING, "fastest")
+
+
+def test_policy_always_drops_kernels_that_cannot_act_so_that_a_rival_that_can_takes_the_module(tmp_path):
+    """In bf16 the fp32-only oneDNN linears, named first, must not keep the upcast linear out."""
+    always = choose_kernels(KERNELS, BF16_TRAINING, "always", TimingCache(tmp_path), FakeTimer())
+    assert kept(always) == ["causal_attention", "rms_norm", "upcast_linear"]
+    reasons = {d.kernel: d.reason for d in always if not d.keep}
+    assert reasons == {
+        "onednn_linear": "acts on fp32 only",
+        "onednn_linear_torch_wgrad": "acts on fp32 only",
+        "packed_linear": "acts in inference only",
+        "upcast_attention": "causal_attention is named first",
+    }
 
 
 def test_of_two_kept_kernels_for_the_same_layers_the_faster_stays_and_the_other_says_why(tmp_path):
@@ -323,6 +336,12 @@ def test_an_unreadable_cache_is_empty_and_an_unwritable_one_keeps_timings_for_th
         choose_kernels(["rms_norm"], FP32_TRAINING, cache=cache, timer=FakeTimer.steady((0.5, 1.0)))
     ) == ["rms_norm"]
     assert not cache.saved and cache.get("rms_norm", FP32_TRAINING.key()) == (0.5, 1.0)
+    (decision,) = choose_kernels(
+        ["rms_norm"], FP32_TRAINING, cache=TimingCache(blocked / "cache"), timer=FakeTimer.steady((0.5, 1.0))
+    )
+    assert decision.describe() == (
+        f"rms_norm 0.50x (not cached: {cache.path} cannot be written, measured at every start)"
+    )
 
 
 @pytest.mark.parametrize("content", ["[1, 2]", "null", '"text"'])
