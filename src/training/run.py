@@ -43,6 +43,7 @@ from src.training.lr_schedule import LRSchedule
 from src.training.overrides import override_key
 from src.training.plan import Plan, make_plan
 from src.training.run_folder import RunLock, start_writing, takes_the_lock
+from src.training.spike import rewound_in
 from src.training.spike_rule import SpikeRule
 
 
@@ -155,7 +156,7 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
     run_id = (checkpoint or {}).get(ckpt.WANDB_RUN_ID) or new_run_id()
     continue_at = None if checkpoint is None else start_step
     # The loggers' steps count the steps loss-spike rollbacks undid (src/training/spike.py).
-    rewound = ((checkpoint or {}).get(ckpt.SPIKE) or {}).get("rewound_steps", 0)
+    rewound = rewound_in((checkpoint or {}).get(ckpt.SPIKE))
     saved_kernels = (checkpoint or {}).get(ckpt.CPU_KERNELS)  # absent in checkpoints before it was stored
     del checkpoint  # Lightning reads the file again to restore the full training state
     with lock if takes_the_lock() else nullcontext():

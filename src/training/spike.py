@@ -33,6 +33,12 @@ def _to_host(value: Any) -> Any:
     return apply_to_collection(value, torch.Tensor, lambda t: t.detach().to("cpu", copy=True))
 
 
+def rewound_in(state: dict[str, Any] | None) -> int:
+    """The steps rollbacks undid, from a checkpoint's spike state (`SpikeGuard.state_dict`;
+    None where the checkpoint has none): the loggers of a continuation count them."""
+    return (state or {}).get("rewound_steps", 0)
+
+
 @dataclass
 class Snapshot:
     """The last good state, in host memory."""

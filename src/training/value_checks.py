@@ -34,10 +34,12 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_positive_int(cfg: DictConfig, key: str) -> None:
+def check_int(cfg: DictConfig, key: str, minimum: int) -> None:
+    """`key` holds an integer >= `minimum` (0 or 1)."""
     value = OmegaConf.select(cfg, key)
-    if not _is_int(value) or value <= 0:
-        raise UserError(f"{key} must be a positive integer, got {value!r}")
+    if not _is_int(value) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise UserError(f"{key} must be {wanted}, got {value!r}")
 
 
 def check_schedule_and_validation(cfg: DictConfig) -> None:
@@ -45,9 +47,7 @@ def check_schedule_and_validation(cfg: DictConfig) -> None:
     validation set each validation reads: Lightning and the schedule would fail on them late,
     with a traceback, or (a negative checkpoint interval) after the model is built."""
     for key in NON_NEGATIVE_INTS:
-        value = OmegaConf.select(cfg, key)
-        if not _is_int(value) or value < 0:
-            raise UserError(f"{key} must be an integer >= 0, got {value!r}")
+        check_int(cfg, key, minimum=0)
     total = OmegaConf.select(cfg, "schedule.total_steps")
     if total is not None and (not _is_int(total) or total <= 0):
         raise UserError(f"schedule.total_steps must be a positive integer or null, got {total!r}")
@@ -98,7 +98,7 @@ def check_values(cfg: DictConfig) -> None:
     """Counts, the schedule, the learning rate, weight decay, devices, the policies, the W&B mode
     and the layer-health intervals."""
     for key in POSITIVE_INTS:
-        check_positive_int(cfg, key)
+        check_int(cfg, key, minimum=1)
     check_schedule_and_validation(cfg)
     lr = cfg.optim.get("lr")
     if not _is_number(lr):
