@@ -3,10 +3,11 @@
 A shard is bad when its bytes are not parquet (truncated, foreign), when its text column is
 missing or not text, or when its columns differ from the first shard's (datasets casts every
 shard to the first one's columns and fails on the others). Local shards are checked from their
-footers when the DataModule is set up; any shard, local or remote, whose reading fails later
-is caught when a reader opens it. With `data.skip_bad_files=true` a bad shard is logged and
-skipped; each reader records the files it skipped in its state, so a continuation skips the
-same files and its windows equal those of an uninterrupted run.
+footers when the DataModule is set up (one without rows is left out: nothing to read); any
+shard, local or remote, whose reading fails later is caught when a reader opens it. With
+`data.skip_bad_files=true` a bad shard is logged and skipped; each reader records the files it
+skipped in its state, so a continuation skips the same files and its windows equal those of an
+uninterrupted run. A row whose text is null is no document: readers skip it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,23 @@ def find_bad_shards(files: list[str], text_column: str) -> tuple[dict[int, str],
         elif reference is None:
             reference = pq.read_schema(path)
     return problems, None if reference is None else datasets.Features.from_arrow_schema(reference)
+
+
+def without_empty_shards(files: list[str]) -> list[str]:
+    """`files` less the local shards without rows (from their footers): nothing to read there,
+    and datasets fails on them. (A file whose footer cannot be read stays: `find_bad_shards`
+    names it.)"""
+    kept = []
+    for path in files:
+        try:
+            empty = os.path.isfile(path) and pq.read_metadata(path).num_rows == 0
+        except READ_ERRORS:
+            empty = False
+        if empty:
+            log.info(f"{path} has no rows: nothing to read there")
+        else:
+            kept.append(path)
+    return kept
 
 
 def bad_shard(name: str, problem: str, skip: bool) -> None:

@@ -53,7 +53,13 @@ from packaging.version import Version
 from torch.utils.data import IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from src.data.bad_shards import bad_shard, find_bad_shards, read_batches, unreadable_by_examples
+from src.data.bad_shards import (
+    bad_shard,
+    find_bad_shards,
+    read_batches,
+    unreadable_by_examples,
+    without_empty_shards,
+)
 from src.data.packing import WindowPacker, tokenize_documents
 from src.errors import UserError, first_line
 
@@ -93,6 +99,10 @@ def open_stream(
         files = [str(file) for file in (builder().config.data_files or {}).get(split, [])]
     except (OSError, ValueError) as err:
         raise cannot_open(source, err) from None
+    if data_files and (non_empty := without_empty_shards(files)) != files:
+        if not non_empty:
+            raise UserError(f"every shard of {source} has no rows; point data.data_files at shards with data")
+        files, data_files = non_empty, non_empty
     problems, features = find_bad_shards(files, text_column)
     for index, problem in problems.items():
         bad_shard(files[index], problem, skip_bad_files)
@@ -298,7 +308,7 @@ class PackedStream(IterableDataset):
                 first = entry[2]
                 for rows in self.file_rows(entry[0], first, state):
                     texts = enumerate(rows[self.text_column], first)
-                    kept = [(i, t) for i, t in texts if t not in self.held_out]
+                    kept = [(i, t) for i, t in texts if self.trainable(t)]
                     docs = tokenize_documents(self.tokenizer, [t for _, t in kept]) if kept else []
                     for (row, _), doc in zip(kept, docs, strict=True):
                         entry[2] = row + 1
@@ -336,7 +346,7 @@ class PackedStream(IterableDataset):
             stream.load_state_dict(state.position)
         packed = 0
         for rows in read_batches(stream.iter(batch_size=self.docs_per_read), unreadable_by_examples):
-            texts = [text for text in rows[self.text_column] if text not in self.held_out]
+            texts = [text for text in rows[self.text_column] if self.trainable(text)]
             pending = texts[state.skip :]
             for doc in tokenize_documents(self.tokenizer, pending) if pending else []:
                 state.skip += 1
@@ -349,9 +359,17 @@ class PackedStream(IterableDataset):
             self.no_documents(reader)
         state.epoch, state.position, state.skip = state.epoch + 1, None, 0
 
+    def trainable(self, text: str | None) -> bool:
+        """A row is a training document unless it is held out or has no text (a null: a
+        missing document, skipped as datasets' own text pipelines drop them)."""
+        return text is not None and text not in self.held_out
+
     def no_documents(self, reader: int) -> None:
+        remedies = ["fewer data.num_workers"]
+        if not self.skip_bad_files:  # readers by examples cannot skip files
+            remedies.append("data.shard_by=examples")
+        remedies.append(f"fewer data.val_documents (the first {len(self.held_out)} are held out)")
         raise UserError(
             f"reader {self.rank * self.num_readers + reader} of {self.world_size * self.num_readers} "
-            "(ranks x workers) got no training documents; use fewer data.num_workers or "
-            "data.shard_by=examples, or a larger dataset"
+            f"(ranks x workers) got no training documents; use {', '.join(remedies)}, or a larger dataset"
         )

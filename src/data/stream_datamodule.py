@@ -93,6 +93,11 @@ class StreamDataModule(WindowDataModule):
                 f"data.val_documents ({val_documents}) and data.docs_per_read ({docs_per_read}) "
                 "must be positive"
             )
+        if os.path.isfile(path):  # e.g. data.path=input.txt on a streamed run's continuation
+            raise UserError(
+                f"data.path={path} is a file, and this data group streams a hub dataset or parquet "
+                "shards (data.data_files); for a text file choose data=shakespeare data.path=<file>"
+            )
         self.path, self.name, self.split, self.data_files = path, name, split, data_files
         self.text_column, self.val_documents = text_column, val_documents
         self.tokenizer_name, self.shard_by, self.docs_per_read = tokenizer, shard_by, docs_per_read
@@ -104,6 +109,7 @@ class StreamDataModule(WindowDataModule):
         self.position: StreamPosition | None = None
         self.restored: list[dict[str, Any]] | None = None
         self.restored_files: list[str] | None = None  # the names of the files the position is in
+        self.restored_val_documents: int | None = None  # the documents the checkpoint's run held out
         self._consumed_at = (0, 0)  # (optimizer step, batches each rank had consumed by then)
 
     def setup(self, stage: str | None = None) -> None:
@@ -124,7 +130,7 @@ class StreamDataModule(WindowDataModule):
         )
 
     def validation_texts(self) -> list[str]:
-        """The first `val_documents` documents of the good files, read file by file so that a
+        """The first `val_documents` documents (rows with text) of the good files, read file by file so that a
         file failing mid-read (a damaged page the footer check cannot see) is named, and with
         data.skip_bad_files skipped here and in training alike."""
         texts: list[str] = []
@@ -136,7 +142,8 @@ class StreamDataModule(WindowDataModule):
                 continue
             rows = self.stream.shard(num_shards=num_files, index=index)
             try:
-                texts += [row[self.text_column] for row in islice(rows, self.val_documents - len(texts))]
+                documents = (row[self.text_column] for row in rows if row[self.text_column] is not None)
+                texts += islice(documents, self.val_documents - len(texts))
             except READ_ERRORS as err:
                 bad_shard(self.files[index], f"cannot read it ({first_line(err)})", self.skip_bad_files)
                 self.skip_files = self.skip_files | {index}
@@ -169,6 +176,7 @@ class StreamDataModule(WindowDataModule):
         if self.restored is None:
             return [ReaderState() for _ in range(self.num_readers)]
         self.check_same_files()
+        self.check_same_validation()
         saved = [ReaderState.from_dict(s) for r in self.restored for s in r["readers"]]
         first = rank * self.num_readers
         if len(self.restored) == world_size and len(self.restored[rank]["readers"]) == self.num_readers:
@@ -211,6 +219,18 @@ class StreamDataModule(WindowDataModule):
                 problem += f" (file {i} is {there} there, {here} here)"
                 break
         raise UserError(f"{problem}; resume on the same data.data_files (or dataset) as the checkpoint")
+
+    def check_same_validation(self) -> None:
+        """The held-out documents are the stream's first `val_documents`: more of them would
+        validate on documents the checkpoint's run trained on, fewer would train on those it
+        validated on."""
+        saved = self.restored_val_documents
+        if saved is not None and saved != self.val_documents:
+            raise UserError(
+                f"the checkpoint's run held out the first {saved} documents for validation, this run "
+                f"{self.val_documents}: its validation would overlap training; resume with "
+                f"data.val_documents={saved}"
+            )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -262,10 +282,12 @@ class StreamDataModule(WindowDataModule):
             "ranks": gather_from_ranks(mine),
             "files": self.file_names(),
             "step": self.trainer.global_step,
+            "val_documents": self.val_documents,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = state_dict["ranks"]
         self.restored_files = state_dict.get("files")  # absent before 2026-12-03
+        self.restored_val_documents = state_dict.get("val_documents")  # absent before 2026-12-03
         if "step" in state_dict:  # else its steps had today's accumulation, as was then required
             self._consumed_at = (state_dict["step"], self.restored[0]["consumed"])  # the same on every rank

@@ -118,3 +118,46 @@ def test_a_shard_failing_mid_read_among_the_validation_documents_is_named_or_ski
     dm = validation_of_all_but_one(skip_bad_files=True)
     assert dm.skip_files == {0}
     assert frozenset(texts[SIZES[0] :]) <= dm.held_out <= frozenset(texts)
+
+
+def test_rows_without_text_are_no_documents_for_validation_or_training(tmp_path):
+    """A null text (a missing document) is skipped: it neither counts among the held-out
+    documents nor reaches the tokenizer (which would fail on it in a reader)."""
+    texts = ["Document zero about the cell.", None, "Document two about water.", "Document three.", None]
+    texts += [f"Document {i} where light makes sugar in the leaf." for i in range(5, 40)]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "train-00000-of-00001.parquet", row_group_size=4)
+    dm = StreamDataModule(
+        "local", 8, 2, data_files=str(tmp_path / "*.parquet"), val_documents=3, docs_per_read=3
+    )
+    dm.setup()
+    assert dm.held_out == frozenset([texts[0], texts[2], texts[3]])
+    batches = list(islice(packed(dm, [ReaderState()]), 60))  # past the end of the first pass
+    assert batches[-1]["state"].unique == len(texts) - 2 - 3  # each other row once
+
+
+def test_a_shard_without_rows_is_left_out_and_all_empty_is_one_line(folder, caplog):
+    tmp, texts = folder
+    empty = tmp / "train-00001-of-00004.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    with caplog.at_level(logging.INFO):
+        dm = datamodule((tmp, None))
+    assert f"{empty} has no rows" in caplog.text and str(empty) not in dm.files and len(dm.files) == 3
+    assert dm.held_out == frozenset(texts[:3])
+    batches = list(islice(packed(dm, [ReaderState()]), 40))  # past the end of the first pass
+    assert batches[-1]["state"].unique == len(texts) - SIZES[1] - 3 - 1  # the last file repeats the first
+    for index in range(len(SIZES)):
+        pq.write_table(pa.table({"text": pa.array([], pa.string())}), shard(tmp, index))
+    with pytest.raises(UserError, match=r"every shard of .* has no rows; point data.data_files at shards"):
+        datamodule((tmp, None))
+
+
+def test_a_reader_without_documents_names_the_remedies_that_apply(folder):
+    tmp, _ = folder
+    dm = StreamDataModule("local", 8, 2, data_files=str(tmp / "*.parquet"), val_documents=sum(SIZES))
+    dm.setup()
+    with pytest.raises(
+        UserError,
+        match=r"got no training documents; use fewer data.num_workers, "
+        r"data.shard_by=examples, fewer data.val_documents \(the first 27 are held out\)",
+    ):
+        list(islice(packed(dm, [ReaderState()]), 1))

@@ -214,6 +214,24 @@ def test_resuming_with_the_checkpoints_readers_on_other_files_is_a_user_error(sh
     assert [s.files for s in dm.start(0, 1, 4)] == [[[0, 0, 0], [2, 0, 0]], [[1, 0, 0], [3, 0, 0]]]
 
 
+def test_resuming_with_other_validation_documents_is_a_user_error(shards):
+    """More held-out documents would validate on trained ones, fewer would train on validated ones."""
+    dm = datamodule(shards, num_workers=2)
+    readers = [ReaderState(files=reader_files(r, 2, 4)).to_dict() for r in range(2)]
+    saved = {"ranks": [{"consumed": 4, "readers": readers}], "files": dm.file_names()}
+    for val_documents in (2, 5):
+        dm.load_state_dict({**saved, "val_documents": val_documents})
+        with pytest.raises(
+            UserError,
+            match=rf"held out the first {val_documents} documents for validation, "
+            rf"this run 3: .*resume with data.val_documents={val_documents}$",
+        ):
+            dm.start(0, 1, 4)
+    for same in ({**saved, "val_documents": 3}, saved):  # saved before val_documents was stored: not checked
+        dm.load_state_dict(same)
+        assert len(dm.start(0, 1, 4)) == 2
+
+
 def test_a_position_saved_before_files_continues_its_pass_then_reads_by_files(shards):
     """A mid-pass position of datasets' split (checkpoints before elastic resume) yields the
     documents that followed it, into the next pass."""
@@ -321,3 +339,12 @@ def test_missing_shards_or_column_are_user_errors(tmp_path, shards):
         a_folder.setup()
     with pytest.raises(UserError, match=r"no column 'content' \(columns: prompt, text, token_length"):
         datamodule(shards, text_column="content")
+
+
+def test_a_text_file_as_the_streams_path_says_to_choose_the_text_data_group(tmp_path):
+    """`ckpt_path=<a streamed run's> data.path=input.txt` replays the stream's group, where
+    `path` names a hub dataset, unused beside data_files: the file would be ignored."""
+    text = tmp_path / "input.txt"
+    text.write_text("some text")
+    with pytest.raises(UserError, match=rf"data.path={text} is a file, .*choose data=shakespeare data.path="):
+        StreamDataModule(str(text), SEQ_LEN, BATCH, data_files=str(tmp_path / "*.parquet"))
