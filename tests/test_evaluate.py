@@ -66,9 +66,13 @@ def test_the_default_output_goes_to_outputs_eval(files, tmp_path, monkeypatch, c
     [
         ((), "nothing to evaluate"),
         (("tasks=nope",), "unknown task 'nope'"),
-        (("tasks=local:/no/such.jsonl",), "/no/such.jsonl: task file not found"),
+        (("tasks=local:/no/such.jsonl",), "/no/such.jsonl: text file not found; pass tasks=local:<an"),
+        (("tasks=local:BINARY",), "BINARY: not UTF-8 (byte 0); convert it with iconv -t utf-8"),
+        (("tasks=local:QUESTIONS,local:OTHER/questions.jsonl",), "both named 'questions'; rename one file"),
         (("tasks=local:QUESTIONS", "limit=0"), "limit=0"),
-        (("text_file=/no/such.txt",), "/no/such.txt: text file not found"),
+        (("text_file=/no/such.txt",), "/no/such.txt: text file not found; pass text_file=<an existing"),
+        (("text_file=BINARY",), "BINARY: not UTF-8 (byte 0)"),
+        (("text_file=OTHER",), "OTHER is a folder; pass text_file=<a UTF-8 text file>"),
         (("text_file=TEXT", "window=0"), "window=0: use a positive number of tokens"),
         (("text_file=TEXT", "stride=0"), "stride=0, window=2048: use 0 < stride <= window"),
         # Refused before the model loads, though a missing task would be refused next.
@@ -76,9 +80,15 @@ def test_the_default_output_goes_to_outputs_eval(files, tmp_path, monkeypatch, c
         (("tasks=nope", "out_file=/tmp"), "out_file=/tmp is a folder"),
     ],
 )
-def test_bad_input_is_one_error_line(files, capsys, args, message):
+def test_bad_input_is_one_error_line(files, tmp_path, capsys, args, message):
     _, ckpt, questions, text = files
-    args = [a.replace("QUESTIONS", str(questions)).replace("TEXT", str(text)) for a in args]
+    binary, other = tmp_path / "binary.txt", tmp_path / "other"
+    binary.write_bytes(b"\xff\xfe not text")
+    other.mkdir()
+    places = {"QUESTIONS": questions, "TEXT": text, "BINARY": binary, "OTHER": other}
+    for mark, place in places.items():
+        args = [a.replace(mark, str(place)) for a in args]
+        message = message.replace(mark, str(place))
     with pytest.raises(SystemExit) as exit_:
         main([f"ckpt_path={ckpt}", *args])
     err = capsys.readouterr().err

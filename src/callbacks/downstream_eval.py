@@ -11,7 +11,7 @@ from src.callbacks.every_n_steps import EveryNSteps
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
 from src.evaluation.scoring import score
-from src.evaluation.tasks import Task, load_task, sample
+from src.evaluation.tasks import Task, check_distinct_names, load_task, sample
 
 
 class DownstreamEval(EveryNSteps):
@@ -45,6 +45,7 @@ class DownstreamEval(EveryNSteps):
             raise UserError(
                 "callbacks.downstream_eval cannot score a sharded model (trainer=fsdp); remove it"
             )
+        check_distinct_names(self.specs)
         tasks = [load_task(spec) for spec in self.specs]
         self.tasks = [Task(t.name, sample(t.examples, self.limit, self.seed)) for t in tasks]
 

@@ -37,18 +37,20 @@ def download(url: str, path: Path) -> None:
         ) from None
 
 
-def check_text_file(path: Path) -> None:
-    """What can be told of a text file without reading it: that it is a file, and not empty."""
+def check_text_file(path: Path, setting: str = "data.path=") -> None:
+    """What can be told of a text file without reading it: that it is a file, and not empty.
+    `setting` is how the command line names it (`data.path=`), for the hint."""
     if path.is_dir():
-        raise UserError(f"{path} is a folder; pass data.path=<a UTF-8 text file>")
+        raise UserError(f"{path} is a folder; pass {setting}<a UTF-8 text file>")
     if not path.is_file():
-        raise UserError(f"{path}: text file not found; pass data.path=<an existing UTF-8 file>")
+        raise UserError(f"{path}: text file not found; pass {setting}<an existing UTF-8 file>")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: the file is empty; give a file with text in it")
 
 
-def read_text(path: Path) -> str:
-    check_text_file(path)
+def read_text(path: Path, setting: str = "data.path=") -> str:
+    """The file's text, or a one-line error: not a file, empty, or not UTF-8."""
+    check_text_file(path, setting)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from src.data.text_file import read_text
 from src.errors import UserError
 from src.evaluation.scoring import head_log_probs
 from src.models.smollm2 import SmolLM2
@@ -61,11 +62,10 @@ def file_perplexity(
 ) -> Perplexity:
     """Perplexity over a UTF-8 text file; by default the window is the model's context (at most
     2,048 tokens) and the stride half of it."""
-    if not path.is_file():
-        raise UserError(f"{path}: text file not found")
+    text = read_text(path, "text_file=")
     if window is None:
         window = min(model.config.max_position_embeddings, 2048)
     if stride is None:
         stride = max(window // 2, 1)
-    ids = [tokenizer.eos_token_id, *tokenizer.encode(path.read_text(encoding="utf-8"), verbose=False)]
+    ids = [tokenizer.eos_token_id, *tokenizer.encode(text, verbose=False)]
     return perplexity(model, ids, window, stride)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from src.data.text_file import read_text
 from src.errors import UserError, first_line
 
 # Between the context and a choice, as lm-evaluation-harness's default `target_delimiter`.
@@ -48,10 +49,8 @@ class Task:
 
 def read_local(path: Path) -> list[Example]:
     """A JSONL file of `{"query", "choices", "gold"}` lines, checked line by line."""
-    if not path.is_file():
-        raise UserError(f"{path}: task file not found")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "tasks=local:").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -165,24 +164,42 @@ def read_hub(name: str) -> list[Example]:
     return [to_example(row) for row in rows]
 
 
+def task_name(spec: str) -> str:
+    """A task's name in tables and logs: a local file's stem, else the spec itself."""
+    return Path(spec.removeprefix(LOCAL)).stem if spec.startswith(LOCAL) else spec
+
+
 def load_task(spec: str) -> Task:
     """`local:<file.jsonl>` (named after the file) or one of `HUB_TASKS`."""
     if spec.startswith(LOCAL):
-        path = Path(spec.removeprefix(LOCAL))
-        return Task(path.stem, read_local(path))
+        return Task(task_name(spec), read_local(Path(spec.removeprefix(LOCAL))))
     if spec not in HUB_TASKS:
         raise UserError(f"unknown task {spec!r}; choose from {', '.join(HUB_TASKS)} or local:<file.jsonl>")
     return Task(spec, read_hub(spec))
 
 
 def parse_tasks(specs: str) -> list[str]:
-    """`hellaswag,arc_easy,local:mine.jsonl` -> its names, at least one."""
+    """`hellaswag,arc_easy,local:mine.jsonl` -> its names, at least one, named apart."""
     names = [s.strip() for s in specs.split(",") if s.strip()]
     if not names:
         raise UserError(
             f"no tasks given; pass tasks=<{','.join(HUB_TASKS)} or local:<file.jsonl>, comma-separated>"
         )
+    check_distinct_names(names)
     return names
+
+
+def check_distinct_names(specs: list[str]) -> None:
+    """No two tasks share a name (a local task is named after its file): the scores of one
+    would replace the other's in the table, the JSON and the logged metrics."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        name = task_name(spec)
+        if name in seen:
+            raise UserError(
+                f"tasks {seen[name]} and {spec} are both named {name!r}; rename one file, or give a task once"
+            )
+        seen[name] = spec
 
 
 def sample(examples: list[Example], limit: int | None, seed: int = 0) -> list[Example]:

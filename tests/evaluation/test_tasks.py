@@ -8,7 +8,7 @@ import pytest
 
 from src.errors import UserError
 from src.evaluation import tasks
-from src.evaluation.tasks import Example, load_task, read_local, sample
+from src.evaluation.tasks import Example, load_task, parse_tasks, read_local, sample
 from tests.helpers import write_questions
 
 
@@ -45,8 +45,10 @@ def test_a_bad_line_is_one_error_naming_the_file_and_line(tmp_path, line):
 def test_unknown_tasks_and_missing_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="unknown task 'hellaswagg'; choose from hellaswag, arc_easy"):
         load_task("hellaswagg")
-    with pytest.raises(UserError, match="task file not found"):
+    with pytest.raises(UserError, match="text file not found; pass tasks=local:<an existing UTF-8 file>"):
         load_task(f"local:{tmp_path / 'missing.jsonl'}")
+    with pytest.raises(UserError, match=r"tasks local:a/q.jsonl and local:b/q.jsonl are both named 'q'"):
+        parse_tasks("hellaswag,local:a/q.jsonl,local:b/q.jsonl")
 
 
 def test_the_sample_is_fixed_by_its_seed_and_keeps_file_order(tmp_path):
