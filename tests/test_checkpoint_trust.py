@@ -114,3 +114,30 @@ def test_stored_overrides_that_would_run_code_are_replayed_only_when_given_again
     with pytest.raises(UserError, match=r"callbacks\.evil\._target_=builtins\.open hydra\.searchpath") as err:
         run_training(fast_overrides(tmp_path, text, f"ckpt_path={path}", "trainer.max_steps=4"))
     assert "file=" not in str(err.value) and not marker.exists()
+
+
+def test_a_hugging_face_folders_pytorch_model_bin_is_read_as_safely(tmp_path):
+    """The legacy weights file of a Hugging Face folder: a payload is refused unread, a truncated
+    file is one line, both naming the file."""
+    from safetensors.torch import load_file
+
+    from src.models import SmolLM2, SmolLM2Config
+    from src.models.hf import write_hf_folder
+
+    config = SmolLM2Config.from_preset("tiny")
+    folder, marker = tmp_path / "hf", tmp_path / "marker"
+    write_hf_folder(SmolLM2(config), config, folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    legacy = folder / "pytorch_model.bin"
+    torch.save(weights, legacy)
+    assert load_pretrained(folder).config == config  # the plain legacy file loads
+    torch.save({**weights, "extra": CreatesFile(marker)}, legacy)
+    with pytest.raises(
+        UserError, match=rf"^{legacy}: refused: it holds .*no weights file needs such objects$"
+    ):
+        load_pretrained(folder)
+    assert not marker.exists()
+    legacy.write_bytes(legacy.read_bytes()[:1000])
+    with pytest.raises(UserError, match=rf"^{legacy}: not a readable weights file, it may be truncated"):
+        load_pretrained(folder)

@@ -17,6 +17,7 @@ import torch
 from src.errors import UserError
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
+from src.safe_load import load_weights_only
 
 # (ours, Hugging Face's); "{i}" is the layer index.
 NAME_MAP: list[tuple[str, str]] = [
@@ -232,7 +233,7 @@ def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise UserError(f"{folder}: cannot read the safetensors weights ({err})") from None
     legacy = folder / "pytorch_model.bin"
     if legacy.is_file():
-        return torch.load(legacy, map_location="cpu", weights_only=True), str(legacy)
+        return load_weights_only(legacy, what="weights file"), str(legacy)
     raise UserError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 

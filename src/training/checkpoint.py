@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import signal
 import socket
 import threading
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +27,11 @@ from typing import Any
 
 import torch
 
-from src.errors import UserError, find_cause, first_line, os_error_reason
+from src.errors import UserError, find_cause, os_error_reason
 from src.files import TMP_MARK, temp_path
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
+from src.safe_load import load_weights_only
 from src.training.run_folder import pid_alive
 
 # Keys our LightningModule adds beside Lightning's own.
@@ -111,52 +110,6 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     if weights and "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a checkpoint written by src.train (no state_dict)")
     return checkpoint
-
-
-ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of every file torch.save writes (a zip archive)
-# How torch.load(weights_only=True) begins its message for a file that needs more than it allows.
-WEIGHTS_ONLY_FAILED = "Weights only load failed"
-
-
-def load_weights_only(path: Path, **kwargs: Any) -> Any:
-    """A checkpoint file read with `weights_only=True`: a file that would run code is refused unread.
-
-    Ours hold only tensors, containers and plain values (loop and data state included), which
-    torch's restricted unpickler rebuilds without an allow-list.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
-        if isinstance(err, pickle.UnpicklingError) and str(err).startswith(WEIGHTS_ONLY_FAILED):
-            raise UserError(
-                f"{path}: refused: it holds {_unsafe_globals(path, err)}, which only code in the file could "
-                "rebuild; src.train never writes such objects, so this is not one of our checkpoints"
-            ) from None
-        if _magic(path) != ZIP_MAGIC:  # torch's own message advises on how to save, not on what this is
-            not_zip = "torch.save writes zip archives; this is none"
-            raise UserError(f"{path}: not a checkpoint ({not_zip})") from None
-        reason = first_line(err)
-        raise UserError(f"{path}: not a readable checkpoint, it may be truncated ({reason})") from None
-
-
-def _magic(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(ZIP_MAGIC))
-    except OSError:
-        return b""
-
-
-def _unsafe_globals(path: Path, err: pickle.UnpicklingError) -> str:
-    """The types and functions the file would import, listed without unpickling anything."""
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError):
-        names = []
-    if names:
-        return ", ".join(names)
-    match = re.search(r"WeightsUnpickler error: ([^\n]*)", str(err))
-    return match.group(1).rstrip(".") if match else "objects torch's weights-only loader refuses"
 
 
 def _read_sharded(path: Path, weights: bool) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from src.training.checkpoint import load_weights_only, write_atomically
+from src.safe_load import load_weights_only
+from src.training.checkpoint import write_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
