@@ -27,7 +27,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import EXIT_SIGTERM, EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.training.overrides import override_key
-from src.training.run_folder import claim_fresh_folder, launch_record, release_unused_claim, takes_the_lock
+from src.training.run_folder import (
+    claim_fresh_folder,
+    claim_named_folder,
+    launch_record,
+    release_unused_claim,
+    takes_the_lock,
+)
 from src.training.value_checks import check_values
 
 
@@ -38,7 +44,7 @@ def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
         path = Path(ckpt_path).resolve()
         if path.parent.name == "checkpoints":
             return str(path.parent.parent)
-    return os.path.join(runs, run_name) if run_name else claim_fresh_folder(runs)
+    return claim_named_folder(os.path.join(runs, run_name)) if run_name else claim_fresh_folder(runs)
 
 
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
@@ -109,8 +115,9 @@ def hydra_main(cfg: DictConfig) -> None:
     from src.training import run  # Lightning and all the rest: once the config has passed
 
     run.check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
-    # Hydra's record of the launch, written by global rank 0 alone once it holds the run folder.
-    record = launch_record(cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
+    # Hydra's record of the launch (config.yaml: the config the run uses, a continuation's replayed),
+    # written by global rank 0 alone once it holds the run folder.
+    record = launch_record(checked.cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
     run.train(checked, record)
 
 

@@ -175,6 +175,11 @@ def test_a_refused_launch_leaves_no_run_folder(tmp_path):
         cli_error(f"paths.root_dir={tmp_path}", *args)
     runs = tmp_path / "logs" / "train" / "runs"
     assert runs.is_dir() and not list(runs.iterdir())
+    cli_error(f"paths.root_dir={tmp_path}", "run_name=named", "trainer.max_steps=-5")  # a folder Hydra makes
+    assert not list(runs.iterdir())
+    (runs / "kept").mkdir()  # a folder that was there before the launch stays
+    cli_error(f"paths.root_dir={tmp_path}", "run_name=kept", "trainer.max_steps=-5")
+    assert [p.name for p in runs.iterdir()] == ["kept"]
 
 
 def test_a_recipes_settings_for_a_callback_switched_off_are_left_out(tmp_path):

@@ -78,3 +78,26 @@ def test_init_from_and_ckpt_path_together_are_refused(exported, tmp_path):
     overrides = fast_overrides(tmp_path, text, f"init_from={exported}", f"ckpt_path={tmp_path / 'x.ckpt'}")
     with pytest.raises(UserError, match="give one of them"):
         run_training(overrides)
+
+
+def test_a_folder_with_another_tokenizer_is_said_with_how_to_keep_it(tmp_path):
+    """SmolLM2-Instruct's folder ends with <|im_end|>: a run on the vendored tokenizer would end
+    documents, and its exports, with <|endoftext|> instead."""
+    from transformers import AutoTokenizer
+
+    from src.data.tokenizer import DEFAULT_TOKENIZER
+    from src.training.run import other_tokenizer_note
+
+    same, instruct = tmp_path / "same", tmp_path / "instruct"
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)  # a copy, not load_tokenizer's shared one
+    tokenizer.save_pretrained(same)
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.save_pretrained(instruct)
+    assert other_tokenizer_note(str(same), None) is None
+    assert other_tokenizer_note(str(tmp_path), None) is None  # weights without a tokenizer
+    assert other_tokenizer_note(str(instruct), None) == (
+        f"init_from={instruct} has its own tokenizer (EOS '<|im_end|>' = 2); this run's data.tokenizer "
+        f"ends documents with '<|endoftext|>' = 0, and its exports carry it: pass data.tokenizer={instruct} "
+        "to keep the folder's"
+    )
+    assert other_tokenizer_note(str(instruct), str(instruct)) is None

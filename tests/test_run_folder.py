@@ -154,7 +154,11 @@ def test_a_run_and_its_continuation_write_hydras_record_of_their_launch(tmp_path
     (continued,) = (run / ".hydra").glob("continued_*")
     assert sorted(files_in(continued)) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     assert OmegaConf.load(continued / "overrides.yaml") == again
-    assert OmegaConf.load(continued / "config.yaml").trainer.max_steps == 2
+    replayed = OmegaConf.load(continued / "config.yaml")  # the config the continuation ran with
+    assert (
+        replayed.trainer.max_steps == 2
+        and replayed.data == OmegaConf.load(run / ".hydra" / "config.yaml").data
+    )
     assert {k: v for k, v in files_in(run / ".hydra").items() if "/" not in k} == first
 
 

@@ -207,6 +207,39 @@ def test_a_continuation_keeps_its_checkpoints_kernels_when_the_timing_cache_says
         assert torch.equal(a[key], b[key]), key
 
 
+def test_a_continuation_on_another_kind_of_data_says_it_reads_it_from_the_beginning(tmp_path):
+    """A new stage on other data is allowed; Lightning would restore no position into it, silently."""
+    from src.data.stream_datamodule import StreamDataModule
+    from src.data.text_datamodule import TextFileDataModule
+    from src.training.run import other_data_note
+
+    text = TextFileDataModule(str(tmp_path / "input.txt"), default_path="", url="", seq_len=8, batch_size=2)
+    stream = StreamDataModule("local", 8, 2, data_files=str(tmp_path / "*.parquet"))
+    from_stream = {"global_step": 5, "StreamDataModule": {"ranks": []}}
+    assert other_data_note(from_stream, text) == (
+        "the checkpoint's data position is in StreamDataModule data; "
+        "this run reads its TextFileDataModule data from the beginning"
+    )
+    assert other_data_note(from_stream, stream) is None
+    assert other_data_note({"global_step": 5}, text) is None  # a checkpoint without a data position
+
+
+def test_a_local_tokenizer_is_kept_by_its_absolute_path(tmp_path, monkeypatch):
+    """The checkpoint keeps data.tokenizer for export and generate, which may run elsewhere."""
+    import shutil
+
+    from src.data.tokenizer import DEFAULT_TOKENIZER
+    from src.training.checked_config import absolute_tokenizer_path
+
+    shutil.copytree(DEFAULT_TOKENIZER, tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)
+    for name, kept_as in [("tok", str(tmp_path / "tok")), ("HuggingFaceTB/SmolLM2-135M", None)]:
+        with hydra_context():
+            cfg = compose_train([f"data.tokenizer={name}"])
+        absolute_tokenizer_path(cfg)
+        assert cfg.data.tokenizer == (kept_as or name)  # a hub id, no folder here: left as named
+
+
 def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     """Extending max_steps on resume keeps the schedule's horizon: no LR jump at the boundary."""
     extra = ("schedule.kind=cosine",)

@@ -59,6 +59,7 @@ def checked_config(cfg: DictConfig, overrides: list[str]) -> CheckedConfig:
                 f"pass trainer.max_steps > {step} to continue"
             )
     drop_settings_of_absent_callbacks(cfg)
+    absolute_tokenizer_path(cfg)
     checked = CheckedConfig(cfg, overrides, hydra.utils.instantiate(cfg.model), checkpoint)
     if checked.finished:
         return checked
@@ -66,6 +67,15 @@ def checked_config(cfg: DictConfig, overrides: list[str]) -> CheckedConfig:
         check_model_matches(checkpoint[ckpt.MODEL_CONFIG], checked.model.to_dict(), cfg.ckpt_path)
     check_run_config(cfg, checked.model)
     return checked
+
+
+def absolute_tokenizer_path(cfg: DictConfig) -> None:
+    """A local `data.tokenizer` folder by its absolute path: the checkpoint keeps the name for
+    export, generate and the app, which may run in another folder (where a relative name would
+    find nothing, or another folder of that name)."""
+    name = cfg.data.get("tokenizer")
+    if name and Path(name).exists():
+        cfg.data.tokenizer = str(Path(name).resolve())
 
 
 def drop_settings_of_absent_callbacks(cfg: DictConfig) -> None:

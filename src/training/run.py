@@ -13,6 +13,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
@@ -25,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from src.callbacks.coordinated_stop import CHILD_EXIT_WAIT_S, CoordinatedStop, end_child_ranks
 from src.callbacks.last_checkpoint import AGREED_STOPS
+from src.data.base import WindowDataModule
+from src.data.tokenizer import load_tokenizer
 from src.errors import EXIT_SIGINT, UserError, find_cause, find_user_error, os_error_reason
 from src.files import atomic_write
 from src.kernels.probes import Workload
@@ -99,6 +102,39 @@ def initial_weights(init_from: str, model_config: SmolLM2Config) -> dict[str, to
     return model.state_dict()
 
 
+def other_tokenizer_note(init_from: str, tokenizer: str | None) -> str | None:
+    """A Hugging Face folder whose own tokenizer is not the run's `data.tokenizer` (SmolLM2-Instruct
+    ends with `<|im_end|>`): the run ends its documents with the run's EOS, and its exports
+    carry that tokenizer. Allowed (the vocabularies may agree), and said."""
+    folder = Path(init_from)
+    if not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
+        return None
+    theirs, ours = load_tokenizer(str(folder)), load_tokenizer(tokenizer)
+    if theirs.get_vocab() == ours.get_vocab() and theirs.eos_token_id == ours.eos_token_id:
+        return None
+    vocab = "" if theirs.get_vocab() == ours.get_vocab() else "another vocabulary, "
+    return (
+        f"init_from={init_from} has its own tokenizer ({vocab}EOS {theirs.eos_token!r} = "
+        f"{theirs.eos_token_id}); this run's data.tokenizer ends documents with {ours.eos_token!r} = "
+        f"{ours.eos_token_id}, and its exports carry it: pass data.tokenizer={init_from} to keep the folder's"
+    )
+
+
+def other_data_note(checkpoint: dict[str, Any], datamodule: L.LightningDataModule) -> str | None:
+    """Lightning restores a data position only into the kind of DataModule that saved it: a
+    continuation on another kind (a text file after a stream: a new stage of training) reads
+    its data from the beginning. Allowed, and said."""
+    here = type(datamodule).__qualname__
+    kinds = [kind.__qualname__ for kind in WindowDataModule.__subclasses__()]
+    saved = [kind for kind in kinds if kind in checkpoint]
+    if here in checkpoint or not saved:
+        return None
+    return (
+        f"the checkpoint's data position is in {saved[0]} data; this run reads its {here} data "
+        "from the beginning"
+    )
+
+
 def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[str, float]:
     """Build everything from the checked config and fit; returns the final logged metrics.
     `record` (Hydra's `.hydra/` files, `launch_record`) is written into the run folder once the
@@ -111,6 +147,8 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
         rank_zero_info(f"{cfg.ckpt_path} is already at step {step} = trainer.max_steps: nothing to do")
         return {}
     initial = initial_weights(cfg.init_from, model_config) if cfg.init_from else None
+    if cfg.init_from and (note := other_tokenizer_note(cfg.init_from, cfg.data.get("tokenizer"))):
+        rank_zero_warn(note)
     check_logger_extras(cfg.get("logger"))
     global_batch = resolve_global_batch(cfg, {override_key(o) for o in overrides})
 
@@ -127,6 +165,8 @@ def train(checked: CheckedConfig, record: dict[str, str] | None = None) -> dict[
         )
 
     datamodule = hydra.utils.instantiate(cfg.data)
+    if checkpoint is not None and (note := other_data_note(checkpoint, datamodule)):
+        rank_zero_warn(note)
     with open_dict(cfg):
         cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     recipe = applied_recipe(overrides)  # printed once the config has passed every check

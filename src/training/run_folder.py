@@ -31,7 +31,8 @@ NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 # Lock files held by this process. A forked child (a DataLoader worker) would share the lock
 # and keep it after this process is killed, refusing the run's continuation: it closes them.
 HELD: set[int] = set()
-# The fresh run folder this process made, if any (`claim_fresh_folder`).
+# The fresh run folder this process made or Hydra made for it, if any (`claim_fresh_folder`,
+# `claim_named_folder`).
 CLAIMED: list[Path] = []
 
 
@@ -61,6 +62,14 @@ def claim_fresh_folder(runs: str) -> str:
         except FileExistsError:
             continue
     raise UserError(f"{runs}: 10000 runs started in this second; pick run_name=<name> or hydra.run.dir=<dir>")
+
+
+def claim_named_folder(folder: str) -> str:
+    """`folder` (`<runs>/<run_name>`), which Hydra creates where it does not exist yet: then it is
+    this launch's to remove if it stays empty (`release_unused_claim`)."""
+    if not os.path.exists(folder) and Path(folder) not in CLAIMED:
+        CLAIMED.append(Path(folder))
+    return folder
 
 
 def release_unused_claim() -> None:
@@ -198,8 +207,10 @@ def hydra_subdir(ckpt_path: str | None) -> str:
 def launch_record(cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
     """The files Hydra would write into the run folder before the task starts (config.yaml,
     hydra.yaml, overrides.yaml), taken now and written by `start_writing` once the run holds its
-    folder (conf/hydra/default.yaml). A continuation keeps the original .hydra/ and adds its own.
-    `hydra_cfg` is `HydraConfig.instance().cfg` (the `hydra:` node Hydra saves)."""
+    folder (conf/hydra/default.yaml). A continuation keeps the original .hydra/ and adds its own,
+    whose config.yaml is `cfg` as replayed from the checkpoint (src/training/checked_config.py),
+    not Hydra's composition of today's overrides alone. `hydra_cfg` is `HydraConfig.instance().cfg`
+    (the `hydra:` node Hydra saves)."""
     subdir = hydra_subdir(cfg.ckpt_path)
     return {
         f"{subdir}/config.yaml": OmegaConf.to_yaml(cfg),
