@@ -34,6 +34,8 @@ def test_ddp_matches_one_process_and_resumes(tmp_path):
         "callbacks.text_samples.prompts=[]",
         "eval_every=2",
         "kernels_policy=always",
+        "data.seq_len=30",  # 23 validation windows: an odd count, see below
+        "trainer.limit_val_batches=1.0",
     )
     run_training(fast_overrides(tmp_path / "one", text, "trainer.max_steps=4", "data.batch_size=8", *common))
 
@@ -54,5 +56,10 @@ def test_ddp_matches_one_process_and_resumes(tmp_path):
     a = read_checkpoint(tmp_path / "one" / "run" / "checkpoints" / "last.ckpt")
     b = read_checkpoint(last)
     assert b["global_step"] == 4
+    # Each rank reads every other validation window; with an odd count one rank repeats a window
+    # to run as many batches, which must not count: val/loss is that of one process.
+    assert a["val_windows"] == b["val_windows"] and a["val_windows"] % 2 == 1
+    one, two = logged(tmp_path / "one" / "run", "val/loss"), logged(tmp_path / "ddp" / "run", "val/loss")
+    assert len(two) == 3 and list(two.values()) == pytest.approx(list(one.values()), rel=1e-5)
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-4, atol=1e-5)

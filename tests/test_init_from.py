@@ -24,7 +24,7 @@ def validation_loss(model: SmolLM2, overrides: list[str]) -> float:
         datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("validate")
-    batches = list(datamodule.val_dataloader())[: cfg.trainer.limit_val_batches]
+    batches = [windows for windows, _ in list(datamodule.val_dataloader())[: cfg.trainer.limit_val_batches]]
     with torch.no_grad():
         losses = [F.cross_entropy(model(b[:, :-1]).flatten(0, 1), b[:, 1:].flatten()) for b in batches]
     return float(torch.stack(losses).mean())

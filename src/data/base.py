@@ -54,7 +54,10 @@ class WindowDataModule(L.LightningDataModule):
         return {}
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(OrderedWindows(self.val_tokens, self.seq_len), batch_size=self.batch_size)
+        """`(windows, counted)` batches of this rank's share of the validation windows."""
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        windows = OrderedWindows(self.val_tokens, self.seq_len, rank, world_size)
+        return self.loader(windows, batch_size=self.batch_size)
 
     def loader(self, dataset: Dataset | IterableDataset, batch_size: int | None) -> DataLoader:
         return DataLoader(

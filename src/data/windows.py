@@ -76,14 +76,25 @@ class ShuffledWindowBatches(IterableDataset):
 
 
 class OrderedWindows(Dataset):
-    """Every window of a token array once, in order: the validation set."""
+    """Every window of a token array once, in order: the validation set, split over ranks.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
-        self.tokens, self.seq_len = tokens, seq_len
-        self.length = num_windows(len(tokens), seq_len)
+    Rank r of W takes windows r, r + W, r + 2W, ... (DistributedSampler's split, which Lightning
+    is told not to add: src/training/run.py). Every rank must run as many batches (each forward
+    of DDP or FSDP is collective), so where W does not divide the windows a rank's last item
+    repeats one, marked not to count: items are `(window, counted)`, and val/loss is the mean
+    over the counted windows of all ranks, the same for any number of ranks.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, rank: int = 0, world_size: int = 1) -> None:
+        self.tokens, self.seq_len, self.rank, self.world_size = tokens, seq_len, rank, world_size
+        self.num_windows = num_windows(len(tokens), seq_len)
+        self.length = -(-self.num_windows // world_size)  # ceil
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return window(self.tokens, index, self.seq_len)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"window {index} of {self.length}")
+        position = self.rank + index * self.world_size
+        return window(self.tokens, position % self.num_windows, self.seq_len), position < self.num_windows

@@ -17,6 +17,7 @@ import torch
 
 from src.kernels.linear import linear, uses_onednn, weight_grad
 
+IGNORE_INDEX = -100  # a target left out of the mean, as F.cross_entropy's default
 ROWS_PER_SOFTMAX_PASS_CPU = 8  # (8, 49152) fp32 log-probs = 1.5 MB: each pass stays in L2
 
 
@@ -152,7 +153,7 @@ def lm_cross_entropy(
     targets: torch.Tensor,
     *,
     chunk_size: int = 1024,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     onednn: bool = False,
     onednn_weight_grad: bool = True,
     upcast: bool = False,

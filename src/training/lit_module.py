@@ -14,7 +14,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from src.kernels import apply_cpu_kernels, loss_matmuls
-from src.kernels.loss import lm_cross_entropy
+from src.kernels.loss import IGNORE_INDEX, lm_cross_entropy
 from src.kernels.selection import KernelRecord
 from src.lightning_compat import count_batches_as, is_log_step, log_the_last_step, set_logging_step
 from src.models.config import SmolLM2Config
@@ -83,8 +83,7 @@ class SmolLM2LitModule(L.LightningModule):
         self._grad_norm: torch.Tensor | None = None
         self._lr = self.peak_lr
         self._report_due = False
-        self._val_sum: torch.Tensor | None = None
-        self._val_count = 0
+        self._val_sum: torch.Tensor | None = None  # (summed loss, windows) of this rank's validation so far
         self._val_windows: int | None = None  # the last validation's, all ranks (checkpointed)
 
     def configure_model(self) -> None:
@@ -104,8 +103,12 @@ class SmolLM2LitModule(L.LightningModule):
             param_dtype = torch.bfloat16 if self.trainer.precision == "bf16-mixed" else None
             apply_fsdp(self.model, self.device_mesh["data_parallel"], param_dtype)
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean next-token loss of (B, T + 1) windows; `counted` (B,) leaves out the windows that
+        only pad a rank's share of the validation set (src/data/windows.py: OrderedWindows)."""
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        if counted is not None:
+            targets = targets.masked_fill(~counted[:, None], IGNORE_INDEX)
         hidden = self.model.hidden_states(inputs)  # (B, T, C)
         return self.cross_entropy(hidden, self.model.lm_head.weight, targets, **self.loss_matmuls)
 
@@ -201,20 +204,22 @@ class SmolLM2LitModule(L.LightningModule):
     def on_train_end(self) -> None:
         self.guard.report(self.trainer.global_step)  # steps skipped after the last log step
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        loss = self.loss(batch).detach() * batch.shape[0]
-        self._val_sum = loss if self._val_sum is None else self._val_sum + loss
-        self._val_count += batch.shape[0]
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        windows, counted = batch
+        loss_and_count = torch.stack([self.loss(windows, counted).detach() * counted.sum(), counted.sum()])
+        self._val_sum = loss_and_count if self._val_sum is None else self._val_sum + loss_and_count
 
     def on_validation_epoch_end(self) -> None:
         if self._val_sum is None:
             return
-        mean = self.trainer.strategy.reduce(self._val_sum / self._val_count, reduce_op="mean")
+        # (summed loss, counted windows) over all ranks: the mean of the windows read, however many ranks
+        total, windows = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
+        mean = total / windows
         self.log("val/loss", mean, prog_bar=True)
         self.log("val/ppl", mean.exp())
         if not self.trainer.sanity_checking:
-            self._note_validation_windows(self._val_count * self.trainer.world_size)  # equal shares
-        self._val_sum, self._val_count = None, 0
+            self._note_validation_windows(int(windows))
+        self._val_sum = None
 
     def _note_validation_windows(self, windows: int) -> None:
         """`trainer.limit_val_batches` counts batches: a continuation with another data.batch_size

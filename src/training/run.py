@@ -317,6 +317,9 @@ def fit(
                 callbacks=[*callbacks, coordinated_stop],
                 logger=loggers or False,
                 plugins=[AtomicCheckpointIO()],
+                # The DataModules split their data over ranks themselves; Lightning's sampler would
+                # pad the validation windows with repeats, which would count (src/data/windows.py).
+                use_distributed_sampler=False,
             )
             rank_zero_info(
                 f"SmolLM2 {cfg.model.get('_target_', '')}: {module.model.num_parameters():,} parameters, "

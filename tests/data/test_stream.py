@@ -164,7 +164,8 @@ def test_validation_is_the_held_out_documents_and_training_never_sees_them(shard
     assert counts["unique_documents"] == len([t for t in texts if t not in dm.held_out])  # each once
     for doc in tokenize_documents(dm.tokenizer, texts[:3]):
         assert tuple(doc[:-1]) not in seen
-    assert next(iter(dm.val_dataloader())).shape == (BATCH, SEQ_LEN + 1)
+    windows, counted = next(iter(dm.val_dataloader()))
+    assert windows.shape == (BATCH, SEQ_LEN + 1) and counted.tolist() == [True] * BATCH
 
 
 def test_resuming_by_examples_with_other_readers_says_what_to_pass(shards):

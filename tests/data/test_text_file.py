@@ -146,7 +146,20 @@ def test_ranks_split_a_global_batch():
 
 def test_validation_windows_are_in_order_and_complete():
     val = OrderedWindows(TOKENS[900:], seq_len=10)
-    assert len(val) == 9 and val[0].tolist() == list(range(900, 911)) and val[8][-1] == 990
+    assert len(val) == 9 and val[0][0].tolist() == list(range(900, 911)) and val[8][0][-1] == 990
+    assert all(counted for _, counted in val)
+
+
+def test_ranks_split_the_validation_windows_and_mark_the_repeats_that_even_their_shares():
+    """9 windows on 2 ranks: rank 0 reads 0, 2, 4, 6, 8 and rank 1 reads 1, 3, 5, 7 and
+    window 0 again, which does not count: together every window once."""
+    ranks = [OrderedWindows(TOKENS[900:], seq_len=10, rank=r, world_size=2) for r in range(2)]
+    assert [len(r) for r in ranks] == [5, 5]
+    starts = [[(int(w[0]) - 900) // 10 for w, _ in r] for r in ranks]
+    assert starts == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 0]]
+    assert [counted for _, counted in ranks[1]] == [True, True, True, True, False]
+    counted = sorted((int(w[0]) - 900) // 10 for r in ranks for w, c in r if c)
+    assert counted == list(range(9))
 
 
 def test_a_given_path_is_never_downloaded_to(tmp_path, monkeypatch):
