@@ -26,3 +26,17 @@ def test_ctrl_c_during_a_save_is_raised_after_the_file_is_complete(tmp_path):
     assert torch.equal(saved["weights"], weights) and saved["mid"] == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_run_folder_or_a_checkpoint_as_hf_path_names_what_to_pass(tmp_path):
+    from src.errors import UserError
+    from src.serving.inference import ModelSource, read_source
+    from src.training.checkpoint import read_checkpoint
+
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"global_step": 1}, last)
+    with pytest.raises(UserError, match=rf"^{last.parents[1]} is a run folder; pass its checkpoint, {last}$"):
+        read_checkpoint(tmp_path / "run")
+    with pytest.raises(UserError, match=rf"^hf_path={last} is a file; .* a .ckpt is ckpt_path=$"):
+        read_source(ModelSource(hf_path=str(last)))

@@ -144,6 +144,8 @@ def read_source(source: ModelSource) -> tuple[SmolLM2, PreTrainedTokenizerBase, 
         tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
         return ckpt.model_from_checkpoint(checkpoint)[0], tokenizer, path
     path = Path(source.hf_path)
+    if path.is_file():  # read_pretrained would take it, but the tokenizer is looked for beside it
+        raise UserError(f"hf_path={path} is a file; a Hugging Face model is a folder, a .ckpt is ckpt_path=")
     return read_pretrained(path), load_tokenizer(source.tokenizer or source.hf_path), path
 
 

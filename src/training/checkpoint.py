@@ -101,6 +101,8 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
         checkpoint = _read_sharded(path, weights)
     elif path.is_file():
         checkpoint = load_weights_only(path, mmap=True)  # mmap: weights are only read when used
+    elif (path / "checkpoints" / "last.ckpt").exists():
+        raise UserError(f"{path} is a run folder; pass its checkpoint, {path / 'checkpoints' / 'last.ckpt'}")
     elif path.is_dir():
         raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_METADATA})")
     else:
