@@ -1,6 +1,6 @@
 """Export a training checkpoint as a Hugging Face folder that `from_pretrained` loads offline.
 
-python -m src.export ckpt_path=<run>/checkpoints/last.ckpt [out_dir=<dir>] [overwrite=true]
+python -m src.export ckpt_path=<run>/checkpoints/last.ckpt [out_dir=<dir>] [overwrite=true] [dtype=bfloat16]
 
 Without out_dir the folder is outputs/export/<run>-step<N> (src/outputs.py): runs stay in logs/,
 what is made from them goes under outputs/.
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import MISSING
 from safetensors import SafetensorError
 
@@ -31,6 +32,7 @@ from src.data.tokenizer import load_tokenizer
 from src.errors import UserError, exit_on_user_error, first_line, os_error_reason
 from src.models.hf import write_hf_folder
 from src.outputs import default_output_dir
+from src.serving.inference import resolve_dtype
 from src.training import checkpoint as ckpt
 
 
@@ -39,6 +41,7 @@ class ExportConfig:
     ckpt_path: str = MISSING
     out_dir: str = ""  # empty: outputs/export/<run>-step<N>
     overwrite: bool = False
+    dtype: str = "float32"  # the stored weights': float32 (as trained), or bfloat16 (half the size)
 
 
 def default_out_dir(ckpt_path: Path) -> Path:
@@ -98,8 +101,11 @@ def why(err: Exception) -> str:
     return first_line(err)
 
 
-def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -> None:
-    """Weights, config.json, generation_config.json and the run's tokenizer files into `out_dir`."""
+def export_checkpoint(
+    ckpt_path: Path, out_dir: Path, overwrite: bool = False, dtype: torch.dtype = torch.float32
+) -> None:
+    """Weights (in `dtype`), config.json, generation_config.json and the run's tokenizer files
+    into `out_dir`."""
     out_dir = out_dir.resolve()
     check_out_dir(out_dir, ckpt_path.resolve(), overwrite)
     checkpoint = ckpt.read_checkpoint(ckpt_path)
@@ -109,7 +115,7 @@ def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
 
     def write(folder: Path) -> None:
-        write_hf_folder(model, config, folder, bos_id=bos, eos_id=eos)
+        write_hf_folder(model, config, folder, bos_id=bos, eos_id=eos, dtype=dtype)
         tokenizer.save_pretrained(folder)
 
     try:
@@ -121,9 +127,10 @@ def export_checkpoint(ckpt_path: Path, out_dir: Path, overwrite: bool = False) -
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(ExportConfig, argv)
+    dtype = resolve_dtype(cfg.dtype)
     ckpt_path = Path(cfg.ckpt_path)
     out_dir = Path(cfg.out_dir) if cfg.out_dir else default_out_dir(ckpt_path)
-    export_checkpoint(ckpt_path, out_dir, cfg.overwrite)
+    export_checkpoint(ckpt_path, out_dir, cfg.overwrite, dtype)
     print(f"wrote {out_dir}", file=sys.stderr)
 
 

@@ -97,8 +97,12 @@ def from_hf_state_dict(
     return out
 
 
-def to_hf_config(config: SmolLM2Config, bos_id: int = 0, eos_id: int = 0) -> dict[str, Any]:
-    """A `LlamaConfig` as a dict, with both rope spellings so transformers 4.x and 5.x read it."""
+def to_hf_config(
+    config: SmolLM2Config, bos_id: int = 0, eos_id: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """A `LlamaConfig` as a dict, with both rope and dtype spellings so transformers 4.x and 5.x
+    read it; `dtype` is the stored weights'."""
+    dtype_name = str(dtype).removeprefix("torch.")
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -124,7 +128,8 @@ def to_hf_config(config: SmolLM2Config, bos_id: int = 0, eos_id: int = 0) -> dic
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "use_cache": True,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype_name,
+        "dtype": dtype_name,
     }
 
 
@@ -238,17 +243,25 @@ def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def write_hf_folder(
-    model: torch.nn.Module, config: SmolLM2Config, out_dir: Path, bos_id: int = 0, eos_id: int = 0
+    model: torch.nn.Module,
+    config: SmolLM2Config,
+    out_dir: Path,
+    bos_id: int = 0,
+    eos_id: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
-    """config.json, generation_config.json and model.safetensors that transformers loads as is."""
+    """config.json, generation_config.json and model.safetensors (weights in `dtype`) that
+    transformers loads as is."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {
-        k: v.detach().contiguous().cpu() for k, v in to_hf_state_dict(model.state_dict(), config).items()
+        k: v.detach().to(dtype).contiguous().cpu()
+        for k, v in to_hf_state_dict(model.state_dict(), config).items()
     }
     save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(to_hf_config(config, bos_id, eos_id), indent=2) + "\n")
+    hf_config = to_hf_config(config, bos_id, eos_id, dtype)
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     generation = {"bos_token_id": bos_id, "eos_token_id": eos_id, "do_sample": False}
     (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 

@@ -36,6 +36,27 @@ def test_export_loads_in_transformers_with_the_same_logits(exported):
         assert (folder / "hf" / name).is_file()
 
 
+def test_a_bfloat16_export_stores_half_the_bytes_and_loads_as_the_rounded_weights(exported, tmp_path):
+    from src.export import main
+
+    model, folder = exported
+    main([f"ckpt_path={folder / 'model.ckpt'}", f"out_dir={tmp_path / 'bf16'}", "dtype=bfloat16"])
+    stored = load_file(tmp_path / "bf16" / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    size = (tmp_path / "bf16" / "model.safetensors").stat().st_size
+    assert size < 0.51 * (folder / "hf" / "model.safetensors").stat().st_size
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["torch_dtype"] == config["dtype"] == "bfloat16"
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16", local_files_only=True, dtype="auto")
+    assert hf.dtype == torch.bfloat16
+    loaded = load_pretrained(tmp_path / "bf16")  # ours reads it back in fp32: the bf16 values exactly
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a.to(torch.bfloat16).float(), b), name
+    with pytest.raises(SystemExit) as exit_:
+        main([f"ckpt_path={folder / 'model.ckpt'}", f"out_dir={tmp_path / 'f16'}", "dtype=float16"])
+    assert exit_.value.code == 2 and not (tmp_path / "f16").exists()
+
+
 def test_round_trip_through_load_pretrained_keeps_weights_and_ties(exported):
     model, folder = exported
     loaded = load_pretrained(folder / "hf")
