@@ -14,6 +14,7 @@ from torch._dynamo.utils import counters
 
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
+from src.kernels.probes import ACTS_COMPILED
 from src.kernels.rms_norm import FusedRMSNorm
 from src.models import SmolLM2, SmolLM2Config, generate
 from src.training import checkpoint as ckpt
@@ -112,6 +113,35 @@ def test_a_training_block_compiles_into_one_graph(kernels):
     x = torch.randn(2, 16, model.config.hidden_size, requires_grad=True)  # (B, T, C)
     block(x, *model.rope(0, 16)).sum().backward()
     assert x.grad is not None and model.blocks[0].attn.q_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_under_compile_only_the_kernels_said_to_act_change_the_computation(dtype):
+    """`ACTS_COMPILED` is what a compiled run's kernel choice trusts (src/kernels/probes.py): a
+    kernel outside it steps aside inside a graph (the block computes bit for bit as without it),
+    one inside it computes its own way."""
+    torch.manual_seed(0)
+    config = SmolLM2Config.from_preset("tiny")
+    state = SmolLM2(config).state_dict()
+    x = torch.randn(2, 16, config.hidden_size)
+
+    def compiled_block_output(kernels: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        model = SmolLM2(config)
+        model.load_state_dict(state)
+        model = apply_cpu_kernels(model, kernels)
+        torch._dynamo.reset()  # each kernel's block compiled afresh, not as a recompile of the last
+        block = torch.compile(model.blocks[0], fullgraph=True, backend="aot_eager")
+        inputs = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = block(inputs, *model.rope(0, 16))
+        y.float().square().sum().backward()
+        return y.detach(), inputs.grad
+
+    plain = compiled_block_output(())
+    for kernel in KERNELS:
+        ours = compiled_block_output((kernel,))
+        same = all(torch.equal(a, b) for a, b in zip(ours, plain, strict=True))
+        assert same == (kernel not in ACTS_COMPILED), kernel
 
 
 @pytest.mark.slow

@@ -36,7 +36,9 @@ class Workload:
     """What the kernels would run: the model's shapes, the compute dtype, training or decoding.
 
     `dtype` is the autocast dtype in training (float32 without autocast) and the weights'
-    dtype in decoding; decoding runs `batch_size` rows one token at a time.
+    dtype in decoding; decoding runs `batch_size` rows one token at a time. `compiled`: a
+    training step under `compile=true`, where only `ACTS_COMPILED` kernels act (the others
+    run PyTorch's op, which Inductor fuses itself); their probes still time eager calls.
     """
 
     config: SmolLM2Config
@@ -44,6 +46,7 @@ class Workload:
     seq_len: int
     dtype: torch.dtype
     training: bool
+    compiled: bool = False
 
     def key(self) -> str:
         """The shapes and dtype as a string, part of a cached timing's key."""
@@ -62,8 +65,16 @@ class Probe:
     pytorch: Callable[[], None]
 
 
+# The kernels that act inside a torch.compile graph (the upcast attention as the blockwise one,
+# without its upcast): the others step aside there (each one's forward checks
+# `torch.compiler.is_compiling()`), as Inductor cannot lower their ops or fuses PyTorch's own.
+ACTS_COMPILED = frozenset({"causal_attention", "upcast_attention"})
+
+
 def probe(kernel: str, workload: Workload) -> Probe | str:
     """The probe of `kernel` on `workload`, or why the kernel cannot act there (a string)."""
+    if workload.compiled and kernel not in ACTS_COMPILED:
+        return "steps aside under torch.compile"
     return _PROBES[kernel](workload)
 
 

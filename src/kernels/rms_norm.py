@@ -44,14 +44,17 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype`; a hand-written backward on CPU.
+    """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype` (but under compile); a hand-written
+    backward on CPU.
 
     Only when gradients are wanted (inference gains nothing from it), and not under
-    `torch.compile`, whose Inductor fuses `F.rms_norm` itself.
+    `torch.compile`, where it computes as the plain `RMSNorm` does, which Inductor fuses itself:
+    a compiled run computes the same with this kernel named or not.
     """
+    if torch.compiler.is_compiling():  # fp32 out, as the plain norm's: the consumers' casts stay theirs
+        return weight * F.rms_norm(x, x.shape[-1:], eps=eps)
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    on_cpu = x.device.type == weight.device.type == "cpu"
-    if wants_grad and on_cpu and not torch.compiler.is_compiling():
+    if wants_grad and x.device.type == weight.device.type == "cpu":
         return _RMSNormFunction.apply(x, weight, eps, dtype)
     return F.rms_norm(x, x.shape[-1:], weight, eps).to(dtype)
 

@@ -55,7 +55,9 @@ def cpu_kernels(cfg: DictConfig, model_config: SmolLM2Config, continued: KernelR
     printed in one line: a continuation's on this machine are those its checkpoint kept
     (`continued`). Each rank decides alone; the first writes the timings the others read."""
     dtype = torch.bfloat16 if "bf16" in str(cfg.trainer.precision) else torch.float32
-    workload = Workload(model_config, cfg.data.batch_size, cfg.data.seq_len, dtype, training=True)
+    workload = Workload(
+        model_config, cfg.data.batch_size, cfg.data.seq_len, dtype, training=True, compiled=cfg.compile
+    )
     on_cpu = not uses_cuda(cfg.trainer.accelerator)
     decisions = choose_kernels(
         list(cfg.kernels), workload, cfg.kernels_policy, on_cpu=on_cpu, continued=continued

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import json
@@ -161,6 +162,19 @@ def test_policy_always_keeps_every_candidate_and_a_gpu_run_keeps_none(tmp_path):
     assert timer.calls == 0 and not (tmp_path / FILE_NAME).exists()
     with pytest.raises(UserError, match="kernels_policy='fastest': use measure .* or always"):
         choose_kernels(KERNELS, FP32_TRAINING, "fastest")
+
+
+def test_a_compiled_run_times_only_the_kernels_that_act_in_a_graph(tmp_path):
+    compiled = dataclasses.replace(BF16_TRAINING, compiled=True)
+    assert compiled.key() == BF16_TRAINING.key()  # what is timed is the eager kernel either way
+    timer = FakeTimer.steady((0.5, 1.0), (0.6, 1.0))  # causal_attention, upcast_attention
+    decisions = choose_kernels(KERNELS, compiled, cache=TimingCache(tmp_path), timer=timer)
+    assert timer.kernels_timed == 2 and kept(decisions) == ["causal_attention"]
+    reasons = {d.kernel: d.reason for d in decisions if not d.keep}
+    assert reasons["upcast_attention"] == "causal_attention is faster"
+    assert {reasons[k] for k in ("rms_norm", "onednn_linear", "packed_linear", "upcast_linear")} == {
+        "steps aside under torch.compile"
+    }
 
 
 def test_policy_always_drops_kernels_that_cannot_act_so_that_a_rival_that_can_takes_the_module(tmp_path):
