@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -170,8 +171,10 @@ def main() -> None:
             print(f"{shape} {dtype_name}: {summary(decisions, workload)}")
             ours = apply_cpu_kernels(copy.deepcopy(plain), kept(decisions))
             models = {"ours": ours, "transformers": theirs}
-            if args.compile:
-                models[COMPILED] = copy.deepcopy(ours)
+            if args.compile:  # the kernels that act in a graph, as compile=true trains
+                compiled = dataclasses.replace(workload, compiled=True)
+                in_graph = kept(choose_kernels(KERNELS, compiled, on_cpu=device.type == "cpu"))
+                models[COMPILED] = apply_cpu_kernels(copy.deepcopy(plain), in_graph)
                 # in place, per block: state_dict keys stay the same
                 apply_compile(models[COMPILED], backend=args.compile_backend)
             if args.pytorch_kernels:
