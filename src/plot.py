@@ -65,24 +65,29 @@ def read_series(metrics_csv: Path) -> Series:
 
     Lightning's CSV logs step k's metrics, and the validation after step k, at step k - 1; the
     validation before training (`val_at_start`) comes before any training row, at step 0, and
-    stays there. So every point is drawn at the step summary.json, the samples and the
-    checkpoints name, and a validation after step 1 does not overwrite the one before training.
+    stays there (a validation row at a later step, `eval_every` below the log interval, is one
+    after training began). So every point is drawn at the step summary.json, the samples and
+    the checkpoints name, and a validation after step 1 does not overwrite the one before
+    training. A last line still being written (no newline yet) is left out.
     """
     if not metrics_csv.is_file():
         raise UserError(f"no metrics at {metrics_csv}; give a run folder that a training run wrote")
     series: Series = {}
     trained = False
-    with metrics_csv.open(newline="") as f:
-        for row in csv.DictReader(f):
-            values = {
-                key: float(value)
-                for key, value in row.items()
-                if key not in ("step", "epoch") and value not in ("", None)
-            }
-            trained = trained or not all(key.startswith("val/") for key in values)
-            step = int(row["step"]) + trained
-            for key, value in values.items():
-                series.setdefault(key, {})[step] = value
+    lines = metrics_csv.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    for row in csv.DictReader(lines):
+        values = {
+            key: float(value)
+            for key, value in row.items()
+            if key not in ("step", "epoch") and value not in ("", None)
+        }
+        val_only = all(key.startswith("val/") for key in values)
+        trained = trained or not val_only or int(row["step"]) > 0
+        step = int(row["step"]) + trained
+        for key, value in values.items():
+            series.setdefault(key, {})[step] = value
     return series
 
 

@@ -43,6 +43,23 @@ def test_points_are_at_the_optimizer_steps_taken_the_validation_before_training_
     assert series["val/loss"] == {0: 11.0, 1: 8.0, 2: 7.0}
 
 
+def test_a_validation_logged_before_the_first_training_row_is_at_its_own_step(tmp_path):
+    """eval_every=5 below trainer.log_every_n_steps=10: the validation after step 5 (CSV step 4)
+    comes before the first training row (step 10)."""
+    rows = [{"step": 0, "val/loss": 11.0}, {"step": 4, "val/loss": 10.5}, {"step": 9, "train/loss": 10.0}]
+    rows.append({"step": 9, "val/loss": 10.0})
+    write_metrics(tmp_path / "run", rows)
+    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
+    assert series["val/loss"] == {0: 11.0, 5: 10.5, 10: 10.0} and series["train/loss"] == {10: 10.0}
+
+
+def test_a_last_line_still_being_written_is_left_out(run_dir):
+    metrics = run_dir / "csv" / "metrics.csv"
+    whole = read_series(metrics)
+    metrics.write_text(metrics.read_text() + "10,0,0.0005,0.")  # a row cut mid-write
+    assert read_series(metrics) == whole
+
+
 def test_figure_has_a_panel_per_logged_quantity(run_dir):
     fig = figure(read_series(run_dir / "csv" / "metrics.csv"))
     panels = {ax.get_title(): ax for ax in fig.axes}
