@@ -12,6 +12,7 @@ data/input.txt, where `src.train` looks by default.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import shutil
 import subprocess
@@ -54,6 +55,9 @@ def pinned(names: list[str]) -> list[str]:
 
 
 def main() -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.parse_args()  # no options: --help describes it, anything else is refused before a download
     shutil.rmtree(WHEELS, ignore_errors=True)  # one version of each: two would stop the install there
     WHEELS.mkdir()
     pip = [sys.executable, "-m", "pip"]

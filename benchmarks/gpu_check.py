@@ -109,8 +109,11 @@ def tail(*files: Path, lines: int = 25) -> str:
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True
+        dirty = subprocess.run(  # results are not code: an earlier run's report does not count
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)benchmarks/results"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
         )
     except OSError:
         return "unknown (no git)"
@@ -193,6 +196,14 @@ def main() -> None:
     parser.add_argument("--commit", default=None, help="the commit, where the tree is not a git checkout")
     parser.add_argument("--steps", default=None, help="comma-separated step numbers to run (default: all)")
     args = parser.parse_args()
+    chosen = set(range(1, len(STEPS) + 1))
+    if args.steps:
+        try:
+            chosen = {int(n) for n in args.steps.split(",")}
+        except ValueError:
+            chosen = set()
+        if not chosen or not chosen <= set(range(1, len(STEPS) + 1)):
+            parser.error(f"--steps {args.steps}: give step numbers from 1 to {len(STEPS)}, comma-separated")
     if not args.dry_run and not torch.cuda.is_available():
         print(
             "error: no CUDA device here; run with --dry-run to check the script on the CPU", file=sys.stderr
@@ -218,7 +229,6 @@ def main() -> None:
         ("started", f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}, budget {budget:.0f} s"),
     ]
     title = f"GPU check: {header[0][1].split(',')[0]}"
-    chosen = {int(n) for n in args.steps.split(",")} if args.steps else set(range(1, len(STEPS) + 1))
     steps = [dataclasses.replace(step) for step in STEPS]
     for number, step in enumerate(steps, 1):
         left = budget - (time.monotonic() - started)

@@ -8,13 +8,14 @@ overrides (the 135M model, its shapes) through the same config checks a run make
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
 import hydra
 import pytest
 
-from benchmarks import gpu_steps
+from benchmarks import gpu_check, gpu_steps
 from benchmarks.gpu_check import STEPS, Checker, Step, run_step
 from src.training.config_checks import check_run_config
 from src.training.global_batch import resolve_global_batch
@@ -121,3 +122,11 @@ def test_a_failed_command_hands_the_step_all_it_printed(tmp_path):
     assert failed.value.status == "failed: its command 1 exited 3"
     assert failed.value.stdout.splitlines() == [f"tests/t.py::test_{i} PASSED" for i in range(40)]
     assert len(failed.value.output.splitlines()) < 40  # the report's excerpt is only the end
+
+
+@pytest.mark.parametrize("steps", ["99", "0,2", "two", ","])
+def test_steps_that_do_not_exist_are_refused(steps, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gpu_check", "--dry-run", "--steps", steps])
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main()
+    assert exit_.value.code == 2 and "give step numbers from 1 to 8" in capsys.readouterr().err
