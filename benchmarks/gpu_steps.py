@@ -234,15 +234,15 @@ def train_run(ctx: Context) -> str:
     last = run / "checkpoints" / "last.ckpt"
     ctx.train("train", *ctx.plan.run, *log, f"trainer.max_steps={steps + more}", f"ckpt_path={last}")
     logged = logged_throughput(run)
-    rows = [
-        [r["step"], r["train/loss"][:6], f"{float(r['tokens_per_s']):,.0f}", percent(r.get("mfu"))]
+    rows = [  # Lightning's CSV logs step k's metrics at step k - 1; the table says k, as src.report does
+        [int(r["step"]) + 1, r["train/loss"][:6], f"{float(r['tokens_per_s']):,.0f}", percent(r.get("mfu"))]
         for r in logged
     ]
     steady = [float(row["tokens_per_s"]) for row in first[1:]] or [0.0]  # the first interval holds warm-up
     mfus = [float(row["mfu"]) for row in first[1:] if row.get("mfu")]
     final_step = ckpt.read_checkpoint(last, weights=False)["global_step"]
     lines = [
-        table(["logged step", "train/loss", "tokens/s", "MFU (datasheet)"], rows),
+        table(["step", "train/loss", "tokens/s", "MFU (datasheet)"], rows),
         "",
         f"- {steps} steps, steady tokens/s (median of the intervals after the first): "
         f"{statistics.median(steady):,.0f}, "
