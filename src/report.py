@@ -37,16 +37,19 @@ class ReportConfig:
 class Row:
     step: int
     train_loss: float | None  # mean of the logged steps in (previous validation, step]
-    val_loss: float
+    val_loss: float | None  # None: the steps trained after the last validation
 
 
 def loss_rows(train: dict[int, float], val: dict[int, float]) -> list[Row]:
-    """One row per validation step, with the mean train loss logged since the previous one."""
+    """One row per validation step, with the mean train loss logged since the previous one, and
+    one for the steps logged after the last validation (a run stopped between two)."""
     rows, previous = [], -1
     for step in sorted(val):
         window = [loss for s, loss in train.items() if previous < s <= step]
         rows.append(Row(step, statistics.fmean(window) if window else None, val[step]))
         previous = step
+    if after := [loss for s, loss in train.items() if s > previous]:
+        rows.append(Row(max(train), statistics.fmean(after), None))
     return rows
 
 
@@ -63,15 +66,17 @@ def losses(series: Series, summary: dict) -> tuple[dict[int, float], dict[int, f
 
 def verdict(rows: list[Row]) -> str:
     """Memorisation (validation rising while training falls), or where validation stands."""
+    rows = [row for row in rows if row.val_loss is not None]
     if len(rows) < 2:
         return "one validation only: no trend to judge"
     best = min(rows, key=lambda row: row.val_loss)
     last = rows[-1]
+    at_last = f"at the last validation (step {last.step:,})"
     if last is best:
-        return f"not memorising: val/loss is at its lowest ({last.val_loss:.4f}) at the last step"
+        return f"not memorising: val/loss is at its lowest ({last.val_loss:.4f}) {at_last}"
     if last.val_loss <= best.val_loss * RISE:
         within = f"within {RISE - 1:.0%} of its best"
-        return f"not memorising: val/loss at the last step ({last.val_loss:.4f}) is {within}"
+        return f"not memorising: val/loss {at_last} is {last.val_loss:.4f}, {within}"
     rose = f"val/loss rose from {best.val_loss:.4f} (step {best.step:,})"
     rose += f" to {last.val_loss:.4f} (step {last.step:,})"
     if best.train_loss is not None and last.train_loss is not None and last.train_loss < best.train_loss:
@@ -114,9 +119,9 @@ def report(run_dir: Path, sample_chars: int = 300) -> str:
     if "wall_time_s" in summary:
         facts.append(f"wall time {summary['wall_time_s'] / 60:.1f} min")
     lines += [", ".join(facts), ""]
-    if rows:
+    if val:
         lines += ["| step | train/loss (mean since last val) | val/loss |", "|---:|---:|---:|"]
-        lines += [f"| {row.step:,} | {fmt(row.train_loss)} | {row.val_loss:.4f} |" for row in rows]
+        lines += [f"| {row.step:,} | {fmt(row.train_loss)} | {fmt(row.val_loss)} |" for row in rows]
         lines += ["", verdict(rows)]
     else:
         lines.append("no validation logged: no held-out loss to judge the train loss by")

@@ -52,10 +52,25 @@ def test_verdicts():
     flat_train = [Row(20, 1.0, 4.0), Row(40, 1.1, 6.0)]
     assert verdict(flat_train) == "val/loss rose from 4.0000 (step 20) to 6.0000 (step 40)"
     within_noise = [Row(20, 1.0, 4.0), Row(40, 0.5, 4.05)]
-    assert verdict(within_noise).startswith("not memorising: val/loss at the last step (4.0500)")
-    improving = [Row(0, None, 11.0), Row(20, 3.0, 4.0)]
-    assert verdict(improving) == "not memorising: val/loss is at its lowest (4.0000) at the last step"
+    assert verdict(within_noise) == (
+        "not memorising: val/loss at the last validation (step 40) is 4.0500, within 2% of its best"
+    )
+    improving = [Row(0, None, 11.0), Row(20, 3.0, 4.0), Row(25, 2.5, None)]  # 5 steps after it
+    assert verdict(improving) == (
+        "not memorising: val/loss is at its lowest (4.0000) at the last validation (step 20)"
+    )
     assert verdict([Row(0, None, 11.0)]) == "one validation only: no trend to judge"
+
+
+def test_steps_trained_after_the_last_validation_get_a_row_of_their_own(tmp_path):
+    """A run stopped between two validations: its last train losses are reported, not dropped."""
+    memorising_run(tmp_path)
+    series = read_series(tmp_path / "csv" / "metrics.csv")
+    train, val = losses(series, {})
+    train.update({41: 0.2, 42: 0.1})
+    rows = loss_rows(train, val)
+    assert rows[-1] == Row(42, pytest.approx(0.15), None)
+    assert [row.step for row in rows] == [0, 20, 40, 42]
 
 
 def test_report_of_a_run_folder(tmp_path):
