@@ -131,13 +131,16 @@ def figure(series: Series, title: str = "", others: dict[str, Series] | None = N
     for i, (name, keys, log) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         runs = [(series, "", "-")] + [(other, f" ({run})", "--") for run, other in others.items()]
-        for key in keys:
+        for k, key in enumerate(keys):
+            color = f"C{k}"  # one colour per quantity, in every run: the line style tells the runs apart
             for values, run, style in runs:
                 if key not in values:
                     continue
                 steps = sorted(values[key])
                 marker = "o" if len(steps) < 30 else None  # a few validation points stay visible
-                ax.plot(steps, [values[key][s] for s in steps], style, label=key + run, marker=marker)
+                ax.plot(
+                    steps, [values[key][s] for s in steps], style, color=color, label=key + run, marker=marker
+                )
         ax.set(title=name, xlabel="step", yscale="log" if log else "linear")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -151,3 +151,4 @@ def test_a_compared_run_is_drawn_dashed_on_the_same_panels():
         lines["train/loss (off)"].get_ydata()
     ) == [5, 9]
     assert [line.get_label() for line in panels["learning rate"].get_lines()] == ["lr (off)"]
+    assert lines["train/loss"].get_color() == lines["train/loss (off)"].get_color()  # one colour per quantity
