@@ -67,10 +67,12 @@ def logged_by_throughput(world_size: int, peak_tflops: float) -> dict[str, float
         precision="bf16-mixed",
     )
     callback = ThroughputLogger(peak_tflops=peak_tflops)
+    batch = torch.zeros(4, 65, dtype=torch.long)
     callback.on_train_start(trainer, module)
+    callback.on_train_batch_start(trainer, module, batch, 0)
     callback._t0 -= 2.0  # the interval took 2 s
     trainer.global_step = 10
-    callback.on_train_batch_end(trainer, module, None, torch.zeros(4, 65, dtype=torch.long), 0)
+    callback.on_train_batch_end(trainer, module, None, batch, 0)
     return logged
 
 
@@ -86,8 +88,9 @@ def test_mfu_is_per_device_and_tokens_per_s_is_global():
 
 
 def test_step_time_and_data_wait_come_from_the_gaps_between_batches(monkeypatch):
-    """Two steps in 2 s, of which 0.5 s passed between the first batch's end and the second's start."""
-    clock = iter([0.0, 1.0, 1.5, 2.0, 2.0])  # train start, end 1, start 2, end 2 (log), reset
+    """Two steps in 2 s, of which 0.5 s passed between the first batch's end and the second's start;
+    the 10 s before the first batch (a step-0 evaluation, samples) are not training time."""
+    clock = iter([10.0, 11.0, 11.5, 12.0, 12.0])  # start 1, end 1, start 2, end 2 (log), reset
     monkeypatch.setattr("src.callbacks.throughput.time.perf_counter", lambda: next(clock))
     logged: dict[str, float] = {}
     module = SimpleNamespace(

@@ -38,11 +38,12 @@ class ThroughputLogger(L.Callback):
     (`SmolLM2Config.training_flops_per_token`, N counted from the config, so a sharded model
     counts whole); it is left out, with one message, where the peak is unknown.
 
-    `step_time_s` is the interval's wall time per optimizer step (validation left out);
+    `step_time_s` is the interval's wall time per optimizer step (validation left out, and the
+    work at train start: a step-0 evaluation or sample, the data loader's start);
     `data_wait_fraction` the share of it the host spent between one batch's end and the next
-    one's start: fetching the batch, and also any checkpoint save or sampling done in that
-    gap. Near 0, the device (or the host's launching of work) sets the pace; near 1, the data
-    loader does. On a GPU the host runs ahead and waits at the log step's read instead, so a
+    one's start: fetching the batch, and also any checkpoint save, sampling or downstream
+    evaluation done in that gap. Near 0, the device (or the host's launching of work) sets the
+    pace; near 1, the data loader does. On a GPU the host runs ahead and waits at the log step's read instead, so a
     data loader that keeps up shows as a small fraction.
     """
 
@@ -61,7 +62,7 @@ class ThroughputLogger(L.Callback):
                 f"mfu: no peak known for {torch.cuda.get_device_name(device)!r}; "
                 "pass callbacks.throughput.peak_tflops=<its dense bf16 TFLOP/s> to log it"
             )
-        self._t0, self._step0 = time.perf_counter(), trainer.global_step
+        self._t0, self._step0, self._batch_end, self._waited = None, trainer.global_step, None, 0.0
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_t0 = time.perf_counter()
@@ -76,6 +77,8 @@ class ThroughputLogger(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: torch.Tensor, batch_idx: int
     ) -> None:
+        if self._t0 is None:  # the clock starts at the first batch: what ran at train start is setup
+            self._t0 = time.perf_counter()
         if self._batch_end is not None:
             self._waited += time.perf_counter() - self._batch_end
 
