@@ -43,8 +43,8 @@ class ThroughputLogger(L.Callback):
     `data_wait_fraction` the share of it the host spent between one batch's end and the next
     one's start: fetching the batch, and also any checkpoint save, sampling or downstream
     evaluation done in that gap. Near 0, the device (or the host's launching of work) sets the
-    pace; near 1, the data loader does. On a GPU the host runs ahead and waits at the log step's read instead, so a
-    data loader that keeps up shows as a small fraction.
+    pace; near 1, the data loader does. On a GPU the host runs ahead and waits at the log
+    step's read instead, so a data loader that keeps up shows as a small fraction.
     """
 
     def __init__(self, peak_tflops: float | None = None) -> None:
