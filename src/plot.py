@@ -64,11 +64,14 @@ def read_series(metrics_csv: Path) -> Series:
     redoes it) keeps the last.
 
     Lightning's CSV logs step k's metrics, and the validation after step k, at step k - 1; the
-    validation before training (`val_at_start`) comes before any training row, at step 0, and
-    stays there (a validation row at a later step, `eval_every` below the log interval, is one
-    after training began). So every point is drawn at the step summary.json, the samples and
-    the checkpoints name, and a validation after step 1 does not overwrite the one before
-    training. A last line still being written (no newline yet) is left out.
+    validation before training (`val_at_start`) and the downstream evaluation at step 0 come
+    before any training row, at step 0, and stay there (a validation row at a later step,
+    `eval_every` below the log interval, is one after training began). So every point is drawn
+    at the step summary.json, the samples and the checkpoints name, and a validation after
+    step 1 does not overwrite the one before training. A last line still being written (no
+    newline yet) is left out. With `eval_every=1` (or downstream `every_n_steps=1`) the
+    evaluation after step 1 shares CSV step 0 with the one before training: the second row of a
+    key at step 0 is step 1's.
     """
     if not metrics_csv.is_file():
         raise UserError(f"no metrics at {metrics_csv}; give a run folder that a training run wrote")
@@ -83,8 +86,9 @@ def read_series(metrics_csv: Path) -> Series:
             for key, value in row.items()
             if key not in ("step", "epoch") and value not in ("", None)
         }
-        val_only = all(key.startswith("val/") for key in values)
-        trained = trained or not val_only or int(row["step"]) > 0
+        evaluation = all(key.startswith(("val/", "eval/")) for key in values)  # validation, downstream
+        again = any(0 in series.get(key, {}) for key in values)  # a second evaluation at CSV step 0
+        trained = trained or not evaluation or int(row["step"]) > 0 or again
         step = int(row["step"]) + trained
         for key, value in values.items():
             series.setdefault(key, {})[step] = value

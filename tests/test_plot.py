@@ -46,11 +46,22 @@ def test_points_are_at_the_optimizer_steps_taken_the_validation_before_training_
 def test_a_validation_logged_before_the_first_training_row_is_at_its_own_step(tmp_path):
     """eval_every=5 below trainer.log_every_n_steps=10: the validation after step 5 (CSV step 4)
     comes before the first training row (step 10)."""
-    rows = [{"step": 0, "val/loss": 11.0}, {"step": 4, "val/loss": 10.5}, {"step": 9, "train/loss": 10.0}]
-    rows.append({"step": 9, "val/loss": 10.0})
+    rows = [{"step": 0, "val/loss": 11.0}, {"step": 0, "eval/q/acc": 0.25}]  # before training
+    rows += [{"step": 4, "val/loss": 10.5}, {"step": 9, "train/loss": 10.0}, {"step": 9, "val/loss": 10.0}]
+    rows.append({"step": 9, "eval/q/acc": 0.5})
     write_metrics(tmp_path / "run", rows)
     series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
     assert series["val/loss"] == {0: 11.0, 5: 10.5, 10: 10.0} and series["train/loss"] == {10: 10.0}
+    assert series["eval/q/acc"] == {0: 0.25, 10: 0.5}
+
+
+def test_with_eval_every_1_the_validation_after_step_1_does_not_replace_the_one_before_training(tmp_path):
+    """Both at CSV step 0, before the first training row (log interval 2)."""
+    rows = [{"step": 0, "val/loss": 11.0}, {"step": 0, "val/loss": 10.8}, {"step": 1, "val/loss": 10.6}]
+    rows.append({"step": 1, "train/loss": 10.7})
+    write_metrics(tmp_path / "run", rows)
+    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
+    assert series["val/loss"] == {0: 11.0, 1: 10.8, 2: 10.6}
 
 
 def test_a_last_line_still_being_written_is_left_out(run_dir):
