@@ -156,6 +156,8 @@ def test_a_continuations_milestones_come_after_its_start():
     assert "1,200 (200 in this run, from step 1,000)" in plan.table()
     assert plan.total_tokens == 1000 * 32 + 200 * 64
     assert "streaming, epochs unknown" in plan.table()
+    cfg.callbacks.text_samples.every_n_steps = 0  # never in between: the sample when fit ends
+    assert make_plan(cfg, 1000, 64, 0.5, DataSize("s", None), start_step=1000).first_sample == 1200
 
 
 def test_a_plan_leaves_the_run_it_continues_as_it_was_and_refuses_a_text_too_short(tmp_path, text):

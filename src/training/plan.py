@@ -159,7 +159,9 @@ def make_plan(
     step_checkpoints = max_steps // every_ckpt if every_ckpt > 0 else 0
     first_sample = None
     if samples is not None and samples.prompts:
-        first_sample = 0 if start_step == 0 else next_multiple(start_step, samples.every_n_steps, max_steps)
+        # a continuation samples at its next multiple, else when fit ends (src/callbacks/every_n_steps.py)
+        later = next_multiple(start_step, samples.every_n_steps, max_steps) or max_steps
+        first_sample = 0 if start_step == 0 else later
     fresh_validation = cfg.val_at_start and start_step == 0
     return Plan(
         parameters=parameters,
