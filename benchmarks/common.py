@@ -14,13 +14,16 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from src.errors import UserError
 from src.kernels.linear import linear
 from src.kernels.timing_cache import cpu_name, isa_limits
 from src.kernels.upcast import upcast_linear
+from src.models.config import preset_names
 from src.training.hardware import keep_freed_host_memory
 
 _freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
@@ -32,12 +35,125 @@ PYTORCH_KERNELS = "ours, PyTorch kernels"  # the row of our model with kernels=[
 STEADY_PAGE_FAULTS = 4096
 
 
+# argparse `type=` functions: a bad value ends the script with usage and one `error:` line
+# naming the argument (exit 2) before any model is built, instead of a traceback mid-run.
+
+
+def positive_int(text: str) -> int:
+    """A count that must be at least 1 (repeats, steps, tokens, batch sizes, lengths)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count that may be 0 (warm-up calls, workers)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """'1,8' -> [1, 8]: comma-separated counts, each at least 1."""
+    return [positive_int(part) for part in _parts(text, "1,8")]
+
+
+class Shape(NamedTuple):
+    """A batch shape; prints as the BATCHxSEQ it was given."""
+
+    batch: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.batch}x{self.seq}"
+
+
+def shape(text: str) -> Shape:
+    """'2x1024' -> Shape(2, 1024): batch size x sequence length, both at least 1."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BATCHxSEQ; write e.g. 2x1024")
+    try:
+        return Shape(*(positive_int(part) for part in parts))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: BATCH and SEQ must be whole numbers of at least 1, e.g. 2x1024"
+        ) from None
+
+
+def shapes(text: str) -> list[Shape]:
+    """'2x1024,4x256' -> [Shape(2, 1024), Shape(4, 256)]."""
+    return [shape(part) for part in _parts(text, "2x1024,4x256")]
+
+
+def dtype_names(text: str) -> list[str]:
+    """'fp32,bf16' -> ['fp32', 'bf16'], each a key of DTYPES."""
+    names = _parts(text, "fp32,bf16")
+    unknown = [name for name in names if name not in DTYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {', '.join(unknown)}; choose from {', '.join(DTYPES)}"
+        )
+    return names
+
+
+def add_preset_arg(parser: argparse.ArgumentParser, default: str, flag: str = "--preset") -> None:
+    """A model preset of src/conf/model, its choices listed in --help and in the error."""
+    presets = preset_names()
+    parser.add_argument(
+        flag,
+        default=default,
+        choices=presets,
+        metavar="PRESET",
+        help=f"model preset: {', '.join(presets)} (default {default})",
+    )
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _parts(text: str, example: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty item; write a comma-separated list, e.g. {example}"
+        )
+    return parts
+
+
 def add_common_args(parser: argparse.ArgumentParser, repeats: int) -> None:
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per candidate")
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed calls per candidate")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    add_dtypes_arg(parser)
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed calls per candidate")
+    parser.add_argument("--repeats", type=positive_int, default=repeats, help="timed calls per candidate")
+    add_device_arg(parser)
     add_host_args(parser)
+
+
+def add_dtypes_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dtypes", type=dtype_names, default="fp32,bf16", help=f"comma-separated: {', '.join(DTYPES)}"
+    )
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    """--device, which `setup` or `resolve_device` checks against this machine."""
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
 def add_compile_args(parser: argparse.ArgumentParser, rows: str) -> None:
@@ -57,7 +173,7 @@ def compile_note(args: argparse.Namespace) -> str:
 
 def add_host_args(parser: argparse.ArgumentParser) -> None:
     """--threads and --keep-freed-host-memory, which `setup` applies."""
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--keep-freed-host-memory",
         action=argparse.BooleanOptionalAction,
@@ -80,10 +196,28 @@ def setup(args: argparse.Namespace) -> torch.device:
     _freed_host_memory = "kept" if args.keep_freed_host_memory else "returned to the OS"
     if args.keep_freed_host_memory and not keep_freed_host_memory():
         _freed_host_memory = "returned to the OS (not glibc)"
-    name = args.device
+    return resolve_device(args.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device as a torch.device ('auto': CUDA if there is one); one that this machine lacks is a
+    UserError now, not a traceback from the first tensor moved there."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"--device {name}: this machine has no CUDA device (or torch lacks CUDA); use cpu or auto"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices, from cuda:0"
+            )
+    return device
 
 
 def synchronize(device: torch.device) -> None:

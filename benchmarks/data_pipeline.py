@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.common import non_negative_int, positive_float, positive_int
 from src.data.stream_datamodule import StreamDataModule
+from src.errors import exit_on_user_error
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2, SmolLM2Config
@@ -98,18 +100,23 @@ def train_tokens_per_s(seq_len: int, batch_size: int, steps: int) -> float:
     return steps * batch_size * seq_len / (time.perf_counter() - start)
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=3000)
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=40, help="batches timed per pipeline setting")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--train-seq-len", type=int, default=2048)
-    parser.add_argument("--train-batch-size", type=int, default=1)
-    parser.add_argument("--train-steps", type=int, default=2)
-    parser.add_argument("--train-tokens-per-s", type=float, help="skip the step measurement; use this rate")
+    parser.add_argument("--docs", type=positive_int, default=3000)
+    parser.add_argument("--shards", type=positive_int, default=8)
+    parser.add_argument("--seq-len", type=positive_int, default=2048)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batches", type=positive_int, default=40, help="batches timed per pipeline setting")
+    parser.add_argument(
+        "--workers", type=non_negative_int, nargs="+", default=[0, 2], help="0: in the main process"
+    )
+    parser.add_argument("--train-seq-len", type=positive_int, default=2048)
+    parser.add_argument("--train-batch-size", type=positive_int, default=1)
+    parser.add_argument("--train-steps", type=positive_int, default=2)
+    parser.add_argument(
+        "--train-tokens-per-s", type=positive_float, help="skip the step measurement; use this rate"
+    )
     args = parser.parse_args()
 
     if args.train_tokens_per_s:

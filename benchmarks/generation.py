@@ -23,11 +23,15 @@ from benchmarks.common import (
     DTYPES,
     PYTORCH_KERNELS,
     add_common_args,
+    add_preset_arg,
     machine_line,
     markdown_table,
+    positive_int,
+    positive_ints,
     setup,
     time_interleaved,
 )
+from src.errors import exit_on_user_error
 from src.kernels import applied_kernels
 from src.models import SmolLM2, SmolLM2Config, generate
 from src.serving.inference import ready_for_inference
@@ -40,14 +44,15 @@ def leading_agreement(tokens: torch.Tensor, expected: torch.Tensor) -> int:
     return int(differs[0]) if len(differs) else tokens.shape[1]
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batches", default="1", help="comma-separated batch sizes")
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument("--prompt-len", type=positive_int, default=32)
+    parser.add_argument("--new-tokens", type=positive_int, default=128)
+    parser.add_argument("--batches", type=positive_ints, default="1", help="comma-separated batch sizes")
     parser.add_argument(
         "--pytorch-kernels", action="store_true", help="add a row for ours without the CPU kernels"
     )
@@ -57,7 +62,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     base = SmolLM2(SmolLM2Config.from_preset(args.preset)).eval()
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = args.batches
     prompts = torch.randint(0, base.config.vocab_size, (max(batches), args.prompt_len), device=device)
     n = args.new_tokens
 
@@ -65,7 +70,7 @@ def main() -> None:
     print(f"machine: {machine_line(device)}")
     print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved)\n")
     rows = []
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         ours = SmolLM2(base.config).eval()
         ours.load_state_dict(base.state_dict())

@@ -301,10 +301,10 @@ def loss_kernels(ctx: Context) -> str:
     def number(row: dict[str, str], column: str) -> float:
         return float(row[column].replace(",", ""))
 
-    rivals = [r for r in rows.values() if number(r, "peak MB") <= number(trained, "peak MB")]
+    rivals = [r for r in rows.values() if number(r, "peak MiB") <= number(trained, "peak MiB")]
     fastest = max(rivals, key=lambda row: number(row, "tokens/s"))
     claim = (
-        f"the chunked loss, compiled, is the fastest at its peak memory ({trained['peak MB']} MB) or less "
+        f"the chunked loss, compiled, is the fastest at its peak memory ({trained['peak MiB']} MiB) or less "
         f"(fastest there: {fastest['loss']}, {fastest['tokens/s']} tokens/s)"
     )
     return demote(out) + "\n\n" + ctx.verdict(claim, fastest is trained)

@@ -16,9 +16,17 @@ import argparse
 import copy
 import statistics
 
-from benchmarks.common import add_host_args, machine_line, markdown_table, setup, time_interleaved
+from benchmarks.common import (
+    add_host_args,
+    machine_line,
+    markdown_table,
+    non_negative_int,
+    positive_int,
+    setup,
+    time_interleaved,
+)
 from benchmarks.train_step import add_our_step_args, our_step, plain_model_and_batch
-from src.errors import UserError
+from src.errors import UserError, exit_on_user_error
 from src.kernels import apply_cpu_kernels, check_kernels
 
 
@@ -27,6 +35,7 @@ def kernel_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -34,13 +43,11 @@ def main() -> None:
     add_our_step_args(parser)
     parser.add_argument("--a", default="", help="comma-separated kernels of A (empty: plain PyTorch)")
     parser.add_argument("--b", required=True, help="comma-separated kernels of B")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each")
-    parser.add_argument("--rounds", type=int, default=6, help="timed steps of each, one per round")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps of each")
+    parser.add_argument("--rounds", type=positive_int, default=6, help="timed steps of each, one per round")
     add_host_args(parser)
     parser.set_defaults(device="cpu")
     args = parser.parse_args()
-    if args.rounds < 1:
-        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     sets = {"A": kernel_list(args.a), "B": kernel_list(args.b)}
     for kernels in sets.values():
         try:

@@ -14,22 +14,36 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import add_host_args, machine_line, markdown_table, setup, time_interleaved
+from benchmarks.common import (
+    add_device_arg,
+    add_host_args,
+    add_preset_arg,
+    machine_line,
+    markdown_table,
+    non_negative_int,
+    positive_int,
+    setup,
+    time_interleaved,
+)
 from src.callbacks.layer_health import LayerHealth
+from src.errors import exit_on_user_error
 from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2, SmolLM2Config
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2_135m", help="a preset of src/conf/model")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--log-every", type=int, default=10, help="trainer.log_every_n_steps (default 10)")
+    add_preset_arg(parser, "smollm2_135m", flag="--model")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--seq-len", type=positive_int, default=2048)
+    parser.add_argument(
+        "--log-every", type=positive_int, default=10, help="trainer.log_every_n_steps (default 10)"
+    )
     parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="autocast dtype")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (and health calls)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=5, help="timed steps (and health calls)")
+    add_device_arg(parser)
     add_host_args(parser)
     args = parser.parse_args()
     device = setup(args)

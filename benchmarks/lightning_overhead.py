@@ -25,8 +25,16 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import add_common_args, machine_line, markdown_table, setup
+from benchmarks.common import (
+    add_common_args,
+    add_preset_arg,
+    machine_line,
+    markdown_table,
+    positive_int,
+    setup,
+)
 from src.callbacks.throughput import ThroughputLogger
+from src.errors import exit_on_user_error
 from src.kernels import KERNELS
 from src.models import SmolLM2Config
 from src.tracking.csv_logger import ContinuingCSVLogger
@@ -105,19 +113,20 @@ def bare_seconds_per_step(args, loader: DataLoader, dtype: str, device: torch.de
     return (time.perf_counter() - start) / (args.steps - args.warmup)
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_common_args(parser, repeats=3)
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=40, help="steps per fit, warm-up included")
+    add_preset_arg(parser, "tiny")
+    parser.add_argument("--seq-len", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=40, help="steps per fit, warm-up included")
     args = parser.parse_args()
-    device = setup(args)
     if args.warmup >= args.steps:
         parser.error("--warmup must be below --steps")
+    device = setup(args)
     generator = torch.Generator().manual_seed(0)
     batches = [
         torch.randint(0, 49152, (args.batch_size, args.seq_len + 1), generator=generator)
@@ -127,7 +136,7 @@ def main() -> None:
     print(machine_line(device))
     print(f"{args.preset}, {args.batch_size} x {args.seq_len} tokens per step, {args.steps} steps per run\n")
     rows = []
-    for dtype in args.dtypes.split(","):
+    for dtype in args.dtypes:
         times: dict[str, list[float]] = {"bare PyTorch": [], "Lightning": []}
         for _ in range(args.repeats):  # interleaved: bare, Lightning, bare, Lightning, ...
             times["bare PyTorch"].append(bare_seconds_per_step(args, loader, dtype, device))

@@ -22,6 +22,9 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from benchmarks.common import positive_int
+from src.errors import UserError, exit_on_user_error, os_error_reason
+
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,6 +51,10 @@ def next_line_questions(text: str, count: int, seed: int = 0) -> list[dict]:
     lines = [line.strip() for line in text.splitlines()]
     pairs = [(a, b) for a, b in zip(lines, lines[1:], strict=False) if len(a) > 15 and len(b) > 15]
     pool = sorted({b for _, b in pairs})
+    if count > len(pairs):
+        raise UserError(
+            f"the text has {len(pairs)} usable pairs of lines; ask for at most {len(pairs)} --questions"
+        )
     rng = random.Random(seed)
     questions = []
     for query, answer in rng.sample(pairs, count):
@@ -88,15 +95,20 @@ def harness(hf_path: str, folder: Path) -> tuple[dict[str, float], list[list[flo
     return {"acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"]}, lls
 
 
+@exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hf-path", help="a Hugging Face model folder (src.export writes one)")
     parser.add_argument("--text", required=True, help="a text file with many lines (e.g. tiny Shakespeare)")
-    parser.add_argument("--questions", type=int, default=200)
+    parser.add_argument("--questions", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write-task", help="only write the questions to this JSONL file (tasks=local:<it>)")
     args = parser.parse_args(argv)
-    questions = next_line_questions(Path(args.text).read_text(encoding="utf-8"), args.questions, args.seed)
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--text {args.text}: cannot read it ({os_error_reason(err)})") from None
+    questions = next_line_questions(text, args.questions, args.seed)
     if args.write_task:
         Path(args.write_task).write_text("".join(json.dumps(q) + "\n" for q in questions))
         return 0

@@ -26,13 +26,16 @@ from benchmarks.common import (
     DTYPES,
     add_common_args,
     add_compile_args,
+    add_preset_arg,
     compile_note,
     machine_line,
     markdown_table,
     peak_memory_bytes,
+    positive_int,
     setup,
     time_interleaved,
 )
+from src.errors import exit_on_user_error
 from src.kernels.loss import lm_cross_entropy
 from src.models import SmolLM2Config
 
@@ -69,12 +72,15 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m", help="whose width and vocabulary")
-    parser.add_argument("--tokens", type=int, default=8 * 2048, help="tokens per call (batch x sequence)")
+    add_preset_arg(parser, "smollm2_135m")  # whose width and vocabulary
+    parser.add_argument(
+        "--tokens", type=positive_int, default=8 * 2048, help="tokens per call (batch x sequence)"
+    )
     add_compile_args(parser, rows="each loss")
     add_common_args(parser, repeats=5)
     args = parser.parse_args()
@@ -97,7 +103,7 @@ def main() -> None:
     print(f"{args.tokens} tokens per call\n\nmachine: {machine_line(device)}")
     print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved){compile_note(args)}\n")
     rows = []
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         tensors = hidden, weight, targets, dtype
         calls = {name: functools.partial(step, fn, *tensors) for name, fn in losses.items()}
@@ -105,19 +111,19 @@ def main() -> None:
         timings = time_interleaved(calls, device, args.warmup, args.repeats)
         reference = timings["one pass"].median
         for name, timing in timings.items():
-            peak_mb = peak_memory_bytes(calls[name], device) / 2**20
+            peak_mib = peak_memory_bytes(calls[name], device) / 2**20
             rows.append(
                 [
                     dtype_name,
                     name,
                     timing.cell(),
                     f"{args.tokens / timing.median:,.0f}",
-                    f"{peak_mb:,.0f}",
+                    f"{peak_mib:,.0f}",
                     f"{values[name]:.4f}",
                     f"{reference / timing.median:.2f}x",
                 ]
             )
-    headers = ["dtype", "loss", "s/call", "tokens/s", "peak MB", "loss value", "vs one pass"]
+    headers = ["dtype", "loss", "s/call", "tokens/s", "peak MiB", "loss value", "vs one pass"]
     print(markdown_table(headers, rows))
 
 

@@ -14,6 +14,8 @@ import time
 
 import torch
 
+from benchmarks.common import add_preset_arg, non_negative_int, positive_int
+from src.errors import exit_on_user_error
 from src.models import SmolLM2, SmolLM2Config
 
 IMPLEMENTATIONS = {
@@ -36,11 +38,12 @@ def step_seconds(params: list[torch.nn.Parameter], options: dict, warmup: int, r
     return times
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument("--warmup", type=non_negative_int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
 
     torch.manual_seed(0)

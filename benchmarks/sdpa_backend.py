@@ -18,7 +18,16 @@ from collections import Counter
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import DTYPES, markdown_table
+from benchmarks.common import (
+    DTYPES,
+    add_device_arg,
+    add_dtypes_arg,
+    add_preset_arg,
+    markdown_table,
+    resolve_device,
+    shape,
+)
+from src.errors import exit_on_user_error
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.models import SmolLM2, SmolLM2Config
 
@@ -43,28 +52,27 @@ def backends(ops: Counter[str]) -> list[str]:
     return [b for b in BACKENDS if any(b in name for name in ops)]
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--shape", default="2x2048", help="BATCHxSEQ")
-    parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument("--shape", type=shape, default="2x2048", help="BATCHxSEQ")
+    add_dtypes_arg(parser)
+    add_device_arg(parser)
     args = parser.parse_args()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device = resolve_device(args.device)
 
     torch.manual_seed(0)
     model = apply_cpu_kernels(SmolLM2(SmolLM2Config.from_preset(args.preset)), KERNELS).to(device).train()
-    B, T = (int(n) for n in args.shape.split("x"))
+    B, T = args.shape
     inputs = torch.randint(0, model.config.vocab_size, (B, T), device=device)
     print(f"## Attention kernel of a training step: {args.preset}, {B}x{T}, forward + backward\n")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {where}; torch {torch.__version__}\n")
     rows, verdicts = [], []
-    for name in args.dtypes.split(","):
+    for name in args.dtypes:
         ops = attention_ops(model, inputs, DTYPES[name])
         found = backends(ops)
         listed = ", ".join(f"`{op}` x{n}" for op, n in sorted(ops.items())) or "none"

@@ -23,8 +23,17 @@ from collections.abc import Callable
 
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import DTYPES, add_host_args, machine_line, markdown_table, page_faults, setup
+from benchmarks.common import (
+    DTYPES,
+    add_host_args,
+    machine_line,
+    markdown_table,
+    page_faults,
+    positive_int,
+    setup,
+)
 from benchmarks.train_step import add_our_step_args, our_step, plain_model_and_batch
+from src.errors import exit_on_user_error
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
@@ -78,23 +87,25 @@ def profiled_self_times(
     return self_us, calls, faults
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_our_step_args(parser)
-    parser.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
-    parser.add_argument("--steps", type=int, default=2, help="profiled steps, averaged")
-    parser.add_argument("--rows", type=int, default=25, help="ops listed, by self time")
+    parser.add_argument(
+        "--warmup",
+        type=positive_int,
+        default=3,
+        help="unprofiled steps first, at least 1: the last one is the unprofiled time",
+    )
+    parser.add_argument("--steps", type=positive_int, default=2, help="profiled steps, averaged")
+    parser.add_argument("--rows", type=positive_int, default=25, help="ops listed, by self time")
     parser.add_argument("--by-shape", action="store_true", help="one row per op and input shapes")
     parser.add_argument("--by-caller", action="store_true", help="one row per op and calling op")
     add_host_args(parser)
     parser.set_defaults(device="cpu")  # CPU self time; a GPU's time goes to its kernels (gpu_check)
     args = parser.parse_args()
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if args.warmup < 1:
-        parser.error(f"--warmup must be at least 1 (the last one is the unprofiled time), got {args.warmup}")
     device = setup(args)
     dtype = DTYPES[args.dtype]
 

@@ -24,15 +24,20 @@ from benchmarks.common import (
     STEADY_PAGE_FAULTS,
     add_common_args,
     add_compile_args,
+    add_preset_arg,
     compile_note,
     machine_line,
     markdown_table,
     matmul_peak_flops,
     matmul_size,
     peak_memory_bytes,
+    positive_int,
     setup,
+    shape,
+    shapes,
     time_interleaved,
 )
+from src.errors import exit_on_user_error
 from src.kernels import KERNELS, apply_cpu_kernels, loss_matmuls
 from src.kernels.loss import lm_cross_entropy
 from src.kernels.probes import Workload
@@ -95,10 +100,14 @@ def adamw(model: nn.Module) -> torch.optim.Optimizer:
 
 def add_our_step_args(parser: argparse.ArgumentParser) -> None:
     """--preset, --shape, --dtype and --chunk-size of one training step of ours (`our_step`)."""
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--shape", default="2x1024", help="BATCHxSEQ")
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument("--shape", type=shape, default="2x1024", help="BATCHxSEQ")
     parser.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
+    add_chunk_size_arg(parser)
+
+
+def add_chunk_size_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chunk-size", type=positive_int, default=1024, help="tokens per loss chunk")
 
 
 def plain_model_and_batch(
@@ -107,7 +116,7 @@ def plain_model_and_batch(
     """Our plain model of --preset (seed 0) and random (B, T) inputs and targets of --shape."""
     torch.manual_seed(0)
     plain = SmolLM2(SmolLM2Config.from_preset(args.preset)).to(device).train()
-    B, T = (int(n) for n in args.shape.split("x"))
+    B, T = args.shape
     x = torch.randint(0, plain.config.vocab_size, (B, T + 1), device=device)
     return plain, x[:, :T], x[:, 1:]
 
@@ -125,14 +134,17 @@ def our_step(
     return make_step(loss, adamw(model), device, DTYPES[args.dtype])
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--shapes", default="2x1024,4x256", help="comma-separated BATCHxSEQ")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="tokens per loss chunk")
-    parser.add_argument("--matmul-size", type=int, default=None, help="of the peak's matmul (4096, GPU 8192)")
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument("--shapes", type=shapes, default="2x1024,4x256", help="comma-separated BATCHxSEQ")
+    add_chunk_size_arg(parser)
+    parser.add_argument(
+        "--matmul-size", type=positive_int, default=None, help="of the peak's matmul (4096, GPU 8192)"
+    )
     add_compile_args(parser, rows="ours compiled per block")
     parser.add_argument(
         "--pytorch-kernels",
@@ -153,14 +165,13 @@ def main() -> None:
     timing = f"warm-up {args.warmup}, repeats {args.repeats} (interleaved), loss chunk {args.chunk_size}"
     print(f"{timing}{compile_note(args)}\n")
     rows = []
-    for dtype_name in args.dtypes.split(","):
+    for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         size = args.matmul_size or matmul_size(device)
         peak_before = matmul_peak_flops(dtype, device, size)
         datasheet = peak_flops(device, "bf16-mixed") if dtype == torch.bfloat16 else None
         measured = []  # (B, T, timings, peak memory, first loss) of each shape
-        for shape in args.shapes.split(","):
-            B, T = (int(n) for n in shape.split("x"))
+        for B, T in args.shapes:
             x = torch.randint(0, config.vocab_size, (B, T + 1), device=device)
             inputs, targets = x[:, :T], x[:, 1:].clone()
             targets[:, -1] = -100  # transformers scores T-1 positions; so do we
@@ -168,7 +179,7 @@ def main() -> None:
             # Ours with the kernels that training keeps for this shape and dtype (kernels_policy=measure).
             workload = Workload(config, B, T, dtype, training=True)
             decisions = choose_kernels(KERNELS, workload, on_cpu=device.type == "cpu")
-            print(f"{shape} {dtype_name}: {summary(decisions, workload)}")
+            print(f"{B}x{T} {dtype_name}: {summary(decisions, workload)}")
             ours = apply_cpu_kernels(copy.deepcopy(plain), kept(decisions))
             models = {"ours": ours, "transformers": theirs}
             if args.compile:  # the kernels that act in a graph, as compile=true trains

@@ -16,19 +16,33 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import add_host_args, machine_line, markdown_table, setup, time_interleaved
+from benchmarks.common import (
+    add_host_args,
+    add_preset_arg,
+    machine_line,
+    markdown_table,
+    non_negative_int,
+    positive_int,
+    positive_ints,
+    setup,
+    time_interleaved,
+)
+from src.errors import exit_on_user_error
 from src.kernels.upcast import UPCAST_MIN_ROWS, upcast_linear
 from src.models import SmolLM2, SmolLM2Config
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="smollm2_135m")
-    parser.add_argument("--rows", default="1,2,4,8,16,32", help="comma-separated row counts")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes of each")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of each")
+    add_preset_arg(parser, "smollm2_135m")
+    parser.add_argument(
+        "--rows", type=positive_ints, default="1,2,4,8,16,32", help="comma-separated row counts"
+    )
+    parser.add_argument("--warmup", type=non_negative_int, default=1, help="untimed passes of each")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed passes of each")
     add_host_args(parser)
     parser.set_defaults(device="cpu")
     args = parser.parse_args()
@@ -39,7 +53,7 @@ def main() -> None:
     print(f"machine: {machine_line(device)}")
     print(f"warm-up {args.warmup}, repeats {args.repeats} (interleaved); UPCAST_MIN_ROWS {UPCAST_MIN_ROWS}\n")
     table = []
-    for rows in [int(r) for r in args.rows.split(",")]:
+    for rows in args.rows:
         inputs = {n: torch.randn(rows, n, dtype=torch.bfloat16) for n in {w.shape[1] for w in weights}}
 
         def products(multiply, inputs=inputs) -> None:

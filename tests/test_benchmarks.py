@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end on tiny settings and print their comparison tables."""
 
+import importlib
 import os
+import sys
 
 import pytest
 import torch
@@ -46,6 +48,40 @@ SMALL = {
         "--workers", "0", "--train-tokens-per-s", "1000",
     ],
 }  # fmt: skip
+
+
+BAD_ARGUMENTS = [
+    ("train_step", ["--shapes", "2by128"], "--shapes"),
+    ("train_step", ["--dtypes", "fp16"], "--dtypes"),
+    ("train_step", ["--repeats", "0"], "--repeats"),
+    ("generation", ["--batches", "1,0"], "--batches"),
+    ("upcast_rows", ["--rows", "x"], "--rows"),
+    ("loss", ["--tokens", "-5"], "--tokens"),
+    ("loss", ["--preset", "tiny", "--device", "cuda:99", "--no-keep-freed-host-memory"], "--device"),
+    ("lightning_overhead", ["--preset", "nope"], "--preset"),
+    ("layer_health", ["--model", "nope"], "--model"),
+    ("data_pipeline", ["--workers", "0", "-1"], "--workers"),
+    ("step_profile", ["--shape", "2x0"], "--shape"),
+    ("kernel_ab", ["--b", "rms_norm", "--rounds", "0"], "--rounds"),
+    ("optimizer_step", ["--warmup", "-1"], "--warmup"),
+    ("sdpa_backend", ["--dtypes", "fp32,"], "--dtypes"),
+    ("lm_eval_crosscheck", ["--text", "/nonexistent/input.txt", "--write-task", "out.jsonl"], "/nonexistent"),
+]
+
+
+@pytest.mark.parametrize(("script", "args", "named"), BAD_ARGUMENTS)
+def test_a_bad_argument_is_one_error_line_and_exit_2_before_any_model_is_built(
+    script, args, named, monkeypatch, capsys
+):
+    main = importlib.import_module(f"benchmarks.{script}").main
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    stderr = capsys.readouterr().err
+    error = stderr.strip().splitlines()[-1]
+    assert "error:" in error and named in error, stderr
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.slow  # each one is a separate process timing real work

@@ -18,6 +18,11 @@ from src.errors import UserError
 PRESET_DIR = resources.files("src") / "conf" / "model"
 
 
+def preset_names() -> list[str]:
+    """The names `model=<name>` accepts: the YAML files of src/conf/model, sorted."""
+    return sorted(f.name.removesuffix(".yaml") for f in PRESET_DIR.iterdir() if f.name.endswith(".yaml"))
+
+
 @dataclass
 class SmolLM2Config:
     """Architecture of a SmolLM2 (Llama-style) decoder.
@@ -113,9 +118,7 @@ class SmolLM2Config:
     def from_preset(cls, name: str) -> SmolLM2Config:
         """The config `model=<name>` selects, parsed by OmegaConf as Hydra parses it
         (plain PyYAML would read `1e-05` as a string)."""
-        presets = sorted(
-            f.name.removesuffix(".yaml") for f in PRESET_DIR.iterdir() if f.name.endswith(".yaml")
-        )
+        presets = preset_names()
         if name not in presets:
             raise UserError(f"unknown model preset {name!r}; choose one of {presets}")
         values = OmegaConf.to_container(OmegaConf.create((PRESET_DIR / f"{name}.yaml").read_text()))
