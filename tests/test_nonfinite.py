@@ -21,8 +21,8 @@ def poison(monkeypatch):
     steps: set[int] = set()
     loss = SmolLM2LitModule.loss
 
-    def poisoned(self, batch):
-        value = loss(self, batch)
+    def poisoned(self, batch, counted=None):
+        value = loss(self, batch, counted)
         return value * float("nan") if self.training and self.trainer.global_step in steps else value
 
     monkeypatch.setattr(SmolLM2LitModule, "loss", poisoned)
