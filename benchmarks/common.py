@@ -19,11 +19,11 @@ from typing import NamedTuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from src.errors import UserError
 from src.kernels.linear import linear
 from src.kernels.timing_cache import cpu_name, isa_limits
 from src.kernels.upcast import upcast_linear
 from src.models.config import preset_names
+from src.serving.inference import resolve_device
 from src.training.hardware import keep_freed_host_memory
 
 _freed_host_memory = "returned to the OS"  # what setup() did, for machine_line
@@ -152,7 +152,7 @@ def add_dtypes_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_arg(parser: argparse.ArgumentParser) -> None:
-    """--device, which `setup` or `resolve_device` checks against this machine."""
+    """--device, which `setup` checks against this machine (src.serving.inference.resolve_device)."""
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
 
 
@@ -196,28 +196,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     _freed_host_memory = "kept" if args.keep_freed_host_memory else "returned to the OS"
     if args.keep_freed_host_memory and not keep_freed_host_memory():
         _freed_host_memory = "returned to the OS (not glibc)"
-    return resolve_device(args.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """--device as a torch.device ('auto': CUDA if there is one); one that this machine lacks is a
-    UserError now, not a traceback from the first tensor moved there."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {name}: this machine has no CUDA device (or torch lacks CUDA); use cpu or auto"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices, from cuda:0"
-            )
-    return device
+    return resolve_device(args.device, "--device ")
 
 
 def synchronize(device: torch.device) -> None:

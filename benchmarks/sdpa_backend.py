@@ -24,12 +24,12 @@ from benchmarks.common import (
     add_dtypes_arg,
     add_preset_arg,
     markdown_table,
-    resolve_device,
     shape,
 )
 from src.errors import exit_on_user_error
 from src.kernels import KERNELS, apply_cpu_kernels
 from src.models import SmolLM2, SmolLM2Config
+from src.serving.inference import resolve_device
 
 BACKENDS = ("flash", "efficient", "cudnn", "math")  # as they appear in the dispatched ops' names
 # The fused kernels that take bf16 with grouped key/value heads: PyTorch tries cuDNN's first
@@ -62,7 +62,7 @@ def main() -> None:
     add_dtypes_arg(parser)
     add_device_arg(parser)
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device ")
 
     torch.manual_seed(0)
     model = apply_cpu_kernels(SmolLM2(SmolLM2Config.from_preset(args.preset)), KERNELS).to(device).train()

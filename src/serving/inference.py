@@ -77,8 +77,9 @@ def check_seed(seed: int | None, name: str = "seed") -> None:
         raise UserError(f"{name}={seed}: use an integer in [0, 2**64), or null for a random seed")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when visible; asking for a device this machine lacks is an error, not a fallback."""
+def resolve_device(name: str, setting: str = "device=") -> torch.device:
+    """`auto` picks CUDA when visible; asking for a device this machine lacks is an error, not a
+    fallback. `setting` is how the command line names it (`device=`, `--device `), for the error."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -86,11 +87,11 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda"):
-        raise UserError(f"device={name}: use auto, cpu, cuda or cuda:N")
+        raise UserError(f"{setting}{name}: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name}: no CUDA device is visible; use device=cpu or device=auto")
+        raise UserError(f"{setting}{name}: no CUDA device is visible; use {setting}cpu or {setting}auto")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        raise UserError(f"{setting}{name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return device
 
 
