@@ -86,9 +86,10 @@ def read_series(metrics_csv: Path) -> Series:
             for key, value in row.items()
             if key not in ("step", "epoch") and value not in ("", None)
         }
-        evaluation = all(key.startswith(("val/", "eval/")) for key in values)  # validation, downstream
-        again = any(0 in series.get(key, {}) for key in values)  # a second evaluation at CSV step 0
-        trained = trained or not evaluation or int(row["step"]) > 0 or again
+        if not trained:  # evaluations only (validation, downstream), at CSV step 0, each key once
+            evaluation = all(key.startswith(("val/", "eval/")) for key in values)
+            again = any(0 in series.get(key, {}) for key in values)
+            trained = not evaluation or int(row["step"]) > 0 or again
         step = int(row["step"]) + trained
         for key, value in values.items():
             series.setdefault(key, {})[step] = value

@@ -44,15 +44,9 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
-    """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype` (but under compile); a hand-written
-    backward on CPU.
-
-    Only when gradients are wanted (inference gains nothing from it), and not under
-    `torch.compile`, where it computes as the plain `RMSNorm` does, which Inductor fuses itself:
-    a compiled run computes the same with this kernel named or not.
+    """`F.rms_norm(x, weight)` of fp32 x, cast to `dtype`; a hand-written backward on CPU, only
+    when gradients are wanted (inference gains nothing from it).
     """
-    if torch.compiler.is_compiling():  # fp32 out, as the plain norm's: the consumers' casts stay theirs
-        return weight * F.rms_norm(x, x.shape[-1:], eps=eps)
     wants_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if wants_grad and x.device.type == weight.device.type == "cpu":
         return _RMSNormFunction.apply(x, weight, eps, dtype)
@@ -71,6 +65,8 @@ class FusedRMSNorm(RMSNorm):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # the plain norm, which Inductor fuses itself: a compiled
+            return super().forward(x)  # run computes the same with this kernel named or not
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         if x.dtype == torch.float32:

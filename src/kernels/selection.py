@@ -15,8 +15,8 @@ kernels and continue bit for bit. A checkpoint records the kernels its run kept 
 (`KernelRecord`): a continuation on the same machine and shapes keeps those, whatever the
 cache holds by then. `always` keeps every candidate that acts on the workload. Where a
 probe cannot run, `rule_keeps` decides from the CPU's vendor, family and flags and the
-workload. Kernels that replace the
-same module (two oneDNN linears) are rivals: one of them stays (`one_per_module`).
+workload. Kernels that replace the same module (two oneDNN linears) are rivals: one of them
+stays (`one_per_module`).
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ class SmolLM2LitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         windows, counted = batch
-        loss_and_count = torch.stack([self.loss(windows, counted).detach() * counted.sum(), counted.sum()])
+        count = counted.sum()
+        loss_and_count = torch.stack([self.loss(windows, counted).detach() * count, count])
         self._val_sum = loss_and_count if self._val_sum is None else self._val_sum + loss_and_count
 
     def on_validation_epoch_end(self) -> None:

@@ -112,9 +112,10 @@ def other_tokenizer_note(init_from: str, tokenizer: str | None) -> str | None:
     if not (folder / "tokenizer_config.json").is_file() and not (folder / "tokenizer.json").is_file():
         return None
     theirs, ours = load_tokenizer(str(folder)), load_tokenizer(tokenizer)
-    if theirs.get_vocab() == ours.get_vocab() and theirs.eos_token_id == ours.eos_token_id:
+    same_vocabulary = theirs.get_vocab() == ours.get_vocab()
+    if same_vocabulary and theirs.eos_token_id == ours.eos_token_id:
         return None
-    vocab = "" if theirs.get_vocab() == ours.get_vocab() else "another vocabulary, "
+    vocab = "" if same_vocabulary else "another vocabulary, "
     return (
         f"init_from={init_from} has its own tokenizer ({vocab}EOS {theirs.eos_token!r} = "
         f"{theirs.eos_token_id}); this run's data.tokenizer ends documents with {ours.eos_token!r} = "
