@@ -60,39 +60,23 @@ class PlotConfig:
 
 
 def read_series(metrics_csv: Path) -> Series:
-    """key -> {optimizer steps taken: value}; a step logged twice (a continuation after a crash
-    redoes it) keeps the last.
+    """key -> {step: value}; a step logged twice (a continuation after a crash redoes it) keeps the last.
 
-    Lightning's CSV logs step k's metrics, and the validation after step k, at step k - 1; the
-    validation before training (`val_at_start`) and the downstream evaluation at step 0 come
-    before any training row, at step 0, and stay there (a validation row at a later step,
-    `eval_every` below the log interval, is one after training began). So every point is drawn
-    at the step summary.json, the samples and the checkpoints name, and a validation after
-    step 1 does not overwrite the one before training. A last line still being written (no
-    newline yet) is left out. With `eval_every=1` (or downstream `every_n_steps=1`) the
-    evaluation after step 1 shares CSV step 0 with the one before training: the second row of a
-    key at step 0 is step 1's.
+    Every row is logged at the optimizer steps made (`LitSmolLM2.steps_made`): the step
+    summary.json, the samples and the checkpoints name, counting the steps a loss-spike rollback
+    undid, and 0 for the evaluations before training. A last line still being written (no
+    newline yet) is left out.
     """
     if not metrics_csv.is_file():
         raise UserError(f"no metrics at {metrics_csv}; give a run folder that a training run wrote")
     series: Series = {}
-    trained = False
     lines = metrics_csv.read_text().splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
     for row in csv.DictReader(lines):
-        values = {
-            key: float(value)
-            for key, value in row.items()
-            if key not in ("step", "epoch") and value not in ("", None)
-        }
-        if not trained:  # evaluations only (validation, downstream), at CSV step 0, each key once
-            evaluation = all(key.startswith(("val/", "eval/")) for key in values)
-            again = any(0 in series.get(key, {}) for key in values)
-            trained = not evaluation or int(row["step"]) > 0 or again
-        step = int(row["step"]) + trained
-        for key, value in values.items():
-            series.setdefault(key, {})[step] = value
+        for key, value in row.items():
+            if key not in ("step", "epoch") and value not in ("", None):
+                series.setdefault(key, {})[int(row["step"])] = float(value)
     return series
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import wandb
 
-from src.tracking.csv_logger import set_aside_rows_from
+from src.tracking.csv_logger import set_aside_rows_after
 from src.tracking.wandb_logger import RunWandbLogger
 from tests.helpers import run_cli
 from tests.training import fast_overrides, read_metrics, write_text
@@ -29,21 +29,21 @@ def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
         writer.writerows(rows)
 
 
-def test_rows_at_or_after_the_checkpoint_step_move_to_a_side_file(tmp_path):
+def test_rows_after_the_checkpoint_step_move_to_a_side_file(tmp_path):
     metrics = tmp_path / "metrics.csv"
     rows = [{"epoch": "0", "step": str(s), "train/loss": str(10 - s), "val/loss": ""} for s in range(6)]
     rows.insert(3, {"epoch": "0", "step": "1", "train/loss": "", "val/loss": "9.5"})
     write_csv(metrics, rows)
 
-    side = set_aside_rows_from(metrics, 4)
+    side = set_aside_rows_after(metrics, 3)
     with metrics.open(newline="") as f:
         kept = list(csv.DictReader(f))
     with side.open(newline="") as f:
         moved = list(csv.DictReader(f))
-    assert kept == [row for row in rows if int(row["step"]) < 4]
-    assert moved == [row for row in rows if int(row["step"]) >= 4]
+    assert kept == [row for row in rows if int(row["step"]) <= 3]
+    assert moved == [row for row in rows if int(row["step"]) > 3]
     assert side.name.startswith("metrics.rolled_back_") and side.parent == tmp_path
-    assert set_aside_rows_from(metrics, 4) is None  # nothing left to move: no second side file
+    assert set_aside_rows_after(metrics, 3) is None  # nothing left to move: no second side file
     assert len(list(tmp_path.iterdir())) == 2
 
 
@@ -62,7 +62,7 @@ def test_a_full_disk_while_rewriting_the_csv_leaves_it_whole_and_no_temporary(tm
     original = csv.DictWriter.writerows
     monkeypatch.setattr(csv.DictWriter, "writerows", full_disk_on_the_second_file)
     with pytest.raises(OSError, match="No space left"):
-        set_aside_rows_from(metrics, 4)
+        set_aside_rows_after(metrics, 3)
     assert metrics.read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -90,10 +90,10 @@ def init_kwargs(
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
 def test_a_continuation_asks_wandb_to_rewind_to_the_checkpoint(tmp_path, monkeypatch, mode):
-    """Step 7's checkpoint holds what was logged at steps 0..6 (optimizer step k is logged at k - 1)."""
+    """Step 7's checkpoint holds what was logged at steps 0..7 (every row at its optimizer step)."""
     monkeypatch.delenv("WANDB_MODE", raising=False)
     (call,) = init_kwargs(monkeypatch, tmp_path, mode)
-    assert call["resume_from"] == "abcd1234?_step=6" and "resume" not in call
+    assert call["resume_from"] == "abcd1234?_step=7" and "resume" not in call
     assert call["id"] == "abcd1234" and call["mode"] == mode
 
 
@@ -102,7 +102,7 @@ def test_a_server_without_rewind_gets_a_plain_resume(tmp_path, monkeypatch):
     messages: list[str] = []
     monkeypatch.setattr("src.tracking.wandb_logger.rank_zero_info", messages.append)
     rewind, plain = init_kwargs(monkeypatch, tmp_path, "online", reject_rewind=True)
-    assert rewind["resume_from"] == "abcd1234?_step=6"
+    assert rewind["resume_from"] == "abcd1234?_step=7"
     assert "resume_from" not in plain and plain["resume"] == "allow" and plain["mode"] == "online"
     assert len(messages) == 1 and "did not rewind" in messages[0]
 
@@ -130,19 +130,18 @@ def test_a_run_killed_between_checkpoints_and_continued_logs_each_step_once(tmp_
     for key in ("train/loss", "val/loss"):
         steps = [int(row["step"]) for row in rows if row[key]]
         assert Counter(steps) == Counter(sorted(set(steps))), key  # each step once
-    assert [int(row["step"]) for row in rows if row["train/loss"]] == list(range(8))
+    assert [int(row["step"]) for row in rows if row["train/loss"]] == list(range(1, 9))
     (side,) = (run / "csv").glob("metrics.rolled_back_*.csv")
     with side.open(newline="") as f:
         moved = list(csv.DictReader(f))
-    assert moved and moved == [row for row in crashed_rows if int(row["step"]) >= 3]
+    assert moved and moved == [row for row in crashed_rows if int(row["step"]) > 3]
 
     summary = json.loads((run / "summary.json").read_text())
     val = {int(s): loss for s, loss in summary["val/loss_by_step"].items()}
     assert sorted(val) == [0, 2, 4, 6, 8]
     assert val[2] == crashed_summary["val/loss_by_step"]["2"]  # from the checkpoint, not redone
-    # Validation after optimizer step k is logged at k - 1; the one before training at 0.
-    logged_val = {int(row["step"]) + 1: float(row["val/loss"]) for row in rows[1:] if row["val/loss"]}
-    assert {s: val[s] for s in logged_val} == pytest.approx(logged_val)
+    logged_val = {int(row["step"]): float(row["val/loss"]) for row in rows if row["val/loss"]}
+    assert logged_val == pytest.approx(val)
     best = min(val, key=val.get)
     assert (summary["val/loss_best"], summary["val/loss_best_step"]) == (val[best], best)
     last_loss = [float(row["train/loss"]) for row in rows if row["train/loss"]][-1]
@@ -158,6 +157,6 @@ def test_without_a_server_the_offline_fallback_still_records_the_rewind(tmp_path
     assert (rewind["mode"], plain["mode"], offline["mode"]) == ("online", "online", "offline")
     assert (
         "resume_from" not in plain
-        and offline["resume_from"] == "abcd1234?_step=6"
+        and offline["resume_from"] == "abcd1234?_step=7"
         and "resume" not in offline
     )

@@ -24,12 +24,11 @@ def test_the_logged_accuracies_equal_src_evaluate_on_the_same_sample(tmp_path):
 
     run = tmp_path / "run"
     acc, acc_norm = logged(run, "eval/questions/acc"), logged(run, "eval/questions/acc_norm")
-    # At the start and after step 2 (logged in step 2's row, 1, as Lightning logs its loss), not
-    # twice at the end.
-    assert sorted(acc) == sorted(acc_norm) == [0, 1]
+    # At the start and after step 2 (in step 2's row), not twice at the end.
+    assert sorted(acc) == sorted(acc_norm) == [0, 2]
     cfg = EvaluateConfig(
         ckpt_path=str(run / "checkpoints" / "last.ckpt"), tasks=f"local:{questions}", limit=12
     )
     scores = evaluate(cfg)["tasks"]["questions"]
-    assert (acc[1], acc_norm[1]) == (scores["acc"], scores["acc_norm"])
+    assert (acc[2], acc_norm[2]) == (scores["acc"], scores["acc_norm"])
     assert scores["n"] == 12

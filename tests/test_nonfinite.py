@@ -95,7 +95,9 @@ def test_skip_drops_the_update_and_counts_it(tmp_path, poison):
     run_training(overrides + ["nonfinite=skip"])
     run = tmp_path / "run"
     skipped = logged(run, "nonfinite_skipped")
-    assert skipped[1] == 0 and skipped[2] == 1 and skipped[6] == 2  # rows are logged after each step
+    assert (
+        skipped[2] == 0 and skipped[3] == 1 and skipped[7] == 2
+    )  # each step's row counts it and those before
     last = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 7 and last["nonfinite_skipped"] == 2 and finite(last)
 

@@ -59,7 +59,7 @@ def test_a_run_saves_its_plan_logs_it_and_counts_windows(tmp_path, text, capsys)
     size = (run / "checkpoints" / "last.ckpt").stat().st_size  # weights, 2 moments and a little more
     assert plan["checkpoint_bytes"] <= size < 1.05 * plan["checkpoint_bytes"]
     assert OmegaConf.load(run / "csv" / "hparams.yaml").plan.epochs == pytest.approx(plan["epochs"])
-    seen = {s: 4.0 * (s + 1) for s in range(6)}  # each step takes one batch of 4 windows
+    seen = {s: 4.0 * s for s in range(1, 7)}  # each step takes one batch of 4 windows
     assert logged(run, "data/windows_seen") == seen
     assert logged(run, "data/unique_windows") == {s: min(n, windows) for s, n in seen.items()}
     assert logged(run, "data/epochs") == pytest.approx({s: n / windows for s, n in seen.items()})
@@ -94,7 +94,7 @@ def test_a_continuation_with_another_batch_counts_each_step_at_its_own_size(tmp_
     run_training(
         fast_overrides(tmp_path, text, "trainer.max_steps=6", "data.batch_size=2", f"ckpt_path={last}")
     )
-    windows = {0: 4.0, 1: 8.0, 2: 12.0, 3: 16.0, 4: 18.0, 5: 20.0}
+    windows = {1: 4.0, 2: 8.0, 3: 12.0, 4: 16.0, 5: 18.0, 6: 20.0}
     assert logged(run, "data/windows_seen") == windows
     assert logged(run, "tokens_seen") == {step: 32 * n for step, n in windows.items()}
     assert json.loads((run / "summary.json").read_text())["tokens_seen"] == 20 * 32
@@ -114,8 +114,8 @@ def test_seed_004_phase_2_continues_with_its_own_constant_lr(tmp_path, text, cap
     bar = capsys.readouterr().out.split("\r")[-1]  # the whole run's steps, and this run's
     assert "| 6/6 [" in bar and "this run=2/2" in bar
     lr = logged(tmp_path / "run", "lr")
-    assert lr[3] == pytest.approx(3e-3)  # phase 1: the default schedule at its peak
-    assert (lr[4], lr[5]) == (pytest.approx(3e-5), pytest.approx(3e-5))
+    assert lr[4] == pytest.approx(3e-3)  # phase 1: the default schedule at its peak
+    assert (lr[5], lr[6]) == (pytest.approx(3e-5), pytest.approx(3e-5))
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert (plan["start_step"], plan["lr_first_step"], plan["schedule"]) == (
         4,

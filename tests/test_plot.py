@@ -12,13 +12,12 @@ from tests.helpers import run_cli, write_metrics
 
 @pytest.fixture
 def run_dir(tmp_path):
-    """Steps 1-10 (CSV rows 0-9), then a continuation after a crash that re-logs steps 9 and 10
-    with other values."""
-    rows = [{"step": s, "lr": 1e-3, "train/loss": 10 - s, "tokens_per_s": 100 + s} for s in range(10)]
-    rows.append({"step": 4, "val/loss": 7.5, "val/ppl": 1808.0})
-    rows += [{"step": s, "lr": 5e-4, "train/loss": 1.0, "tokens_per_s": 50} for s in (8, 9)]
+    """Steps 1-10, then a continuation after a crash that re-logs steps 9 and 10 with other values."""
+    rows = [{"step": s, "lr": 1e-3, "train/loss": 11 - s, "tokens_per_s": 100 + s} for s in range(1, 11)]
+    rows.append({"step": 5, "val/loss": 7.5, "val/ppl": 1808.0})
+    rows += [{"step": s, "lr": 5e-4, "train/loss": 1.0, "tokens_per_s": 50} for s in (9, 10)]
     for row in rows:
-        row["epoch"] = 0
+        row["epoch"] = 0  # as Lightning wrote it before rows carried their step
     write_metrics(tmp_path / "run", rows)
     return tmp_path / "run"
 
@@ -29,39 +28,6 @@ def test_duplicate_steps_keep_the_last_value(run_dir):
     assert series["train/loss"][8] == 3 and series["train/loss"][9] == series["train/loss"][10] == 1.0
     assert series["lr"][10] == 5e-4 and series["val/loss"] == {5: 7.5}
     assert "epoch" not in series and "step" not in series
-
-
-def test_points_are_at_the_optimizer_steps_taken_the_validation_before_training_at_0(tmp_path):
-    """As Lightning logs a run validating before training and after every step: the validations
-    after step 1 and the one before training share CSV step 0."""
-    rows = [{"step": 0, "val/loss": 11.0}]
-    for s in (1, 2):
-        rows += [{"step": s - 1, "train/loss": 10.0 - s}, {"step": s - 1, "val/loss": 9.0 - s}]
-    write_metrics(tmp_path / "run", rows)
-    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
-    assert series["train/loss"] == {1: 9.0, 2: 8.0}
-    assert series["val/loss"] == {0: 11.0, 1: 8.0, 2: 7.0}
-
-
-def test_a_validation_logged_before_the_first_training_row_is_at_its_own_step(tmp_path):
-    """eval_every=5 below trainer.log_every_n_steps=10: the validation after step 5 (CSV step 4)
-    comes before the first training row (step 10)."""
-    rows = [{"step": 0, "val/loss": 11.0}, {"step": 0, "eval/q/acc": 0.25}]  # before training
-    rows += [{"step": 4, "val/loss": 10.5}, {"step": 9, "train/loss": 10.0}, {"step": 9, "val/loss": 10.0}]
-    rows.append({"step": 9, "eval/q/acc": 0.5})
-    write_metrics(tmp_path / "run", rows)
-    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
-    assert series["val/loss"] == {0: 11.0, 5: 10.5, 10: 10.0} and series["train/loss"] == {10: 10.0}
-    assert series["eval/q/acc"] == {0: 0.25, 10: 0.5}
-
-
-def test_with_eval_every_1_the_validation_after_step_1_does_not_replace_the_one_before_training(tmp_path):
-    """Both at CSV step 0, before the first training row (log interval 2)."""
-    rows = [{"step": 0, "val/loss": 11.0}, {"step": 0, "val/loss": 10.8}, {"step": 1, "val/loss": 10.6}]
-    rows.append({"step": 1, "train/loss": 10.7})
-    write_metrics(tmp_path / "run", rows)
-    series = read_series(tmp_path / "run" / "csv" / "metrics.csv")
-    assert series["val/loss"] == {0: 11.0, 1: 10.8, 2: 10.6}
 
 
 def test_a_last_line_still_being_written_is_left_out(run_dir):

@@ -16,13 +16,13 @@ VAL = {0: 11.0, 20: 4.0, 40: 6.0}
 
 def memorising_run(run_dir) -> None:
     """Train loss falls every step; validation improves to step 20, then rises. As a run logs
-    them: the validation before training first, at CSV step 0; step k's train loss at CSV step
-    k - 1, and the validation after it there too; validations by step in summary.json."""
+    them: the validation before training first, at step 0; step k's train loss at step k, and the
+    validation after it there too; validations by step in summary.json."""
     rows = [{"step": 0, "val/loss": VAL[0]}]
     for s in range(1, 41):
-        rows.append({"step": s - 1, "train/loss": 10.0 / s, "tokens_per_s": 100 + s})
+        rows.append({"step": s, "train/loss": 10.0 / s, "tokens_per_s": 100 + s})
         if s in VAL:
-            rows.append({"step": s - 1, "val/loss": VAL[s]})
+            rows.append({"step": s, "val/loss": VAL[s]})
     write_metrics(run_dir, rows)
     by_step = {str(s): v for s, v in VAL.items()}
     summary = {"wall_time_s": 90.0, "tokens_seen": 10240, VAL_LOSSES: by_step}  # RunSummary's key
@@ -96,9 +96,9 @@ def test_after_a_rollback_rows_follow_the_loggers_steps_not_the_weights(tmp_path
     validation of weights step 24 is logged at step 28, where its train losses are."""
     rows = [{"step": 0, "val/loss": 11.0}]
     for s in range(1, 29):
-        rows.append({"step": s - 1, "train/loss": 9.0 if s in range(17, 21) else 3.0})  # 17-20: the spike
+        rows.append({"step": s, "train/loss": 9.0 if s in range(17, 21) else 3.0})  # 17-20: the spike
         if s in (16, 28):
-            rows.append({"step": s - 1, "val/loss": {16: 4.0, 28: 3.5}[s]})
+            rows.append({"step": s, "val/loss": {16: 4.0, 28: 3.5}[s]})
     write_metrics(tmp_path, rows)
     summary = {VAL_LOSSES: {"0": 11.0, "16": 4.0, "24": 3.5}}  # keyed by the weights' step
     got = loss_rows(*losses(read_series(tmp_path / "csv" / "metrics.csv"), summary))

@@ -110,7 +110,7 @@ def shortened(seed: str, tmp_path, *extra: str) -> list[str]:
 def check_shortened_run(run, seed: str, messages: list[str]) -> None:
     """Two updates trained and logged, the untrained model validated, a checkpoint and samples
     written, and our parameter count printed beside the seed's."""
-    assert sorted(logged(run, "train/loss"))[:2] == [0, 1]
+    assert sorted(logged(run, "train/loss"))[:2] == [1, 2]
     assert sorted(logged(run, "val/loss")) == [0]
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "samples.jsonl").is_file()
     assert f"recipe: experiment={seed}" in messages
@@ -135,6 +135,6 @@ def test_seed004_trains_shortened_and_phase_two_continues_at_its_own_learning_ra
     phase2 = ("trainer.max_steps=3", "schedule.kind=constant", "optim.lr=3e-5", f"ckpt_path={last}")
     run_training(shortened("seed004", tmp_path, *phase2))
     lr = logged(tmp_path / "run", "lr")
-    assert sorted(lr) == [0, 1, 2]
-    assert [lr[0], lr[1], lr[2]] == pytest.approx([1e-4, 2e-4, 3e-5], rel=1e-5)
-    assert sorted(logged(tmp_path / "run", "train/loss")) == [0, 1, 2]
+    assert sorted(lr) == [1, 2, 3]
+    assert [lr[1], lr[2], lr[3]] == pytest.approx([1e-4, 2e-4, 3e-5], rel=1e-5)
+    assert sorted(logged(tmp_path / "run", "train/loss")) == [1, 2, 3]

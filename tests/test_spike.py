@@ -75,15 +75,15 @@ def test_rollback_equals_a_run_without_the_bad_window_and_continues_exactly(tmp_
         "skipped_batches": skipped,
     }
     # The loggers' step counts the undone steps too: rows go on past max_steps, never back.
-    assert max(logged(rolled / "run", "train/loss")) == MAX_STEPS + SEEN_AT - GOOD_STEP - 1
+    assert max(logged(rolled / "run", "train/loss")) == MAX_STEPS + SEEN_AT - GOOD_STEP
     # Validation stays on eval_every steps of the weights, the last one included.
     summary = json.loads((rolled / "run" / "summary.json").read_text())
     assert sorted(map(int, summary[VAL_LOSSES])) == [8, 16, 24]
-    # The log step that decided (row SEEN_AT - 1) logs its decision, and no update of the step it undid.
-    assert logged(rolled / "run", "spike/spikes")[SEEN_AT - 1] == 1.0
-    assert logged(rolled / "run", "spike/skipped_batches")[SEEN_AT - 1] == skipped
-    assert SEEN_AT - 1 in logged(rolled / "run", "health/grad_norm/embed")
-    assert math.isnan(logged(rolled / "run", "health/update_ratio/embed")[SEEN_AT - 1])
+    # The log step that decided (row SEEN_AT) logs its decision, and no update of the step it undid.
+    assert logged(rolled / "run", "spike/spikes")[SEEN_AT] == 1.0
+    assert logged(rolled / "run", "spike/skipped_batches")[SEEN_AT] == skipped
+    assert SEEN_AT in logged(rolled / "run", "health/grad_norm/embed")
+    assert math.isnan(logged(rolled / "run", "health/update_ratio/embed")[SEEN_AT])
 
     # Stopped after the rollback and continued: the same weights.
     split = tmp_path / "split"

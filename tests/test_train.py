@@ -248,14 +248,14 @@ def test_lr_is_continuous_when_a_run_is_extended(tmp_path, text):
     run_training(fast_overrides(tmp_path, text, "trainer.max_steps=14", f"ckpt_path={last}", *extra))
     lr = logged(tmp_path / "run", "lr")
     schedule = LRSchedule(kind="cosine", warmup_steps=3, total_steps=10)
-    assert sorted(lr) == list(range(14))
-    assert [lr[s] for s in range(14)] == pytest.approx([3e-3 * schedule(s) for s in range(14)], rel=1e-5)
-    assert lr[10] == lr[13] == pytest.approx(3e-3 * 0.1)  # past the horizon: held at the floor, no jump
+    assert sorted(lr) == list(range(1, 15))  # step s trains at the schedule's value after s - 1 steps
+    assert [lr[s] for s in range(1, 15)] == pytest.approx([3e-3 * schedule(s) for s in range(14)], rel=1e-5)
+    assert lr[11] == lr[14] == pytest.approx(3e-3 * 0.1)  # past the horizon: held at the floor, no jump
     assert read_checkpoint(last)["lr_schedule"]["total_steps"] == 10
 
 
-@pytest.mark.parametrize(  # the CSV counts steps from 0
-    ("max_steps", "accumulate", "logged_steps"), [(6, 1, [3, 5]), (3, 1, [2]), (5, 2, [3, 4])]
+@pytest.mark.parametrize(
+    ("max_steps", "accumulate", "logged_steps"), [(6, 1, [4, 6]), (3, 1, [3]), (5, 2, [4, 5])]
 )
 def test_the_last_step_is_logged_though_not_on_the_log_interval(
     tmp_path, text, max_steps, accumulate, logged_steps
@@ -270,7 +270,7 @@ def test_the_last_step_is_logged_though_not_on_the_log_interval(
     for key in ("train/loss", "lr", "tokens_per_s", "data/windows_seen"):
         assert [int(row["step"]) for row in read_metrics(run) if row.get(key)] == logged_steps, key
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["train/loss_last"] == logged(run, "train/loss")[max_steps - 1]
+    assert summary["train/loss_last"] == logged(run, "train/loss")[max_steps]
 
 
 def test_resume_at_max_steps_has_nothing_to_do_and_below_is_an_error(tmp_path, text, caplog):
@@ -390,7 +390,7 @@ def test_removing_one_callback_leaves_the_others_working(tmp_path, text, removed
     assert saved == sorted(name for callback, name in files.items() if callback != removed)
     assert (tmp_path / "run" / "samples.jsonl").is_file() == (removed != "text_samples")
     tokens_seen = logged(tmp_path / "run", "tokens_seen")  # counted from the (4, 33) batches
-    assert tokens_seen == ({} if removed == "throughput" else {s: 4 * 32 * (s + 1.0) for s in range(5)})
+    assert tokens_seen == ({} if removed == "throughput" else {s: 4 * 32 * float(s) for s in range(1, 6)})
 
 
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):
@@ -409,8 +409,8 @@ def test_plain_pytorch_trains_the_losses_of_the_default_kernels(tmp_path, text):
     run_training(fast_overrides(tmp_path / "kernels", text, "trainer.max_steps=5", "kernels_policy=always"))
     run_training(fast_overrides(tmp_path / "plain", text, "trainer.max_steps=5", "kernels=[]"))
     default, plain = (logged(tmp_path / name / "run", "train/loss") for name in ("kernels", "plain"))
-    assert sorted(plain) == sorted(default) == list(range(5))
-    assert [plain[s] for s in range(5)] == pytest.approx([default[s] for s in range(5)], rel=1e-4)
+    assert sorted(plain) == sorted(default) == list(range(1, 6))
+    assert [plain[s] for s in range(1, 6)] == pytest.approx([default[s] for s in range(1, 6)], rel=1e-4)
 
 
 @pytest.mark.slow
@@ -430,5 +430,5 @@ def test_compiled_training_matches_eager_and_resumes_with_compile_off(tmp_path, 
         logged(tmp_path / "eager" / "run", "train/loss"),
         logged(tmp_path / "mixed" / "run", "train/loss"),
     )
-    assert sorted(mixed) == sorted(eager) == list(range(8))
-    assert [mixed[s] for s in range(8)] == pytest.approx([eager[s] for s in range(8)], rel=1e-4)
+    assert sorted(mixed) == sorted(eager) == list(range(1, 9))
+    assert [mixed[s] for s in range(1, 9)] == pytest.approx([eager[s] for s in range(1, 9)], rel=1e-4)

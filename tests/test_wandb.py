@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
     common = [
         "callbacks.text_samples.every_n_steps=2",
         f"callbacks.downstream_eval.tasks=['local:{questions}']",
-        "eval_every=3",
+        "eval_every=1",  # the validation after step 1 and the one before training: two steps
         "logger.wandb.group=grp",
         "logger.wandb.tags=[cpu]",
     ]
@@ -84,17 +85,30 @@ def test_offline_run_and_its_continuation_are_one_wandb_run(tmp_path, wandb_env)
     assert metrics | {"samples", "eval/questions/acc_norm", "eval/table"} <= set(first_run.summary)
     assert second_run.config["trainer"]["max_steps"] == 10
 
-    def loss_steps(part) -> list[int]:
-        return [row["trainer/global_step"] for row in part.history if "train/loss" in row]
+    def steps(part, key: str) -> list[int]:
+        return [row["trainer/global_step"] for row in part.history if key in row]
 
-    assert loss_steps(first_run) == list(range(6)) and loss_steps(second_run) == list(range(6, 10))
-    # W&B's own step is the trainer's, and the continuation rewinds to what its checkpoint holds
-    # (steps 0..5), which `wandb sync` applies.
+    # Every row at the optimizer step it belongs to, as summary.json and the checkpoints count.
+    assert steps(first_run, "train/loss") == list(range(1, 7)) and steps(second_run, "train/loss") == [
+        7,
+        8,
+        9,
+        10,
+    ]
+    assert steps(first_run, "val/loss") == list(range(7)) and steps(second_run, "val/loss") == [7, 8, 9, 10]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    val_rows = first_run.history + second_run.history
+    assert {
+        row["trainer/global_step"]: row["val/loss"] for row in val_rows if "val/loss" in row
+    } == pytest.approx({int(step): loss for step, loss in summary["val/loss_by_step"].items()})
+    assert steps(first_run, "eval/questions/acc_norm") == list(range(7))
+    # W&B's own step is the row's, and the continuation rewinds to what its checkpoint holds
+    # (steps 0..6), which `wandb sync` applies.
     for part in (first_run, second_run):
         assert all(
             row["_step"] == row["trainer/global_step"] for row in part.history if "trainer/global_step" in row
         )
-    assert (second_run.run.branch_point.run, second_run.run.branch_point.value) == (run_id, 5)
+    assert (second_run.run.branch_point.run, second_run.run.branch_point.value) == (run_id, 6)
     assert {"val/loss_best", "val/loss_best_step", "train/loss_last", "wall_time_s"} <= set(
         second_run.summary
     )

@@ -71,11 +71,9 @@ class DownstreamEval(EveryNSteps):
             for name, s in results.items()
         ]
         for logger in trainer.loggers:
-            # At step - 1, the row where Lightning logs optimizer step `step`'s own metrics: a step
-            # logged ahead of Lightning's would make W&B drop Lightning's row for it.
-            logger.log_metrics(metrics, step=max(step - 1, 0))
-            if hasattr(logger, "log_eval_table"):  # W&B: at step - 1 too (its docstring)
-                logger.log_eval_table(rows, step)
+            logger.log_metrics(metrics, step=pl_module.steps_made)  # the row of this step's metrics
+            if hasattr(logger, "log_eval_table"):  # W&B
+                logger.log_eval_table(rows, pl_module.steps_made)
         for row in rows:
             rank_zero_info(
                 f"[step {step}] {row['task']}: acc {row['acc']:.4f}, acc_norm {row['acc_norm']:.4f}"

@@ -129,9 +129,9 @@ class LayerHealth(L.Callback):
             }
         )
         if self._grad_hist is not None:
-            self._log_histograms(trainer)
+            self._log_histograms(trainer, pl_module)
 
-    def _log_histograms(self, trainer: L.Trainer) -> None:
+    def _log_histograms(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         counts = torch.stack((self._grad_hist, self._layer_hist([_local(p) for p in self.params])))
         self._grad_hist = None
         if self.sharded:
@@ -146,4 +146,4 @@ class LayerHealth(L.Callback):
         }
         for logger in trainer.loggers:
             if hasattr(logger, "log_histograms"):
-                logger.log_histograms(histograms, step=trainer.global_step - 1)  # this step's metrics' step
+                logger.log_histograms(histograms, step=pl_module.steps_made)  # this step's metrics' row

@@ -85,7 +85,7 @@ class TextSamples(EveryNSteps):
             rank_zero_info(f"[step {step}] {row['prompt']}{row['completion']}")
         for logger in trainer.loggers:
             if hasattr(logger, "log_text_samples"):
-                logger.log_text_samples(rows, step)
+                logger.log_text_samples(rows, pl_module.steps_made)  # the row of this step's metrics
 
     def _complete(self, model: torch.nn.Module, tokenizer, prompt: str, device: torch.device) -> str:
         """The sampled continuation of one prompt; its tokens are read off the device once, at the end."""

@@ -19,18 +19,18 @@ from src.files import atomic_write
 from src.lightning_compat import AppendingExperimentWriter, appending_csv_writer
 
 
-def set_aside_rows_from(metrics_csv: Path, first_step: int) -> Path | None:
-    """Moves the rows of steps >= `first_step` to `metrics.rolled_back_<time>.csv` beside it.
+def set_aside_rows_after(metrics_csv: Path, step: int) -> Path | None:
+    """Moves the rows of steps > `step` to `metrics.rolled_back_<time>.csv` beside it.
 
-    Returns the side file, or None when no row was at or past `first_step`. The kept rows are
-    written to a temporary file and renamed over the original, so a crash here loses nothing.
+    Returns the side file, or None when no row was past `step`. The kept rows are written to a
+    temporary file and renamed over the original, so a crash here loses nothing.
     """
     if not metrics_csv.is_file():
         return None
     with metrics_csv.open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = list(reader.fieldnames or []), list(reader)
-    late = [bool(row.get("step")) and int(row["step"]) >= first_step for row in rows]
+    late = [bool(row.get("step")) and int(row["step"]) > step for row in rows]
     dropped = [row for row, is_late in zip(rows, late, strict=True) if is_late]
     if not dropped:
         return None
@@ -57,10 +57,10 @@ class ContinuingCSVLogger(CSVLogger):
 
     @rank_zero_only
     def continue_at(self, step: int) -> None:
-        """This process logs from `step` on: rows an earlier process logged there are set aside."""
-        side = set_aside_rows_from(Path(self.log_dir) / "metrics.csv", step)
+        """This process logs after `step`, its checkpoint's: rows logged past it earlier are set aside."""
+        side = set_aside_rows_after(Path(self.log_dir) / "metrics.csv", step)
         if side is not None:
             rank_zero_info(
-                f"metrics.csv: the rows of steps >= {step}, logged after the checkpoint this run "
+                f"metrics.csv: the rows of steps after {step}, logged after the checkpoint this run "
                 f"continues from, moved to {side}"
             )

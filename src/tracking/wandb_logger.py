@@ -55,11 +55,12 @@ class RunWandbLogger(WandbLogger):
       step-0 `validate`, too early), so its files are complete and a second fit in the same
       process (a test, a notebook) starts a fresh run instead of reusing the old one.
     - The run name defaults to the run folder's name, which a continuation shares.
-    - W&B's own step is the trainer's (`trainer/global_step`), so `continue_at(s)` can rewind
-      the run (`resume_from="<id>?_step=<s - 1>"`) to the last step the checkpoint holds: the
-      steps a crashed process logged after it are replaced, not drawn twice. Offline, the
-      rewind is recorded in the run's file and applied by `wandb sync`. A server without
-      rewind (a W&B preview feature) gets a plain resume instead, with one message.
+    - W&B's own step is the one every row is logged at (`trainer/global_step`: the optimizer
+      steps made, `LitSmolLM2.steps_made`), so `continue_at(s)` can rewind the run
+      (`resume_from="<id>?_step=<s>"`) to the last step the checkpoint holds: the steps a
+      crashed process logged after it are replaced, not drawn twice. Offline, the rewind is
+      recorded in the run's file and applied by `wandb sync`. A server without rewind (a W&B
+      preview feature) gets a plain resume instead, with one message.
     """
 
     def __init__(
@@ -134,19 +135,15 @@ class RunWandbLogger(WandbLogger):
             return run
 
     def continue_at(self, step: int) -> None:
-        """This process logs from `step` on: rewind the run to `step - 1`, dropping what came after.
-
-        Lightning logs optimizer step k at step k - 1, so a checkpoint at step s holds
-        everything logged at steps below s.
-        """
+        """This process logs after `step`, its checkpoint's: rewind the run there, dropping the rest."""
         init = wandb_init_args(self)
         if step > 0 and init["mode"] != "disabled":
             init.pop("resume", None)  # W&B takes one of resume and resume_from
-            init["resume_from"] = f"{init['id']}?_step={step - 1}"
+            init["resume_from"] = f"{init['id']}?_step={step}"
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        """W&B's step is the trainer's, which the rewind of `continue_at` counts in."""
+        """At `step` as W&B's own step too, which the rewind of `continue_at` counts in."""
         if step is None:
             super().log_metrics(metrics)
         else:
@@ -167,9 +164,7 @@ class RunWandbLogger(WandbLogger):
             self._tables[key] = wandb.Table(columns=columns, log_mode="INCREMENTAL")
         for row in rows:
             self._tables[key].add_data(*(row[column] for column in columns))
-        # Rows made after optimizer step k join the metrics Lightning logs for it, at k - 1:
-        # W&B drops a row logged at a step below one already logged.
-        self.log_metrics({key: self._tables[key]}, step=max(step - 1, 0))
+        self.log_metrics({key: self._tables[key]}, step=step)
 
     @rank_zero_only
     def log_histograms(self, histograms: dict[str, tuple[list[float], list[float]]], step: int) -> None:

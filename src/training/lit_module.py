@@ -118,9 +118,14 @@ class SmolLM2LitModule(L.LightningModule):
         self._step_loss = detached if self._step_loss is None else self._step_loss + detached
         return loss
 
+    @property
+    def steps_made(self) -> int:
+        """Optimizer steps made so far, counting those a loss-spike rollback undid: the step
+        every logger files a row under (0 before training), so it only goes up."""
+        return self.trainer.global_step + self.spike.rewound_steps
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Steps a rollback undid still count for the loggers, whose steps only go up.
-        set_logging_step(self.trainer, self.trainer.global_step + self.spike.rewound_steps)
+        set_logging_step(self.trainer, self.steps_made)  # Lightning's log interval counts these
 
     def on_train_start(self) -> None:
         log_the_last_step(self.trainer)
@@ -183,6 +188,8 @@ class SmolLM2LitModule(L.LightningModule):
         marked `prog_bar`: Lightning turns those into Python numbers after every batch.
         """
         loss = self._step_loss / self.trainer.accumulate_grad_batches
+        # The row's step (Lightning's own is one lower in training; global_step moves after this hook)
+        self.log("step", float(self.steps_made + 1))
         self.log("train/loss", self.trainer.strategy.reduce(loss, reduce_op="mean"))
         self.log("lr", self._lr)
         if self._grad_norm is not None:
@@ -216,6 +223,7 @@ class SmolLM2LitModule(L.LightningModule):
         # (summed loss, counted windows) over all ranks: the mean of the windows read, however many ranks
         total, windows = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")
         mean = total / windows
+        self.log("step", float(self.steps_made))  # the weights' step; Lightning's is one lower in fit
         self.log("val/loss", mean, prog_bar=True)
         self.log("val/ppl", mean.exp())
         if not self.trainer.sanity_checking:
