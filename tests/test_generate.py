@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from src.data.tokenizer import DEFAULT_TOKENIZER
+from src.errors import UserError
 from src.generate import main
 from src.models import SmolLM2, generate
-from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
+from src.models.hf import write_hf_folder
+from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator, read_source
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_cli, run_plain, tiny_checkpoint
 
 PROMPT = "Once upon a time"
+
+
+def tokenizer_folder(path: Path, **config) -> Path:
+    """A copy of the vendored tokenizer with `config` merged into its tokenizer_config.json."""
+    shutil.copytree(DEFAULT_TOKENIZER, path)
+    config_file = path / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **config}))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +138,55 @@ def test_completion_streams_piece_by_piece(tiny):
     pieces = list(completion)
     assert len(pieces) > 1 and "".join(pieces) == completion.text
     assert completion.num_tokens == 10 and completion.tokens_per_second > 0
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_and_a_smaller_one_works(tiny, tmp_path, capsys):
+    model, ckpt = tiny
+    larger = tokenizer_folder(tmp_path / "larger")
+    tokens = json.loads((larger / "tokenizer.json").read_text())
+    tokens["added_tokens"].append({**tokens["added_tokens"][-1], "id": 49152, "content": "<|new|>"})
+    (larger / "tokenizer.json").write_text(json.dumps(tokens))
+    with pytest.raises(
+        UserError, match=r"^the tokenizer has 49,153 tokens but the model's vocabulary has 49,152; "
+    ):
+        read_source(ModelSource(ckpt_path=ckpt, tokenizer=str(larger)))
+    padded = SmolLM2(dataclasses.replace(model.config, vocab_size=49216))  # a vocabulary padded to 64
+    write_hf_folder(padded, padded.config, tmp_path / "padded")
+    out, _ = run_main(capsys, f"hf_path={tmp_path / 'padded'}", f"tokenizer={DEFAULT_TOKENIZER}", "prompt=Hi")
+    assert out.strip()
+
+
+def test_a_folder_of_the_wrong_kind_names_the_setting_to_use(tiny, tmp_path):
+    model, ckpt = tiny
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    shutil.copy(ckpt, last)
+    hf = tmp_path / "hf"
+    write_hf_folder(model, model.config, hf)
+    (hf / "model.safetensors").write_bytes(b"not weights")  # refused before the weights are read
+    cases = {
+        f"ckpt_path={hf} is a Hugging Face folder (it has config.json); pass hf_path={hf}": {
+            "ckpt_path": str(hf)
+        },
+        f"hf_path={run} is a training run's folder, not a Hugging Face one; pass ckpt_path={last}": {
+            "hf_path": str(run)
+        },
+        f"{last.parent} is a checkpoints folder; pass its checkpoint, {last}": {
+            "ckpt_path": str(last.parent)
+        },
+        f"hf_path={hf} has no tokenizer (no tokenizer.json); pass tokenizer=<tokenizer folder>": {
+            "hf_path": str(hf)
+        },
+        "tokenizer '/nonexistent/path': no such folder; give a tokenizer folder or a hub id": {
+            "ckpt_path": ckpt,
+            "tokenizer": "/nonexistent/path",
+        },
+    }
+    for message, source in cases.items():
+        with pytest.raises(UserError) as info:
+            read_source(ModelSource(**source))
+        assert str(info.value) == message
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ from src.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # a fast, sentencepiece or BPE one
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Below this, logits / temperature can overflow to inf and the probabilities to NaN; 0.01 is
 # already all but greedy, and temperature=0 is greedy exactly.
@@ -136,18 +138,44 @@ def load_pretrained(
 
 def read_source(source: ModelSource) -> tuple[SmolLM2, PreTrainedTokenizerBase, Path]:
     """The plain model (as `read_pretrained` gives it), its tokenizer and its path, from
-    `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it."""
+    `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it.
+    A folder given as the wrong kind names the key it belongs to; the tokenizer is loaded
+    before the weights of an HF folder and must not outgrow the model's vocabulary."""
     if (source.hf_path is None) == (source.ckpt_path is None):
         raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
     if source.ckpt_path is not None:
         path = Path(source.ckpt_path)
+        if (path / "config.json").is_file():
+            raise UserError(
+                f"ckpt_path={path} is a Hugging Face folder (it has config.json); pass hf_path={path}"
+            )
         checkpoint = ckpt.read_checkpoint(path)
         tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
-        return ckpt.model_from_checkpoint(checkpoint)[0], tokenizer, path
-    path = Path(source.hf_path)
-    if path.is_file():  # read_pretrained would take it, but the tokenizer is looked for beside it
-        raise UserError(f"hf_path={path} is a file; a Hugging Face model is a folder, a .ckpt is ckpt_path=")
-    return read_pretrained(path), load_tokenizer(source.tokenizer or source.hf_path), path
+        model = ckpt.model_from_checkpoint(checkpoint)[0]
+    else:
+        path = Path(source.hf_path)
+        if path.is_file():  # read_pretrained would take it, but the tokenizer is looked for beside it
+            raise UserError(
+                f"hf_path={path} is a file; a Hugging Face model is a folder, a .ckpt is ckpt_path="
+            )
+        if (last := ckpt.last_checkpoint_in(path)) is not None:
+            raise UserError(
+                f"hf_path={path} is a training run's folder, not a Hugging Face one; pass ckpt_path={last}"
+            )
+        if not path.is_dir():
+            raise UserError(f"hf_path={path}: no such folder (give a Hugging Face model folder)")
+        if source.tokenizer is None and not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(
+                f"hf_path={path} has no tokenizer (no tokenizer.json); pass tokenizer=<tokenizer folder>"
+            )
+        tokenizer = load_tokenizer(source.tokenizer or source.hf_path)
+        model = read_pretrained(path)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer):,} tokens but the model's vocabulary has "
+            f"{model.config.vocab_size:,}; pass the run's tokenizer (tokenizer=...)"
+        )
+    return model, tokenizer, path
 
 
 class IncrementalDecoder:
