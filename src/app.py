@@ -5,7 +5,9 @@ python -m src.app hf_path=<dir> host=0.0.0.0 port=8080
 
 Greedy decoding is the "Greedy" checkbox: it ignores temperature, top-k and top-p, and
 gives the same text as `python -m src.generate ... temperature=0`. Top-p 1.0 means no
-nucleus filter. A bad prompt or setting shows its error in the page; the app keeps serving.
+nucleus filter. "Chat" sends the prompt as one user turn of the tokenizer's chat template
+(`src.generate ... chat=true`). A bad prompt or setting shows its error in the page; the
+app keeps serving.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 from src.cli import command_name, parse_cli
 from src.errors import UserError, exit_on_user_error, first_line
 from src.extras import require_extra
-from src.serving.inference import ModelSource, Sampling, TextGenerator
+from src.serving.inference import ModelSource, Sampling, TextGenerator, count_tokens
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -73,14 +75,14 @@ def read_sampling(
     )
 
 
-def reply(generator: TextGenerator, prompt: str, *settings) -> Iterator[tuple[str, str]]:
+def reply(generator: TextGenerator, prompt: str, chat: bool, *settings) -> Iterator[tuple[str, str]]:
     """(output, status) as the text streams; every path ends on a status that is not "generating..."."""
     import gradio as gr
 
     text = ""
     try:
         sampling = read_sampling(*settings)
-        input_ids = generator.encode(prompt, sampling.max_new_tokens)
+        input_ids = generator.encode(prompt, sampling.max_new_tokens, chat)
         completion = generator.complete(input_ids, sampling)
         yield text, "generating..."
         for _ in completion:
@@ -98,7 +100,7 @@ def reply(generator: TextGenerator, prompt: str, *settings) -> Iterator[tuple[st
         return
     yield (
         completion.text,
-        f"{completion.num_tokens} tokens in {completion.seconds:.2f} s, "
+        f"{count_tokens(completion.num_tokens)} in {completion.seconds:.2f} s, "
         f"{completion.tokens_per_second:.1f} tokens/s",
     )
 
@@ -111,6 +113,7 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
 
     def run(
         prompt: str,
+        chat: bool,
         greedy: bool,
         temperature: float,
         max_new_tokens: float,
@@ -118,7 +121,7 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
         top_p: float,
         seed: float | None,
     ) -> Iterator[tuple[str, str]]:
-        yield from reply(generator, prompt, greedy, temperature, max_new_tokens, top_k, top_p, seed)
+        yield from reply(generator, prompt, chat, greedy, temperature, max_new_tokens, top_k, top_p, seed)
 
     with gr.Blocks(title="SmolLM2 demo", analytics_enabled=False) as app:
         gr.Markdown(f"## SmolLM2 demo\n{generator.description}, context {generator.context} tokens")
@@ -132,6 +135,9 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
                     elem_id="prompt",
                 )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
+                chat = gr.Checkbox(
+                    label="Chat (the prompt is a user turn in the tokenizer's chat template)", elem_id="chat"
+                )
                 greedy = gr.Checkbox(label="Greedy (ignores temperature, top-k, top-p)", elem_id="greedy")
                 temperature = gr.Slider(0.1, 2.0, defaults.temperature, step=0.05, label="Temperature")
                 max_new_tokens = gr.Slider(
@@ -146,7 +152,7 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
             with gr.Column(scale=1):
                 output = gr.Textbox(label="Output", lines=16, elem_id="output")
                 status = gr.Markdown(elem_id="status")
-        inputs = [prompt, greedy, temperature, max_new_tokens, top_k, top_p, seed]
+        inputs = [prompt, chat, greedy, temperature, max_new_tokens, top_k, top_p, seed]
         button.click(run, inputs, [output, status])
         prompt.submit(run, inputs, [output, status])
     return app

@@ -49,7 +49,15 @@ def generator(module_tmp_path) -> TextGenerator:
     return TextGenerator.load(ModelSource(ckpt_path=str(path)))
 
 
-SETTINGS = {"greedy": False, "temperature": 0.8, "max_new_tokens": 5, "top_k": 50, "top_p": 1.0, "seed": 1}
+SETTINGS = {
+    "chat": False,
+    "greedy": False,
+    "temperature": 0.8,
+    "max_new_tokens": 5,
+    "top_k": 50,
+    "top_p": 1.0,
+    "seed": 1,
+}
 
 
 def statuses(generator: TextGenerator, prompt: str, **changes) -> list[tuple[str, str]]:
@@ -60,6 +68,10 @@ def statuses(generator: TextGenerator, prompt: str, **changes) -> list[tuple[str
 def test_a_good_prompt_streams_and_ends_on_the_speed_line(generator):
     shown = statuses(generator, "Once upon a time")
     assert shown[0] == ("", "generating...") and shown[-1][1].endswith("tokens/s")
+
+
+def test_one_new_token_is_counted_as_1_token(generator):
+    assert statuses(generator, "Once upon a time", max_new_tokens=1)[-1][1].startswith("1 token in ")
 
 
 @pytest.mark.parametrize(
@@ -74,6 +86,7 @@ def test_a_good_prompt_streams_and_ends_on_the_speed_line(generator):
         ({"seed": 2.0**64}, "seed=18446744073709551616: use an integer in [0, 2**64)"),
         ({"seed": -1}, "seed=-1"),
         ({"temperature": 1e-45}, "temperature=1e-45: use 0 for greedy"),
+        ({"chat": True}, "chat mode needs a chat template, and this tokenizer has none; pass tokenizer="),
     ],
 )
 def test_bad_settings_end_on_a_message_not_an_exception(generator, changes, message):
