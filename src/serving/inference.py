@@ -24,7 +24,7 @@ from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, generate_tokens
 from src.models.generation import check_generation_fits
-from src.models.hf import load_hf_model, read_generation_eos_ids
+from src.models.hf import load_hf_model, read_generation_eos_ids, read_hf_config
 from src.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ def read_source(source: ModelSource) -> tuple[SmolLM2, PreTrainedTokenizerBase, 
             )
         if not path.is_dir():
             raise UserError(f"hf_path={path}: no such folder (give a Hugging Face model folder)")
+        read_hf_config(path)  # its errors first, then the tokenizer's, and only then the weights are read
         if source.tokenizer is None and not any((path / name).is_file() for name in TOKENIZER_FILES):
             raise UserError(
                 f"hf_path={path} has no tokenizer (no tokenizer.json); pass tokenizer=<tokenizer folder>"
