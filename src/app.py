@@ -1,11 +1,13 @@
 """A browser demo: load a model once, then stream continuations of typed prompts.
 
 python -m src.app ckpt_path=<.ckpt>            # or hf_path=<dir>; serves http://127.0.0.1:7860
-python -m src.app hf_path=<dir> host=0.0.0.0 port=8080
+python -m src.app hf_path=<dir> host=0.0.0.0 port=8080    # port=0: a free port, printed at start
 
 Greedy decoding is the "Greedy" checkbox: it ignores temperature, top-k and top-p, and
 gives the same text as `python -m src.generate ... temperature=0`. Top-p 1.0 means no
-nucleus filter. A bad prompt or setting shows its error in the page; the app keeps serving.
+nucleus filter. "Chat" sends the prompt as one user turn of the tokenizer's chat template
+(`src.generate ... chat=true`). A bad prompt or setting shows its error in the page; the
+app keeps serving.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 from src.cli import command_name, parse_cli
 from src.errors import UserError, exit_on_user_error, first_line
 from src.extras import require_extra
-from src.serving.inference import ModelSource, Sampling, TextGenerator
+from src.serving.inference import ModelSource, Sampling, TextGenerator, count_tokens
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -59,28 +61,37 @@ def number(label: str, value: float | None) -> float:
     return value
 
 
+def integer(label: str, value: float | None) -> int:
+    """A count or seed as sent: 0.5 is refused, not truncated to 0 (a client can send any number)."""
+    if number(label, value) != int(value):
+        raise UserError(f"{label} is {value!r}; enter a whole number")
+    return int(value)
+
+
 def read_sampling(
     greedy: bool, temperature: float, max_new_tokens: float, top_k: float, top_p: float, seed: float | None
 ) -> Sampling:
-    """The page's settings, checked as `Sampling` checks the command line's."""
+    """The page's settings, checked as `Sampling` checks the command line's; only top-p 1.0
+    (the slider's end) stands for the command line's null."""
     top_p = number("top-p", top_p)
     return Sampling(
-        max_new_tokens=int(number("max new tokens", max_new_tokens)),
+        max_new_tokens=integer("max new tokens", max_new_tokens),
         temperature=0.0 if greedy else number("temperature", temperature),
-        top_k=int(number("top-k", top_k)),
-        top_p=None if top_p >= 1 else top_p,
-        seed=None if seed is None else int(number("seed", seed)),
+        top_k=integer("top-k", top_k),
+        top_p=None if top_p == 1 else top_p,
+        seed=None if seed is None else integer("seed", seed),
     )
 
 
-def reply(generator: TextGenerator, prompt: str, *settings) -> Iterator[tuple[str, str]]:
-    """(output, status) as the text streams; every path ends on a status that is not "generating..."."""
+def reply(generator: TextGenerator, prompt: str | None, chat: bool, *settings) -> Iterator[tuple[str, str]]:
+    """(output, status) as the text streams; every path ends on a status that is not "generating...".
+    A client (gradio_client) may send no prompt at all: that is the empty prompt."""
     import gradio as gr
 
     text = ""
     try:
         sampling = read_sampling(*settings)
-        input_ids = generator.encode(prompt, sampling.max_new_tokens)
+        input_ids = generator.encode(prompt or "", sampling.max_new_tokens, chat)
         completion = generator.complete(input_ids, sampling)
         yield text, "generating..."
         for _ in completion:
@@ -98,7 +109,7 @@ def reply(generator: TextGenerator, prompt: str, *settings) -> Iterator[tuple[st
         return
     yield (
         completion.text,
-        f"{completion.num_tokens} tokens in {completion.seconds:.2f} s, "
+        f"{count_tokens(completion.num_tokens)} in {completion.seconds:.2f} s, "
         f"{completion.tokens_per_second:.1f} tokens/s",
     )
 
@@ -110,7 +121,8 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
     defaults = Sampling()
 
     def run(
-        prompt: str,
+        prompt: str | None,
+        chat: bool,
         greedy: bool,
         temperature: float,
         max_new_tokens: float,
@@ -118,7 +130,7 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
         top_p: float,
         seed: float | None,
     ) -> Iterator[tuple[str, str]]:
-        yield from reply(generator, prompt, greedy, temperature, max_new_tokens, top_k, top_p, seed)
+        yield from reply(generator, prompt, chat, greedy, temperature, max_new_tokens, top_k, top_p, seed)
 
     with gr.Blocks(title="SmolLM2 demo", analytics_enabled=False) as app:
         gr.Markdown(f"## SmolLM2 demo\n{generator.description}, context {generator.context} tokens")
@@ -132,6 +144,9 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
                     elem_id="prompt",
                 )
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
+                chat = gr.Checkbox(
+                    label="Chat (the prompt is a user turn in the tokenizer's chat template)", elem_id="chat"
+                )
                 greedy = gr.Checkbox(label="Greedy (ignores temperature, top-k, top-p)", elem_id="greedy")
                 temperature = gr.Slider(0.1, 2.0, defaults.temperature, step=0.05, label="Temperature")
                 max_new_tokens = gr.Slider(
@@ -146,19 +161,19 @@ def build_app(generator: TextGenerator) -> gr.Blocks:
             with gr.Column(scale=1):
                 output = gr.Textbox(label="Output", lines=16, elem_id="output")
                 status = gr.Markdown(elem_id="status")
-        inputs = [prompt, greedy, temperature, max_new_tokens, top_k, top_p, seed]
+        inputs = [prompt, chat, greedy, temperature, max_new_tokens, top_k, top_p, seed]
         button.click(run, inputs, [output, status])
         prompt.submit(run, inputs, [output, status])
     return app
 
 
-def check_can_serve(host: str, port: int) -> None:
-    """A port already taken (or a host this machine is not) is refused before the model loads;
-    Gradio would find it only after. `main` still catches the port taken in between."""
-    if port == 0:
-        return
+def check_can_serve(host: str, port: int) -> int:
+    """The port to serve on: `port`, or for 0 one the system picks free (Gradio cannot serve on
+    0 itself). A port already taken (or a host this machine is not) is refused before the model
+    loads; Gradio would find it only after. `main` still catches the port taken in between."""
     try:
-        socket.create_server((host, port)).close()
+        with socket.create_server((host, port)) as server:
+            return server.getsockname()[1]
     except OSError as err:
         fix = "choose another port= or host="
         raise UserError(f"cannot serve on {host}:{port} ({err.strerror}); {fix}") from None
@@ -168,15 +183,16 @@ def check_can_serve(host: str, port: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_cli(AppConfig, argv)
     require_extra("gradio", "app", command_name())  # before the model load, which can take a while
-    check_can_serve(cfg.host, cfg.port)
+    port = check_can_serve(cfg.host, cfg.port)
     generator = TextGenerator.load(cfg)
     print(f"loaded {generator.description}", file=sys.stderr)
     app = build_app(generator).queue()
     try:
-        app.launch(server_name=cfg.host, server_port=cfg.port, prevent_thread_lock=True)
+        app.launch(server_name=cfg.host, server_port=port, prevent_thread_lock=True)
     except OSError as err:
         reason = str(err).split(". ")[0]  # the rest is Gradio's advice about its own launch() arguments
-        raise UserError(f"cannot serve on {cfg.host}:{cfg.port} ({reason}); choose another port=") from None
+        raise UserError(f"cannot serve on {cfg.host}:{port} ({reason}); choose another port=") from None
+    print(f"serving on http://{cfg.host}:{port}", file=sys.stderr, flush=True)
     serve_until_interrupted(app)
 
 

@@ -2,6 +2,7 @@
 
 python -m src.generate ckpt_path=<.ckpt> prompt="Once upon a time" max_new_tokens=50 temperature=0
 python -m src.generate hf_path=<dir> prompt_file=prompts.txt num_samples=3 device=cuda dtype=bfloat16
+python -m src.generate hf_path=<instruct dir> chat=true prompt="What is gravity?"
 
 Stdout carries only generated text: each completion ends with a newline, and several
 completions (a prompt file, num_samples > 1) are separated by a line `---`. A prompt
@@ -9,6 +10,9 @@ file holds one prompt per line; blank lines are skipped. Sample i uses seed + i,
 first sample of any run equals a one-sample run with the same seed. Tokens/s and other
 diagnostics go to stderr. Each completion is also appended to `out_file` as a JSON line
 {prompt, completion, settings}; by default outputs/generate/<date>_<time>.jsonl (src/outputs.py).
+`chat=true` sends each prompt as one user turn of the tokenizer's chat template (an instruct
+model's format). Completions end at the tokenizer's EOS or an end id of the HF folder's
+generation_config.json, and leave out special tokens.
 
 Exit codes: 0 when done, 2 on bad input (one `error:` line), 130 after Ctrl-C and 141 when
 the reader of stdout went away (`| head -c3`), as if killed by SIGPIPE; the last two quietly.
@@ -26,7 +30,7 @@ from pathlib import Path
 from src.cli import parse_cli
 from src.errors import UserError, exit_on_user_error
 from src.outputs import default_output_dir
-from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed
+from src.serving.inference import ModelSource, Sampling, TextGenerator, check_seed, count_tokens
 
 SEPARATOR = "---\n"
 
@@ -34,6 +38,7 @@ SEPARATOR = "---\n"
 @dataclass
 class GenerateConfig(Sampling, ModelSource):
     prompt: str = ""
+    chat: bool = False  # wrap each prompt in the tokenizer's chat template, as one user turn
     prompt_file: str | None = None
     num_samples: int = 1
     out_file: str = ""  # empty: outputs/generate/<date>_<time>.jsonl
@@ -68,9 +73,9 @@ def read_prompts(cfg: GenerateConfig) -> list[str]:
 
 
 def settings(cfg: GenerateConfig) -> dict[str, object]:
-    """What made a completion: the model source and the sampling knobs (this sample's seed)."""
+    """What made a completion: the model source, chat mode and the sampling knobs (this sample's seed)."""
     names = [f.name for f in (*dataclasses.fields(ModelSource), *dataclasses.fields(Sampling))]
-    return {name: getattr(cfg, name) for name in names}
+    return {name: getattr(cfg, name) for name in [*names, "chat"]}
 
 
 @exit_on_user_error
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         ) from None
     generator = TextGenerator.load(cfg)
     # Encode every prompt first so a bad one fails before any text is printed.
-    encoded = [generator.encode(prompt, cfg.max_new_tokens) for prompt in prompts]
+    encoded = [generator.encode(prompt, cfg.max_new_tokens, cfg.chat) for prompt in prompts]
     print(f"loaded {generator.description}", file=sys.stderr)
     num_tokens, seconds = 0, 0.0
     for index, input_ids in enumerate(encoded):
@@ -110,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             num_tokens, seconds = num_tokens + completion.num_tokens, seconds + completion.seconds
     rate = num_tokens / seconds if seconds > 0 else 0.0
-    print(f"{num_tokens} tokens in {seconds:.2f} s: {rate:.1f} tokens/s; wrote {out_file}", file=sys.stderr)
+    print(
+        f"{count_tokens(num_tokens)} in {seconds:.2f} s: {rate:.1f} tokens/s; wrote {out_file}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from src.data.tokenizer import DEFAULT_TOKENIZER
+from src.errors import UserError
 from src.generate import main
 from src.models import SmolLM2, generate
-from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator
+from src.models.hf import write_hf_folder
+from src.serving.inference import IncrementalDecoder, ModelSource, Sampling, TextGenerator, read_source
 from tests.conftest import REPO_ROOT
 from tests.helpers import run_cli, run_plain, tiny_checkpoint
 
 PROMPT = "Once upon a time"
+# SmolLM2-Instruct's ChatML template, cut to what a prompt of one user turn needs.
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tokenizer_folder(path: Path, **config) -> Path:
+    """A copy of the vendored tokenizer with `config` merged into its tokenizer_config.json."""
+    shutil.copytree(DEFAULT_TOKENIZER, path)
+    config_file = path / "tokenizer_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **config}))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +145,111 @@ def test_completion_streams_piece_by_piece(tiny):
     assert completion.num_tokens == 10 and completion.tokens_per_second > 0
 
 
+def test_special_tokens_are_left_out_of_streamed_text(tokenizer):
+    """An instruct model's end of turn and the next turn's header are control, not text."""
+    im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    assert tokenizer.added_tokens_decoder[im_start].special and tokenizer.added_tokens_decoder[im_end].special
+    ids = [
+        *tokenizer.encode("Paris."),
+        im_end,
+        *tokenizer.encode("\n"),
+        im_start,
+        *tokenizer.encode("assistant"),
+    ]
+    decoder = IncrementalDecoder(tokenizer)
+    assert "".join(decoder.push(i) for i in ids) + decoder.flush() == "Paris.\nassistant"
+
+
+def test_generation_stops_at_an_end_id_of_generation_config(tiny, tokenizer, tmp_path, capsys):
+    """An HF folder's generation_config.json may list end ids besides the tokenizer's EOS
+    (SmolLM2-Instruct's <|im_end|>); the count covers the tokens before the stop only."""
+    model, _ = tiny
+    ids = torch.tensor([tokenizer.encode(PROMPT)])
+    first, second = generate(model, ids, 2)[0, ids.shape[1] :].tolist()
+    assert first != second and tokenizer.eos_token_id not in (first, second)
+    folder = tmp_path / "hf"
+    write_hf_folder(model, model.config, folder)
+    generation_config = {"eos_token_id": [tokenizer.eos_token_id, second]}
+    (folder / "generation_config.json").write_text(json.dumps(generation_config))
+    args = (f"hf_path={folder}", f"tokenizer={DEFAULT_TOKENIZER}", f"prompt={PROMPT}", "temperature=0")
+    out, err = run_main(capsys, *args)
+    assert out == tokenizer.decode([first]) + "\n"
+    assert err.startswith("1 token in ") or "\n1 token in " in err, err
+
+
+def test_chat_wraps_the_prompt_as_one_user_turn(tiny, tmp_path, capsys):
+    _, ckpt = tiny
+    folder = tokenizer_folder(tmp_path / "chat-tokenizer", chat_template=CHATML)
+    generator = TextGenerator.load(ModelSource(ckpt_path=ckpt, tokenizer=str(folder)))
+    turn = "<|im_start|>user\nWhat is a king?<|im_end|>\n<|im_start|>assistant\n"
+    expected = generator.tokenizer.encode(turn)
+    assert expected[0] == generator.tokenizer.convert_tokens_to_ids("<|im_start|>")  # one special token
+    assert generator.encode("What is a king?", 5, chat=True)[0].tolist() == expected
+    args = (f"ckpt_path={ckpt}", f"tokenizer={folder}", "prompt=What is a king?", "max_new_tokens=4")
+    chat_out, _ = run_main(capsys, *args, "chat=true", "temperature=0")
+    plain_out, _ = run_main(capsys, *args, "temperature=0")
+    assert chat_out != plain_out
+    (saved, *_) = sorted((tmp_path / "outputs" / "generate").glob("*.jsonl"))
+    assert json.loads(saved.read_text().splitlines()[0])["settings"]["chat"] is True
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_and_a_smaller_one_works(tiny, tmp_path, capsys):
+    model, ckpt = tiny
+    larger = tokenizer_folder(tmp_path / "larger")
+    tokens = json.loads((larger / "tokenizer.json").read_text())
+    tokens["added_tokens"].append({**tokens["added_tokens"][-1], "id": 49152, "content": "<|new|>"})
+    (larger / "tokenizer.json").write_text(json.dumps(tokens))
+    with pytest.raises(
+        UserError, match=r"^the tokenizer has 49,153 tokens but the model's vocabulary has 49,152; "
+    ):
+        read_source(ModelSource(ckpt_path=ckpt, tokenizer=str(larger)))
+    padded = SmolLM2(dataclasses.replace(model.config, vocab_size=49216))  # a vocabulary padded to 64
+    write_hf_folder(padded, padded.config, tmp_path / "padded")
+    out, _ = run_main(capsys, f"hf_path={tmp_path / 'padded'}", f"tokenizer={DEFAULT_TOKENIZER}", "prompt=Hi")
+    assert out.strip()
+
+
+def test_a_folder_of_the_wrong_kind_names_the_setting_to_use(tiny, tmp_path):
+    model, ckpt = tiny
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    shutil.copy(ckpt, last)
+    hf = tmp_path / "hf"
+    write_hf_folder(model, model.config, hf)
+    (hf / "model.safetensors").write_bytes(b"not weights")  # refused before the weights are read
+    cases = {
+        f"ckpt_path={hf} is a Hugging Face folder (it has config.json); pass hf_path={hf}": {
+            "ckpt_path": str(hf)
+        },
+        f"hf_path={run} is a training run's folder, not a Hugging Face one; pass ckpt_path={last}": {
+            "hf_path": str(run)
+        },
+        f"{last.parent} is a checkpoints folder; pass its checkpoint, {last}": {
+            "ckpt_path": str(last.parent)
+        },
+        f"hf_path={hf} has no tokenizer (no tokenizer.json); pass tokenizer=<tokenizer folder>": {
+            "hf_path": str(hf)
+        },
+        "tokenizer '/nonexistent/path': no such folder; give a tokenizer folder or a hub id": {
+            "ckpt_path": ckpt,
+            "tokenizer": "/nonexistent/path",
+        },
+    }
+    for message, source in cases.items():
+        with pytest.raises(UserError) as info:
+            read_source(ModelSource(**source))
+        assert str(info.value) == message
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (("prompt=",), "the prompt is empty"),
+        (
+            ("prompt=Hi", "chat=true"),
+            "chat mode needs a chat template, and this tokenizer has none; pass tokenizer=",
+        ),
         (("prompt=   ",), "the prompt is empty"),
         (("prompt=" + "hello " * 2100,), "exceeds the model's context of 2048 tokens"),
         (("prompt=Hi", "max_new_tokens=5000"), "exceeds the model's context"),

@@ -20,6 +20,8 @@ def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     sampling callback all ask for it), so callers must not modify it.
     """
     name_or_path = name_or_path or DEFAULT_TOKENIZER
+    if looks_like_a_path(name_or_path) and not Path(name_or_path).is_dir():
+        raise UserError(f"tokenizer {name_or_path!r}: no such folder; give a tokenizer folder or a hub id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
@@ -32,3 +34,8 @@ def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer {name_or_path!r} has no EOS token to separate documents")
     return tokenizer
+
+
+def looks_like_a_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else can only mean a local folder."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from src.errors import UserError
+from src.errors import UserError, first_line
 from src.models.config import SmolLM2Config
 from src.models.smollm2 import SmolLM2
 from src.safe_load import load_weights_only
@@ -217,6 +217,22 @@ def read_hf_config(folder: Path) -> SmolLM2Config:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
     return from_hf_config(hf, source=str(path))
+
+
+def read_generation_eos_ids(folder: Path) -> frozenset[int]:
+    """The end ids of a folder's generation_config.json (`eos_token_id`: an int or a list); an
+    instruct model ends its turn with one (`<|im_end|>`) that is not the tokenizer's EOS."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return frozenset()
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise UserError(f"{path}: not a JSON object ({first_line(err)})") from None
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise UserError(f"{path}: eos_token_id must be a token id or a list of them, got {eos!r}")
+    return frozenset(ids)
 
 
 def read_hf_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:

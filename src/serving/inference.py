@@ -24,10 +24,12 @@ from src.kernels.probes import Workload
 from src.kernels.selection import choose_kernels, kept, summary
 from src.models import SmolLM2, generate_tokens
 from src.models.generation import check_generation_fits
-from src.models.hf import load_hf_model
+from src.models.hf import load_hf_model, read_generation_eos_ids, read_hf_config
 from src.training import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # a fast, sentencepiece or BPE one
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # Below this, logits / temperature can overflow to inf and the probabilities to NaN; 0.01 is
@@ -136,22 +138,55 @@ def load_pretrained(
 
 def read_source(source: ModelSource) -> tuple[SmolLM2, PreTrainedTokenizerBase, Path]:
     """The plain model (as `read_pretrained` gives it), its tokenizer and its path, from
-    `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it."""
+    `hf_path` or `ckpt_path`; the tokenizer comes along unless `tokenizer` overrides it.
+    A folder given as the wrong kind names the key it belongs to; the tokenizer is loaded
+    before the weights of an HF folder and must not outgrow the model's vocabulary."""
     if (source.hf_path is None) == (source.ckpt_path is None):
         raise UserError("give exactly one of hf_path=<Hugging Face folder> or ckpt_path=<.ckpt>")
     if source.ckpt_path is not None:
         path = Path(source.ckpt_path)
+        if (path / "config.json").is_file():
+            raise UserError(
+                f"ckpt_path={path} is a Hugging Face folder (it has config.json); pass hf_path={path}"
+            )
         checkpoint = ckpt.read_checkpoint(path)
         tokenizer = load_tokenizer(source.tokenizer or checkpoint.get(ckpt.TOKENIZER))
-        return ckpt.model_from_checkpoint(checkpoint)[0], tokenizer, path
-    path = Path(source.hf_path)
-    if path.is_file():  # read_pretrained would take it, but the tokenizer is looked for beside it
-        raise UserError(f"hf_path={path} is a file; a Hugging Face model is a folder, a .ckpt is ckpt_path=")
-    return read_pretrained(path), load_tokenizer(source.tokenizer or source.hf_path), path
+        model = ckpt.model_from_checkpoint(checkpoint)[0]
+    else:
+        path = Path(source.hf_path)
+        if path.is_file():  # read_pretrained would take it, but the tokenizer is looked for beside it
+            raise UserError(
+                f"hf_path={path} is a file; a Hugging Face model is a folder, a .ckpt is ckpt_path="
+            )
+        if (last := ckpt.last_checkpoint_in(path)) is not None:
+            raise UserError(
+                f"hf_path={path} is a training run's folder, not a Hugging Face one; pass ckpt_path={last}"
+            )
+        if not path.is_dir():
+            raise UserError(f"hf_path={path}: no such folder (give a Hugging Face model folder)")
+        read_hf_config(path)  # its errors first, then the tokenizer's, and only then the weights are read
+        if source.tokenizer is None and not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise UserError(
+                f"hf_path={path} has no tokenizer (no tokenizer.json); pass tokenizer=<tokenizer folder>"
+            )
+        tokenizer = load_tokenizer(source.tokenizer or source.hf_path)
+        model = read_pretrained(path)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer):,} tokens but the model's vocabulary has "
+            f"{model.config.vocab_size:,}; pass the run's tokenizer (tokenizer=...)"
+        )
+    return model, tokenizer, path
+
+
+def count_tokens(n: int) -> str:
+    """`1 token`, `2 tokens`: the count a user reads after a completion."""
+    return f"{n:,} token{'' if n == 1 else 's'}"
 
 
 class IncrementalDecoder:
-    """Turns token ids into printable text one id at a time.
+    """Turns token ids into printable text one id at a time, leaving out special tokens
+    (`<|im_start|>` and the like are control, not text).
 
     A token can end inside a multi-byte character (emoji, CJK): decoding the ids so far
     then ends in U+FFFD, so that text waits until a later token completes the character.
@@ -166,7 +201,7 @@ class IncrementalDecoder:
     def push(self, token_id: int) -> str:
         """Add one id; return the text that is now final (possibly empty)."""
         self.ids.append(token_id)
-        self.text = self.tokenizer.decode(self.ids)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if self.text.endswith("\ufffd"):
             return ""
         return self.flush()
@@ -198,24 +233,22 @@ class Completion:
         return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def __iter__(self) -> Iterator[str]:
-        eos_id = self.generator.tokenizer.eos_token_id
         start = time.perf_counter()
-        tokens = generate_tokens(
+        tokens = generate_tokens(  # one row: leaving the loop at a stop id ends the generation
             self.generator.model,
             self.input_ids,
             self.sampling.max_new_tokens,
             temperature=self.sampling.temperature,
             top_k=self.sampling.top_k,
             top_p=self.sampling.top_p,
-            eos_id=eos_id,
             seed=self.sampling.seed,
         )
         for token in tokens:
             token_id = int(token[0])  # reading the id waits for the device, so the clock is honest
-            self.num_tokens += 1
             self.seconds = time.perf_counter() - start
-            if token_id == eos_id:
+            if token_id in self.generator.stop_ids:
                 break
+            self.num_tokens += 1
             piece = self.decoder.push(token_id)
             if piece:
                 yield piece
@@ -226,10 +259,19 @@ class Completion:
 class TextGenerator:
     """A model and its tokenizer, loaded once, on one device and dtype."""
 
-    def __init__(self, model: SmolLM2, tokenizer: PreTrainedTokenizerBase, description: str) -> None:
+    def __init__(
+        self,
+        model: SmolLM2,
+        tokenizer: PreTrainedTokenizerBase,
+        description: str,
+        stop_ids: frozenset[int] = frozenset(),
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.description = description
+        # The tokenizer's EOS, and an HF folder's generation_config.json ends (an instruct
+        # model's end of turn, <|im_end|>, is not its tokenizer's EOS).
+        self.stop_ids = stop_ids | {tokenizer.eos_token_id}
         # No prompt longer than this fits the context (no token spans more characters than the
         # longest in the vocabulary), so `encode` refuses it before a costly tokenization.
         self.max_prompt_chars = self.context * max(map(len, tokenizer.get_vocab()))
@@ -248,14 +290,17 @@ class TextGenerator:
             model,
             tokenizer,
             f"{path.name} ({params:.1f}M parameters, {device.type}, {source.dtype}{kernels})",
+            read_generation_eos_ids(path) if source.hf_path is not None else frozenset(),
         )
 
     @property
     def context(self) -> int:
         return self.model.config.max_position_embeddings
 
-    def encode(self, prompt: str, max_new_tokens: int) -> torch.Tensor:
-        """Prompt -> ids (1, T) on the model's device, rejecting what cannot be generated up front."""
+    def encode(self, prompt: str, max_new_tokens: int, chat: bool = False) -> torch.Tensor:
+        """Prompt -> ids (1, T) on the model's device, rejecting what cannot be generated up front.
+        `chat` wraps the prompt as one user turn in the tokenizer's chat template, as an
+        instruct model was trained to read it."""
         if len(prompt) > self.max_prompt_chars:
             raise UserError(
                 f"the prompt has {len(prompt):,} characters, more than this model's limit of "
@@ -263,7 +308,15 @@ class TextGenerator:
             )
         if not prompt.strip():
             raise UserError("the prompt is empty: type some text to continue")
-        ids = self.tokenizer.encode(prompt)
+        if chat:
+            if not self.tokenizer.chat_template:
+                raise UserError(
+                    "chat mode needs a chat template, and this tokenizer has none; pass tokenizer= a "
+                    "folder whose tokenizer_config.json has a chat_template, or turn chat off"
+                )
+            turn = [{"role": "user", "content": prompt}]
+            prompt = self.tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+        ids = self.tokenizer.encode(prompt, add_special_tokens=not chat)  # a template adds its own
         check_generation_fits(self.model, len(ids), max_new_tokens)
         return torch.tensor([ids], device=self.model.embed.weight.device)
 

@@ -92,6 +92,15 @@ def is_sharded(path: Path) -> bool:
     return path.is_dir() and (path / SHARDED_METADATA).is_file()
 
 
+def last_checkpoint_in(path: Path) -> Path | None:
+    """The `last.ckpt` that a run folder or its `checkpoints/` folder holds, to name in an error
+    when such a folder is given where a checkpoint (or a Hugging Face folder) is expected."""
+    for last in (path / "checkpoints" / "last.ckpt", path / "last.ckpt"):
+        if last.exists():
+            return last
+    return None
+
+
 def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
     """A `.ckpt` file or sharded folder, with a one-line error for a missing, truncated or foreign one.
 
@@ -101,8 +110,9 @@ def read_checkpoint(path: Path, weights: bool = True) -> dict[str, Any]:
         checkpoint = _read_sharded(path, weights)
     elif path.is_file():
         checkpoint = load_weights_only(path, mmap=True)  # mmap: weights are only read when used
-    elif (path / "checkpoints" / "last.ckpt").exists():
-        raise UserError(f"{path} is a run folder; pass its checkpoint, {path / 'checkpoints' / 'last.ckpt'}")
+    elif (last := last_checkpoint_in(path)) is not None:
+        kind = "run" if last.parent != path else "checkpoints"
+        raise UserError(f"{path} is a {kind} folder; pass its checkpoint, {last}")
     elif path.is_dir():
         raise UserError(f"{path}: checkpoint not found (a folder, but without {SHARDED_METADATA})")
     else:
