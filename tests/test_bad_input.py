@@ -51,18 +51,18 @@ def bad_files(tmp):
         (["data.seq_len=abc"], "data.seq_len must be a positive integer, got 'abc'"),
         (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches must be a positive integer"),
         (["eval_every=0"], "eval_every must be a positive integer, got 0"),
-        (["optim.lr=-1e-3"], "optim.lr must be positive, got -0.001"),
-        (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0, got -1"),
+        (["optim.lr=-1e-3"], "optim.lr must be a finite number > 0, got -0.001"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be a finite number >= 0, got -1"),
         (
             ["trainer.devices=0"],
             "trainer.devices must be a positive count, -1 \\(all\\), a list of indices or auto, got 0",
         ),
-        (["data.val_fraction=1.5"], r"data.val_fraction must be in \(0, 1\), got 1.5"),
+        (["data.val_fraction=1.5"], r"data.val_fraction must be a number in \(0, 1\), got 1.5"),
         (["checkpoint_every=-5"], "checkpoint_every must be an integer >= 0, got -5"),
-        (["seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+        (["seed=abc"], r"seed must be an integer in \[0, 4294967295\], got 'abc'"),
         (["schedule.warmup_steps=abc"], "schedule.warmup_steps must be an integer >= 0, got 'abc'"),
         (["schedule.total_steps=0"], "schedule.total_steps must be a positive integer or null, got 0"),
-        (["schedule.min_lr_ratio=2"], r"schedule.min_lr_ratio must be a number in \[0, 1\], got 2"),
+        (["schedule.min_lr_ratio=2"], r"schedule.min_lr_ratio must be a number in \[0, 1\] or null, got 2"),
         (["trainer.limit_val_batches=1.5"], r"limit_val_batches must be a count .* a fraction in \[0, 1\]"),
         (["data.path={tmp}"], "is a folder; pass data.path=<a UTF-8 text file>"),
         (["nonfinite=maybe"], "nonfinite must be one of"),
@@ -162,6 +162,8 @@ def test_cli_config_errors_are_exactly_one_line(tmp_path):
         (["trainer.nope=1", "nope=2"], "Could not override 'trainer.nope'; To append to your config use +"),
         ([f"paths.root_dir={tmp_path}/missing.ckpt", f"ckpt_path={tmp_path}/missing.ckpt"], "not found"),
         ([f"paths.root_dir={tmp_path}", "trainer.devices=0"], "trainer.devices must be a positive count"),
+        ([f"paths.root_dir={tmp_path}", "trainer.gradient_clip_val=-1"], "clip_val must be a finite"),
+        ([f"paths.root_dir={tmp_path}", "model.vocab_size=abc"], "vocab_size must be a positive integer"),
     ]:
         result = run_cli("src.train", *args)
         assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
