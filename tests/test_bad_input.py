@@ -80,6 +80,23 @@ def bad_files(tmp):
             "unknown kernels flash; choose from causal_attention, rms_norm, onednn",
         ),
         (["precision=16-mixed"], "precision=16-mixed needs a GPU"),
+        (
+            ["callbacks.text_samples.temperature=-1"],
+            "callbacks.text_samples.temperature=-1: use 0 for greedy",
+        ),
+        (["callbacks.text_samples.top_p=1.5"], r"callbacks.text_samples.top_p=1.5: use a value in \(0, 1\]"),
+        (["callbacks.text_samples.top_k=0"], "callbacks.text_samples.top_k=0: use a positive integer"),
+        (["callbacks.text_samples.max_new_tokens=0"], "text_samples.max_new_tokens=0: generate at least 1"),
+        (
+            ["callbacks.text_samples.top_k=abc"],
+            r"text_samples: max_new_tokens, .* must be numbers .*'top_k': 'abc'",
+        ),
+        (["callbacks.text_samples.every_n_steps=-1"], "text_samples.every_n_steps must be an integer >= 0"),
+        (["callbacks.downstream_eval.tasks=[foo]"], "downstream_eval.tasks: unknown task 'foo'; choose from"),
+        (
+            ["callbacks.downstream_eval.tasks=[local:{tmp}/gone.jsonl]"],
+            "tasks: .*gone.jsonl: text file not found",
+        ),
         (["kernels=[rms_norm,rms_norm]"], "kernels names rms_norm more than once; name each kernel once"),
         (["paths.output_dir={tmp}/empty.txt/run"], r"cannot write to the run folder .*Not a directory"),
     ],
