@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.errors import EXIT_SIGTERM, EXIT_USER_ERROR, UserError, exit_on_user_error
 from src.training.overrides import override_key
 from src.training.run_folder import (
+    check_fresh_folder,
+    check_run_name,
     claim_fresh_folder,
     claim_named_folder,
     launch_record,
@@ -44,7 +46,10 @@ def run_dir_of(ckpt_path: str | None, runs: str, run_name: str | None) -> str:
         path = Path(ckpt_path).resolve()
         if path.parent.name == "checkpoints":
             return str(path.parent.parent)
-    return claim_named_folder(os.path.join(runs, run_name)) if run_name else claim_fresh_folder(runs)
+    if not run_name:
+        return claim_fresh_folder(runs)
+    check_run_name(str(run_name))
+    return claim_named_folder(os.path.join(runs, str(run_name)))
 
 
 OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
@@ -115,6 +120,8 @@ def hydra_main(cfg: DictConfig) -> None:
     from src.training import run  # Lightning and all the rest: once the config has passed
 
     run.check_not_a_multiprocess_sweep(HydraConfig.get().mode, cfg.trainer)
+    if cfg.run_name and not cfg.ckpt_path and takes_the_lock():  # the other ranks write where rank 0 does
+        check_fresh_folder(Path(cfg.paths.output_dir), cfg.run_name)
     # Hydra's record of the launch (config.yaml: the config the run uses, a continuation's replayed),
     # written by global rank 0 alone once it holds the run folder.
     record = launch_record(checked.cfg, HydraConfig.instance().cfg) if takes_the_lock() else {}
@@ -127,6 +134,7 @@ def exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(EXIT_SIGTERM)
 
 
+@exit_on_user_error  # a bad run_name, found while Hydra resolves the run folder
 def main() -> None:
     """The CLI. Hydra's own errors (unknown preset or key, bad syntax, an unwritable run folder)
     reach us instead of Hydra's printout, and leave as one `error:` line with exit code 2."""

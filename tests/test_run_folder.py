@@ -267,3 +267,38 @@ def test_sigterm_before_the_run_starts_exits_143_and_leaves_no_empty_run_folder(
     runs = tmp_path / "logs" / "train" / "runs"
     assert result.returncode == EXIT_SIGTERM, result.stderr
     assert runs.is_dir() and not list(runs.iterdir())  # the folder it had claimed is gone
+
+
+def test_a_fresh_run_is_refused_the_folder_of_a_run_that_trained_and_writes_nothing_there(tmp_path, text):
+    done = tmp_path / "logs" / "train" / "runs" / "done"
+    (done / "checkpoints").mkdir(parents=True)
+    (done / "checkpoints" / "last.ckpt").write_bytes(b"the finished run's weights")
+    (done / "summary.json").write_text("{}\n")
+    before = files_in(done)
+    result = run_cli("src.train", *cli_args(tmp_path, text, "run_name=done", "trainer.max_steps=1"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines()[-1] == (
+        "error: run_name=done already holds a run (checkpoints/last.ckpt); continue it with "
+        f"ckpt_path={done}/checkpoints/last.ckpt, or choose another run_name"
+    )
+    assert files_in(done) == before
+
+
+def test_a_run_name_whose_launch_was_refused_at_startup_stays_free(tmp_path, text):
+    """Such a launch leaves at most Hydra's record and its log (a text too short, found once the
+    folder is held)."""
+    folder = tmp_path / "logs" / "train" / "runs" / "retry"
+    folder.mkdir(parents=True)
+    as_a_live_run_left_it(folder)
+    result = run_cli("src.train", *cli_args(tmp_path, text, "run_name=retry", "plan=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", ".."])
+def test_a_run_name_that_is_a_path_is_refused_and_makes_no_folder(tmp_path, text, name):
+    result = run_cli("src.train", *cli_args(tmp_path, text, f"run_name={name}"))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"error: run_name={name} is a path; give a plain folder name (no / or ..)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt"]

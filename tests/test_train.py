@@ -394,7 +394,7 @@ def test_removing_one_callback_leaves_the_others_working(tmp_path, text, removed
 
 
 def test_bad_learning_rate_is_a_user_error(tmp_path, text):
-    with pytest.raises(UserError, match="optim.lr must be positive"):
+    with pytest.raises(UserError, match="optim.lr must be a finite number > 0"):
         run_training(fast_overrides(tmp_path, text, "trainer.max_steps=5", "optim.lr=0"))
 
 

@@ -75,14 +75,14 @@ def test_multirun_sweeps_the_learning_rate(tmp_path, shakespeare_path):
 def test_bad_override_is_one_line_and_non_zero(tmp_path):
     result = run_cli("src.train", "optim.lr=-1", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
+    assert result.stderr.strip().splitlines()[-1] == "error: optim.lr must be a finite number > 0, got -1"
 
 
 @pytest.mark.parametrize(
     ("override", "error", "imported"),
     [
         ("trainer.max_stepz=5", "error: Could not override 'trainer.max_stepz'", set()),  # before torch
-        ("optim.lr=-1", "error: optim.lr must be positive, got -1.0", set()),  # a value alone: before torch
+        ("optim.lr=-1", "error: optim.lr must be a finite number > 0", set()),  # a value alone: before torch
         (
             "experiment=smok",
             "error: no recipe experiment=smok; choose one of seed000",
@@ -118,7 +118,7 @@ def test_a_continuations_bad_value_does_not_wait_for_lightning(tmp_path, sharded
     assert made == {"torch"}
     result, made = run_plain("src.train", *args, "optim.lr=-1")
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == "error: optim.lr must be positive, got -1.0"
+    assert result.stderr.splitlines()[-1] == "error: optim.lr must be a finite number > 0, got -1"
     assert made == set()
 
 

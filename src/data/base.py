@@ -29,8 +29,6 @@ class WindowDataModule(L.LightningDataModule):
         super().__init__()
         if seq_len <= 0 or batch_size <= 0:
             raise UserError(f"data.seq_len ({seq_len}) and data.batch_size ({batch_size}) must be positive")
-        if num_workers < 0:
-            raise UserError(f"data.num_workers must be 0 or more, got {num_workers}")
         self.seq_len, self.batch_size, self.num_workers = seq_len, batch_size, num_workers
         self.val_tokens: np.ndarray | None = None
 

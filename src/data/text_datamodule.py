@@ -13,7 +13,6 @@ from src.data.packing import num_windows
 from src.data.text_file import download, load_tokens
 from src.data.tokenizer import load_tokenizer
 from src.data.windows import ShuffledWindowBatches
-from src.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +42,6 @@ class TextFileDataModule(WindowDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(seq_len, batch_size, num_workers)
-        if not 0 < val_fraction < 1:
-            raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.path = Path(path if path is not None else default_path)
         self.url = url if path is None else None
         self.val_fraction, self.seed = val_fraction, seed

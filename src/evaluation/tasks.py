@@ -173,9 +173,17 @@ def load_task(spec: str) -> Task:
     """`local:<file.jsonl>` (named after the file) or one of `HUB_TASKS`."""
     if spec.startswith(LOCAL):
         return Task(task_name(spec), read_local(Path(spec.removeprefix(LOCAL))))
-    if spec not in HUB_TASKS:
-        raise UserError(f"unknown task {spec!r}; choose from {', '.join(HUB_TASKS)} or local:<file.jsonl>")
+    check_task(spec)
     return Task(spec, read_hub(spec))
+
+
+def check_task(spec: str) -> None:
+    """What `load_task` refuses, short of reaching the hub: an unknown name, or a local file that
+    is missing or not questions (a training run checks its tasks before it writes anything)."""
+    if spec.startswith(LOCAL):
+        read_local(Path(spec.removeprefix(LOCAL)))
+    elif spec not in HUB_TASKS:
+        raise UserError(f"unknown task {spec!r}; choose from {', '.join(HUB_TASKS)} or local:<file.jsonl>")
 
 
 def parse_tasks(specs: str) -> list[str]:

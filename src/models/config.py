@@ -23,6 +23,10 @@ def preset_names() -> list[str]:
     return sorted(f.name.removesuffix(".yaml") for f in PRESET_DIR.iterdir() if f.name.endswith(".yaml"))
 
 
+def _finite_positive(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 @dataclass
 class SmolLM2Config:
     """Architecture of a SmolLM2 (Llama-style) decoder.
@@ -52,8 +56,9 @@ class SmolLM2Config:
             "num_kv_heads",
             "max_position_embeddings",
         ):
-            if getattr(self, name) <= 0:
-                raise UserError(f"model.{name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"model.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_heads:
             raise UserError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
@@ -69,8 +74,10 @@ class SmolLM2Config:
             raise UserError(
                 f"head dim {self.head_dim} (hidden_size / num_heads) must be even for rotary embeddings"
             )
-        if self.rope_theta <= 0 or self.rms_norm_eps <= 0:
-            raise UserError("model.rope_theta and model.rms_norm_eps must be positive")
+        for name in ("rope_theta", "rms_norm_eps", "init_std"):
+            value = getattr(self, name)
+            if (value is not None or name != "init_std") and not _finite_positive(value):
+                raise UserError(f"model.{name} must be a finite number > 0, got {value!r}")
         if self.init_std is None:
             self.init_std = 1.0 / math.sqrt(self.hidden_size)
 

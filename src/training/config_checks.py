@@ -15,12 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from src.data.text_file import check_text_file
 from src.data.tokenizer import load_tokenizer
 from src.errors import UserError
+from src.evaluation.tasks import check_distinct_names, check_task
 from src.files import probe_writable
 from src.kernels import check_kernels
 from src.kernels.selection import check_policy
 from src.models.config import SmolLM2Config
+from src.serving.inference import Sampling
 from src.training.spike_rule import SpikeRule
-from src.training.value_checks import check_values
+from src.training.value_checks import check_int, check_values
 
 
 def check_writable(folder: Path, what: str = "the run folder") -> None:
@@ -92,10 +94,44 @@ def check_spike(cfg: DictConfig) -> None:
         )
 
 
+def check_callbacks(cfg: DictConfig) -> None:
+    """Text samples' settings as src.generate checks them, and downstream tasks as src.evaluate
+    loads them (short of the hub): the callbacks meet them only once the step-0 validation has
+    written the run's records."""
+    callbacks = cfg.get("callbacks") or {}
+    if (samples := callbacks.get("text_samples")) is not None:
+        check_int(cfg, "callbacks.text_samples.every_n_steps", minimum=0)
+        keys = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+        values = {key: samples.get(key) for key in keys}
+        try:
+            Sampling(**values)
+        except UserError as err:
+            raise UserError(f"callbacks.text_samples.{err}") from None
+        except TypeError:  # a string where Sampling compares numbers
+            raise UserError(
+                f"callbacks.text_samples: {', '.join(keys)} must be numbers (top_k, top_p, seed: or null), "
+                f"got {values}"
+            ) from None
+    if (downstream := callbacks.get("downstream_eval")) is not None:
+        tasks = downstream.get("tasks")
+        if not OmegaConf.is_list(tasks) or not all(isinstance(spec, str) for spec in tasks):
+            raise UserError(
+                f"callbacks.downstream_eval.tasks must be a list of task names, as [hellaswag,arc_easy], "
+                f"got {tasks!r}"
+            )
+        try:
+            check_distinct_names(list(tasks))
+            for spec in tasks:
+                check_task(spec)
+        except UserError as err:
+            raise UserError(f"callbacks.downstream_eval.tasks: {err}") from None
+
+
 def check_run_config(cfg: DictConfig, model_config: SmolLM2Config) -> None:
     """Everything about the run that can be checked from the config alone."""
     check_values(cfg)
     check_spike(cfg)
+    check_callbacks(cfg)
     check_kernels(cfg.kernels)
     check_policy(cfg.kernels_policy)
     model_config.check_context(cfg.data.seq_len, f"data.seq_len={cfg.data.seq_len}", "lower data.seq_len")

@@ -66,8 +66,6 @@ def resolve_global_batch(cfg: DictConfig, overridden: set[str]) -> GlobalBatch:
             f"trainer.accumulate_grad_batches and tokens_per_step={target} both set the global batch; "
             "drop one (tokens_per_step=null keeps the accumulation as given)"
         )
-    if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
-        raise UserError(f"tokens_per_step must be a positive integer or null, got {target!r}")
     micro = sequences * seq_len * processes
     if target % micro:
         raise UserError(

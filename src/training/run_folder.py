@@ -31,6 +31,8 @@ NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 # Lock files held by this process. A forked child (a DataLoader worker) would share the lock
 # and keep it after this process is killed, refusing the run's continuation: it closes them.
 HELD: set[int] = set()
+# What a run that started training leaves in its folder (`check_fresh_folder`).
+RUN_RECORDS = ("checkpoints/last.ckpt", "plan.json", "csv/metrics.csv", "summary.json")
 # The fresh run folder this process made or Hydra made for it, if any (`claim_fresh_folder`,
 # `claim_named_folder`).
 CLAIMED: list[Path] = []
@@ -70,6 +72,24 @@ def claim_named_folder(folder: str) -> str:
     if not os.path.exists(folder) and Path(folder) not in CLAIMED:
         CLAIMED.append(Path(folder))
     return folder
+
+
+def check_run_name(name: str) -> None:
+    """A name, not a path: `a/b` or `..` would put the run outside `logs/<task>/runs/`."""
+    if name in (".", "..") or "/" in name or os.sep in name:
+        raise UserError(f"run_name={name} is a path; give a plain folder name (no / or ..)")
+
+
+def check_fresh_folder(folder: Path, run_name: str) -> None:
+    """A fresh run named after a run that trained would replace its checkpoints, plan and
+    summary and add to its metrics. A launch refused at startup leaves at most `.hydra/` and its
+    log (src/training/run.py writes the records below once training starts): its name stays free."""
+    held = [name for name in RUN_RECORDS if (folder / name).exists()]
+    if not held:
+        return
+    last = folder / "checkpoints" / "last.ckpt"
+    fix = f"continue it with ckpt_path={last}" if last.exists() else f"remove {folder}"
+    raise UserError(f"run_name={run_name} already holds a run ({held[0]}); {fix}, or choose another run_name")
 
 
 def release_unused_claim() -> None:

@@ -37,7 +37,7 @@ def test_lm_head_is_the_embedding_tensor():
 
 def tiny(**changes) -> SmolLM2Config:
     """The tiny preset with some fields changed (init_std derived again from the new width)."""
-    return dataclasses.replace(SmolLM2Config.from_preset("tiny"), init_std=None, **changes)
+    return dataclasses.replace(SmolLM2Config.from_preset("tiny"), **{"init_std": None, **changes})
 
 
 @pytest.mark.parametrize("path", sorted(MODEL_CONF.glob("*.yaml")), ids=lambda p: p.stem)
@@ -64,7 +64,10 @@ def test_presets_are_the_model_yaml_files():
     [
         (dict(hidden_size=100, num_heads=3), "not divisible by model.num_heads"),
         (dict(num_heads=4, num_kv_heads=3), "not divisible by model.num_kv_heads"),
-        (dict(num_layers=0), "num_layers must be positive"),
+        (dict(num_layers=0), "model.num_layers must be a positive integer, got 0"),
+        (dict(vocab_size="abc"), "model.vocab_size must be a positive integer, got 'abc'"),
+        (dict(init_std=-1), "model.init_std must be a finite number > 0, got -1"),
+        (dict(rope_theta="big"), "model.rope_theta must be a finite number > 0, got 'big'"),
         (dict(hidden_size=12, num_heads=4, num_kv_heads=2), "must be even"),
     ],
 )
